@@ -1,0 +1,44 @@
+"""dprnn_jax: exact RNN gradients in JAX, back-propagation through time as a dynamic
+programme over the Ω gradient-distance matrix Ω(j, i) = ∂Z_j/∂Z_i."""
+
+from ._activations import ACTIVATIONS as ACTIVATIONS
+from ._cell import cell as cell
+from ._counts import ProductCount as ProductCount
+from ._counts import closed_form_products as closed_form_products
+from ._counts import count_products as count_products
+from ._forward import scan_layer as scan_layer
+from ._layer import METHODS as METHODS
+from ._layer import rnn_layer as rnn_layer
+from ._loss import LOSSES as LOSSES
+from ._loss import per_step_losses as per_step_losses
+from ._loss import sequence_loss as sequence_loss
+from ._network import rnn_apply as rnn_apply
+from ._omega import omega_matrix as omega_matrix
+from ._params import LayerParams as LayerParams
+from ._params import ReadoutParams as ReadoutParams
+from ._params import RNNParams as RNNParams
+from ._params import init_layer as init_layer
+from ._params import init_rnn as init_rnn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "METHODS",
+    "LayerParams",
+    "ProductCount",
+    "RNNParams",
+    "ReadoutParams",
+    "cell",
+    "closed_form_products",
+    "count_products",
+    "init_layer",
+    "init_rnn",
+    "omega_matrix",
+    "per_step_losses",
+    "rnn_apply",
+    "rnn_layer",
+    "scan_layer",
+    "sequence_loss",
+]

@@ -1,0 +1,34 @@
+"""What every backward algorithm returns, and the per-step quantities they share.
+
+All custom backward passes of a recurrent layer solve the same problem (DESIGN.md §3):
+given the injected errors `P_t = ∂C/∂h_t|_direct ⊙ σ'(Z_t)` (the Ψ term) and the
+stored derivatives `σ'(Z_t)`, find the total errors
+
+    Δ_i = ∂C/∂Z_i = P_i + Σ_{j>i} P_j Ω(j, i).
+
+They differ only in how they organise the sum. Each one also counts the (m, d) × (d, d)
+products it performs, inside its own loops, so the complexity table can be checked
+against the implementation rather than against a formula.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+
+class ErrorFlow(NamedTuple):
+    """Result of a backward algorithm over one layer.
+
+    Attributes:
+        delta: Δ, shape (T, m, d): the total error ∂C/∂Z_t at every step.
+        products_useful: number of (m, d) × (d, d) products the algorithm needs.
+        products_performed: number actually executed, including padding rows of
+            fixed-shape batched products (equal to `products_useful` except for
+            `omega`, whose diagonals are processed in phases of static length).
+    """
+
+    delta: jax.Array
+    products_useful: jax.Array
+    products_performed: jax.Array

@@ -1,0 +1,149 @@
+r"""The Ω dynamic programme (seed 000, corrected as in DESIGN.md §3).
+
+For one recurrent layer, `Ω(j, i) = ∂Z_j/∂Z_i` is the state transition of the DP:
+
+.. math::
+
+    Ω(i+1, i) = S \, \mathrm{diag}(σ'(Z_i)), \qquad Ω(j, i) = Ω(j, i+1)\, Ω(i+1, i).
+
+The backward pass never needs Ω itself, only the *error-flow triangle*
+`G(j, i) = P_j Ω(j, i)` (the part of the error at step i that comes from the loss at
+step j), which obeys the same transition applied to a row vector:
+
+.. math::
+
+    G(i, i) = P_i, \qquad G(j, i) = (G(j, i+1)\, S) ⊙ σ'(Z_i), \qquad
+    Δ_i = \sum_{j \ge i} G(j, i).
+
+Diagonal k holds `G(i+k, i)` for `i = 0 … T-1-k`; each diagonal is ONE batched
+(rows·m, d) × (d, d) product computed from the previous one, so the triangle is filled
+in T-1 sequential steps, each parallel across time, and only the current diagonal and
+the accumulator Δ are kept (O(T·m·d) memory). The active length of diagonal k is T-k:
+to avoid multiplying the empty part, diagonals are processed in *phases*, each a
+`lax.fori_loop` over a slice of static length that shrinks geometrically.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._activations import get_activation
+from ._error_flow import ErrorFlow
+from ._forward import hoisted_layer
+from ._params import LayerParams
+from ._validation import check_layer_inputs
+
+# Each phase's slice is at most 1/PHASE_SHRINK times longer than the shortest diagonal
+# it holds, so at least (1 + PHASE_SHRINK) / 2 ≈ 90% of the rows multiplied are useful.
+PHASE_SHRINK = 0.8
+# Diagonals shorter than this go into one last phase: a few wasted rows cost less
+# than one more compiled loop.
+PHASE_TAIL = 16
+
+
+def diagonal_phases(T: int) -> tuple[tuple[int, int, int], ...]:
+    """Static schedule of the diagonal fill: `(first_k, stop_k, rows)` per phase.
+
+    Diagonals `k ∈ [first_k, stop_k)` are computed with batched products of `rows`
+    rows, `rows = T - first_k` being the active length of the first (longest) one.
+    """
+    phases = []
+    first = 1
+    while first < T:
+        rows = T - first
+        if rows <= PHASE_TAIL:
+            stop = T
+        else:
+            stop = max(first + 1, T - int(PHASE_SHRINK * rows))
+        phases.append((first, stop, rows))
+        first = stop
+    return tuple(phases)
+
+
+def omega_error_flow(
+    injected: jax.Array, sigma_prime: jax.Array, S: jax.Array
+) -> ErrorFlow:
+    """Δ by filling the error-flow triangle diagonal by diagonal (DESIGN.md §4, "omega").
+
+    Args:
+        injected: P, shape (T, m, d): errors injected at each step from above (Ψ).
+        sigma_prime: σ'(Z), shape (T, m, d), evaluated once per step.
+        S: recurrent weights (d, d).
+
+    Returns:
+        `ErrorFlow` with Δ of shape (T, m, d).
+    """
+    T = injected.shape[0]
+    count = jnp.zeros((), jnp.int32)
+    # Diagonal 0 is P itself: G(i, i) = P_i.
+    carry = (injected, injected, count, count)
+    for first, stop, rows in diagonal_phases(T):
+        diagonal, delta, useful, performed = carry
+        # `diagonal` holds G(i+first-1, i) for i < rows + 1; keep exactly that.
+        diagonal = diagonal[: rows + 1]
+        sigma_rows = sigma_prime[:rows]
+
+        def fill(k, state, rows=rows, sigma_rows=sigma_rows):
+            diagonal, delta, useful, performed = state
+            # G(i+k, i) = (G(i+k, i+1) S) ⊙ σ'(Z_i): one batched product per diagonal.
+            # Rows past the active length T-k stay zero because row `rows` is zero.
+            new = (diagonal[1:] @ S) * sigma_rows
+            delta = delta.at[:rows].add(new)
+            diagonal = jnp.concatenate([new, jnp.zeros_like(diagonal[:1])])
+            return diagonal, delta, useful + (T - k), performed + rows
+
+        carry = lax.fori_loop(first, stop, fill, (diagonal, delta, useful, performed))
+    _, delta, useful, performed = carry
+    return ErrorFlow(delta, useful, performed)
+
+
+def omega_matrix(
+    layer_params: LayerParams,
+    xs: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    activation: str = "tanh",
+) -> jax.Array:
+    """The Jacobian triangle Ω(j, i) = ∂Z_j/∂Z_i of one recurrent layer.
+
+    Filled diagonal by diagonal with the state transition
+    `Ω(j, i) = Ω(j, i+1) · Ω(i+1, i)`, `Ω(i+1, i) = S · diag(σ'(Z_i))`. Memory is
+    O(T²·m·d²): a diagnostic for small models, not part of any backward pass.
+
+    Args:
+        layer_params: `LayerParams(W (d, n), S (d, d), b (d,))`.
+        xs: inputs (T, m, n).
+        h0: initial state (m, d); zeros if None.
+        activation: "tanh", "sigmoid" or "relu".
+
+    Returns:
+        Array (T, T, m, d, d): `[j, i, v]` is Ω(j, i) for sample v; zero above the
+        diagonal (j < i) and the identity on it.
+
+    Example:
+        >>> omega = omega_matrix(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
+        >>> omega.shape
+        (4, 4, 1, 3, 3)
+    """
+    T, m, d, h0 = check_layer_inputs(layer_params, xs, h0, activation=activation)
+    hs = hoisted_layer(layer_params, xs, h0, activation=activation)
+    sigma_prime = get_activation(activation).derivative_from_output(hs)
+    # One step: Ω(i+1, i)[a, b] = S[a, b] σ'(Z_i)[b], for every i and sample.
+    one_step = layer_params.S * sigma_prime[..., None, :]  # (T, m, d, d)
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=hs.dtype), (T, m, d, d))
+    triangle = jnp.zeros((T, T, m, d, d), hs.dtype)
+    steps = jnp.arange(T)
+    triangle = triangle.at[steps, steps].set(eye)
+
+    def fill(k, state):
+        triangle, diagonal = state  # diagonal[i] = Ω(i+k-1, i)
+        shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
+        diagonal = shifted @ one_step  # Ω(i+k, i) = Ω(i+k, i+1) Ω(i+1, i)
+        # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
+        triangle = triangle.at[steps + k, steps].set(diagonal, mode="drop")
+        return triangle, diagonal
+
+    triangle, _ = lax.fori_loop(1, T, fill, (triangle, eye))
+    return triangle
