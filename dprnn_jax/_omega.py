@@ -43,27 +43,30 @@ PHASE_SHRINK = 0.8
 PHASE_TAIL = 16
 
 
-def diagonal_phases(T: int) -> tuple[tuple[int, int, int], ...]:
+def diagonal_phases(T: int, max_lag: int | None = None) -> tuple[tuple[int, int, int], ...]:
     """Static schedule of the diagonal fill: `(first_k, stop_k, rows)` per phase.
 
     Diagonals `k ∈ [first_k, stop_k)` are computed with batched products of `rows`
     rows, `rows = T - first_k` being the active length of the first (longest) one.
+    Only diagonals `k ≤ max_lag` are scheduled (all T-1 if None).
     """
+    last = T - 1 if max_lag is None else min(max_lag, T - 1)
     phases = []
     first = 1
-    while first < T:
+    while first <= last:
         rows = T - first
         if rows <= PHASE_TAIL:
             stop = T
         else:
             stop = max(first + 1, T - int(PHASE_SHRINK * rows))
+        stop = min(stop, last + 1)
         phases.append((first, stop, rows))
         first = stop
     return tuple(phases)
 
 
 def omega_error_flow(
-    injected: jax.Array, sigma_prime: jax.Array, S: jax.Array
+    injected: jax.Array, sigma_prime: jax.Array, S: jax.Array, *, max_lag: int | None = None
 ) -> ErrorFlow:
     """Δ by filling the error-flow triangle diagonal by diagonal (DESIGN.md §4, "omega").
 
@@ -71,6 +74,7 @@ def omega_error_flow(
         injected: P, shape (T, m, d): errors injected at each step from above (Ψ).
         sigma_prime: σ'(Z), shape (T, m, d), evaluated once per step.
         S: recurrent weights (d, d).
+        max_lag: fill only diagonals k ≤ max_lag (K-step truncation); all if None.
 
     Returns:
         `ErrorFlow` with Δ of shape (T, m, d).
@@ -79,7 +83,7 @@ def omega_error_flow(
     count = jnp.zeros((), jnp.int32)
     # Diagonal 0 is P itself: G(i, i) = P_i.
     carry = (injected, injected, count, count)
-    for first, stop, rows in diagonal_phases(T):
+    for first, stop, rows in diagonal_phases(T, max_lag):
         diagonal, delta, useful, performed = carry
         # `diagonal` holds G(i+first-1, i) for i < rows + 1; keep exactly that.
         diagonal = diagonal[: rows + 1]
