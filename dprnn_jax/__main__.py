@@ -1,0 +1,7 @@
+"""`python -m dprnn_jax [command]`: the same as the `dprnn-jax` script."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
