@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -42,8 +43,150 @@ class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
 
 
+def _add_train(subparsers) -> None:
+    from ._layer import METHODS
+    from ._tasks import TASKS
+    from ._train_loop import OPTIMIZERS, TrainConfig
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser(
+        "train",
+        help="train an RNN on a bundled task with any gradient method (optax)",
+        description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
+        "metrics.json, loss_curve.png (and sample.txt for charlm) to --out.",
+    )
+    parser.add_argument("--task", choices=TASKS, default=defaults.task, help="(default charlm)")
+    parser.add_argument(
+        "--method", choices=METHODS, default=defaults.method, help="gradient method (default omega)"
+    )
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="(default 1000)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="(default 0)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default 32)")
+    parser.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help="learning rate (default 3e-3)"
+    )
+    parser.add_argument(
+        "--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer, help="(default adam)"
+    )
+    parser.add_argument("--hidden", type=int, default=defaults.hidden_size, help="(default 128)")
+    parser.add_argument("--layers", type=int, default=defaults.layers, help="(default 1)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="T: charlm window (64), digits 8 or 64 (8), adding T (50), copy delay (20)",
+    )
+    parser.add_argument(
+        "--activation", choices=("tanh", "sigmoid", "relu"), default=defaults.activation
+    )
+    parser.add_argument(
+        "--clip", type=float, default=defaults.max_grad_norm, help="global-norm clip, 0 = off (1.0)"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=defaults.eval_every, help="validation interval (100)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="checkpoint interval (100)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="data-parallel devices over the batch axis (1)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(command=_command_train)
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    for name in ("steps", "batch_size", "hidden", "layers", "eval_every", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UsageError(f"--seq-len must be >= 1, got {args.seq_len}")
+    if args.devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {args.devices}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if not args.clip >= 0:
+        raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {args.clip}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.devices > 1:
+        _request_cpu_devices(args.devices)
+
+    from ._checkpoint import CheckpointError
+    from ._train_loop import ResumeError, TrainConfig, train
+
+    config = TrainConfig(
+        task=args.task,
+        method=args.method,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        hidden_size=args.hidden,
+        layers=args.layers,
+        seq_len=args.seq_len,
+        activation=args.activation,
+        max_grad_norm=args.clip or None,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        devices=args.devices,
+    )
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        result = train(config, args.out, resume=args.resume, progress=progress)
+    except (CheckpointError, ResumeError, ValueError, ImportError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the last checkpoint in {args.out} is intact: continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print_run_summary(result.metrics, args.out)
+    return 0
+
+
+def _request_cpu_devices(count: int) -> None:
+    # Splits the host CPU into `count` XLA devices; only possible before JAX starts its
+    # backend, and ignored by GPU/TPU backends. If it is too late, `batch_mesh` says so.
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:
+        pass
+
+
+def print_run_summary(metrics: dict, out: str) -> None:
+    """Prints the final validation numbers, the generated sample and the output files."""
+    validation = metrics.get("validation")
+    if validation:
+        line = (
+            f"validation at step {validation['step']}: loss {validation['loss']:.4f}, "
+            f"accuracy {validation['accuracy']:.4f}"
+        )
+        if "validation_perplexity" in metrics:
+            line += f", perplexity {metrics['validation_perplexity']:.3f}"
+        print(line)
+    print(
+        f"{metrics['steps_this_session']} steps in {metrics['wall_seconds_this_session']:.1f} s, "
+        f"{metrics['skipped_steps']} skipped (non-finite)"
+    )
+    if "sample" in metrics:
+        print("sample:\n" + metrics["sample"])
+    print("wrote " + ", ".join(os.path.join(out, name) for name in metrics["files"]))
+
+
 # Subcommand registrars: each adds its parser and sets `command` to its handler.
-COMMANDS: list[Callable] = [_add_demo]
+COMMANDS: list[Callable] = [_add_demo, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
