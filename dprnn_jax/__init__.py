@@ -7,22 +7,48 @@ from ._counts import ProductCount as ProductCount
 from ._counts import closed_form_products as closed_form_products
 from ._counts import count_products as count_products
 from ._forward import scan_layer as scan_layer
+from ._gradient_flow import error_flow_norms as error_flow_norms
+from ._gradient_flow import gradient_flow as gradient_flow
 from ._layer import METHODS as METHODS
 from ._layer import rnn_layer as rnn_layer
 from ._loss import LOSSES as LOSSES
 from ._loss import per_step_losses as per_step_losses
 from ._loss import sequence_loss as sequence_loss
+from ._lyapunov import DecayBound as DecayBound
+from ._lyapunov import LyapunovEstimate as LyapunovEstimate
+from ._lyapunov import decay_bound as decay_bound
+from ._lyapunov import lyapunov_exponent as lyapunov_exponent
+from ._lyapunov import lyapunov_qr as lyapunov_qr
 from ._network import rnn_apply as rnn_apply
 from ._omega import omega_matrix as omega_matrix
+from ._omega_norms import OmegaNorms as OmegaNorms
+from ._omega_norms import omega_norms as omega_norms
 from ._params import LayerParams as LayerParams
 from ._params import ReadoutParams as ReadoutParams
 from ._params import RNNParams as RNNParams
 from ._params import init_layer as init_layer
 from ._params import init_rnn as init_rnn
+from ._plotting import plot_decay as plot_decay
+from ._plotting import plot_omega_triangles as plot_omega_triangles
+from ._plotting import plot_training_curves as plot_training_curves
+from ._plotting import plot_triangle as plot_triangle
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DecayBound",
+    "LyapunovEstimate",
+    "OmegaNorms",
+    "decay_bound",
+    "error_flow_norms",
+    "gradient_flow",
+    "lyapunov_exponent",
+    "lyapunov_qr",
+    "omega_norms",
+    "plot_decay",
+    "plot_omega_triangles",
+    "plot_training_curves",
+    "plot_triangle",
     "ACTIVATIONS",
     "LOSSES",
     "METHODS",
