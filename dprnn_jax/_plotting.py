@@ -117,10 +117,12 @@ def plot_decay(
     ax.semilogy(lags, np.exp(values), "o", markersize=3, label="exp(mean log‖Ω(i+k, i)‖₂)")
     if gamma is not None:
         ax.semilogy(lags, float(gamma) ** lags, "k-", label=f"bound γ^k, γ = {float(gamma):.3g}")
-    # Fitted rates drawn as lines through the measured mean at k = 1.
+    # Fitted rates drawn as lines through the centroid of the points (where a
+    # least-squares line passes), so the diagonal fit overlays the points it came from.
+    centre_lag, centre_value = lags.mean(), values.mean()
     for rate, style, name in ((exponent, "-", "diagonals"), (qr_exponent, "--", "QR")):
         if rate is not None:
-            line = np.exp(values[0] + float(rate) * (lags - 1))
+            line = np.exp(centre_value + float(rate) * (lags - centre_lag))
             ax.semilogy(lags, line, style, label=f"λ₁ ({name}) = {float(rate):.3g}")
     ax.set_xlabel("lag k = j − i")
     ax.set_ylabel("‖Ω(i+k, i)‖₂")
