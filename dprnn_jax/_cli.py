@@ -185,8 +185,94 @@ def print_run_summary(metrics: dict, out: str) -> None:
     print("wrote " + ", ".join(os.path.join(out, name) for name in metrics["files"]))
 
 
+def _add_omega(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "omega",
+        help="plot the Ω triangle, the gradient flow and the Lyapunov decay of a model",
+        description="Writes omega_triangles.png (‖Ω(j, i)‖₂ and ‖∂L_j/∂Z_i‖), "
+        "omega_decay.png (decay per lag with the bound γ^k and both Lyapunov estimates) and "
+        "omega_summary.json to --out, for a freshly initialised model on random data or for "
+        "a `train` checkpoint on its task's held-out sequences.",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a checkpoint.npz of `dprnn-jax train` (else fresh)"
+    )
+    parser.add_argument("--T", type=int, default=64, help="fresh model: sequence length (64)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences analysed (8)")
+    parser.add_argument("--input", type=int, default=4, help="fresh model: input features (4)")
+    parser.add_argument("--hidden", type=int, default=16, help="fresh model: hidden units (16)")
+    parser.add_argument("--layers", type=int, default=1, help="fresh model: layers (1)")
+    parser.add_argument("--classes", type=int, default=4, help="fresh model: classes (4)")
+    parser.add_argument(
+        "--activation", choices=("tanh", "sigmoid", "relu"), default="tanh", help="fresh model"
+    )
+    parser.add_argument(
+        "--gain", type=float, default=1.0, help="fresh model: spectral radius of S (1.0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fresh model: PRNG seed (0)")
+    parser.add_argument("--layer", type=int, default=-1, help="layer to analyse (-1: top)")
+    parser.add_argument(
+        "--max-lag", type=int, default=None, help="largest lag of the Lyapunov fit (T/2)"
+    )
+    parser.set_defaults(command=_command_omega)
+
+
+def _command_omega(args: argparse.Namespace) -> int:
+    for name in ("T", "batch", "input", "hidden", "layers", "classes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.gain > 0:
+        raise UsageError(f"--gain must be > 0, got {args.gain}")
+    if args.max_lag is not None and args.max_lag < 2:
+        raise UsageError(f"--max-lag must be >= 2 (a slope needs two lags), got {args.max_lag}")
+
+    from ._checkpoint import CheckpointError
+    from ._omega_report import fresh_model, omega_report, trained_model
+
+    try:
+        if args.checkpoint is not None:
+            model = trained_model(args.checkpoint, batch=args.batch)
+        else:
+            model = fresh_model(
+                T=args.T,
+                batch=args.batch,
+                input_size=args.input,
+                hidden=args.hidden,
+                layers=args.layers,
+                classes=args.classes,
+                activation=args.activation,
+                gain=args.gain,
+                seed=args.seed,
+            )
+        summary = omega_report(
+            model.params,
+            model.xs,
+            model.targets,
+            model.mask,
+            out_dir=args.out,
+            loss=model.loss,
+            activation=model.activation,
+            layer=args.layer,
+            max_lag=args.max_lag,
+            title=model.title,
+        )
+    except (CheckpointError, ValueError, TypeError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print(
+        f"{model.title}: gamma = {summary['gamma']:.4g} "
+        f"(a priori {summary['gamma_a_priori']:.4g}), "
+        f"Lyapunov λ1 = {summary['lyapunov_diagonal_decay']:.4g} (diagonal decay), "
+        f"{summary['lyapunov_qr']:.4g} (QR)"
+    )
+    print("wrote " + ", ".join(summary["files"]))
+    return 0
+
+
 # Subcommand registrars: each adds its parser and sets `command` to its handler.
-COMMANDS: list[Callable] = [_add_demo, _add_train]
+COMMANDS: list[Callable] = [_add_demo, _add_train, _add_omega]
 
 
 def build_parser() -> argparse.ArgumentParser:
