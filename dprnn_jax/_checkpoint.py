@@ -92,7 +92,8 @@ def _fsync_directory(directory: str) -> None:
 
 def _read(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # Our own handle: np.load leaves the file open when the archive is unreadable.
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
             # Reading every member checks every CRC-32.
             return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
@@ -153,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
             "parameter/optimiser arrays: it was written by a different configuration"
         )
     leaves = []
-    for name, reference in zip(names, expected):
+    for name, reference in zip(names, expected, strict=True):
         leaf = arrays[name]
         if leaf.shape != np.shape(reference) or leaf.dtype != np.asarray(reference).dtype:
             raise CheckpointError(

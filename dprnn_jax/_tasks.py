@@ -160,7 +160,7 @@ def sample_text(
     def step(states, token):
         x = jax.nn.one_hot(token[None], V, dtype=params.readout.W.dtype)
         new_states = []
-        for layer, h in zip(params.layers, states):
+        for layer, h in zip(params.layers, states, strict=True):
             x = h = cell(layer, h, x, activation=activation)
             new_states.append(h)
         logits = x @ params.readout.W.T + params.readout.b
@@ -260,7 +260,7 @@ def _adding(seq_len: int, validation_size: int = 1000) -> Task:
         targets = jnp.broadcast_to(total[None, :, None], (T, batch_size, 1))
         return Batch(inputs, targets, _last_step_mask(T, batch_size))
 
-    validation = sample(jax.random.key(VALIDATION_SEED), validation_size)
+    validation = jax.jit(sample, static_argnums=1)(jax.random.key(VALIDATION_SEED), validation_size)
     return Task("adding", 2, 1, seq_len, "mse", sample, validation, None)
 
 
@@ -280,14 +280,14 @@ def _copy(delay: int, validation_size: int = 1000) -> Task:
         symbols = jax.random.randint(key, (COPY_SYMBOLS, batch_size), 1, 9)
         blanks = jnp.full((T - 2 * COPY_SYMBOLS, batch_size), _BLANK)
         tail = jnp.full((COPY_SYMBOLS, batch_size), _BLANK)
-        inputs = jnp.concatenate([symbols, blanks, tail]).at[delay + COPY_SYMBOLS - 1].set(
-            _DELIMITER
+        inputs = (
+            jnp.concatenate([symbols, blanks, tail]).at[delay + COPY_SYMBOLS - 1].set(_DELIMITER)
         )
         targets = jnp.concatenate([jnp.full((T - COPY_SYMBOLS, batch_size), _BLANK), symbols])
         mask = jnp.zeros((T, batch_size), jnp.float32).at[-COPY_SYMBOLS:].set(1.0)
         return Batch(jax.nn.one_hot(inputs, 10, dtype=jnp.float32), targets, mask)
 
-    validation = sample(jax.random.key(VALIDATION_SEED), validation_size)
+    validation = jax.jit(sample, static_argnums=1)(jax.random.key(VALIDATION_SEED), validation_size)
     return Task("copy", 10, 10, T, "softmax_cross_entropy", sample, validation, None)
 
 

@@ -18,6 +18,7 @@ Files in the output directory:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 import optax
 
-from ._checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from ._checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from ._params import RNNParams, init_rnn
 from ._sharding import batch_mesh, replicate, shard_batch
 from ._tasks import Task, make_task, sample_text
@@ -99,13 +100,38 @@ def _history() -> dict[str, list]:
     return {"loss": [], "accuracy": [], "grad_norm": [], "skipped": [], "evaluations": []}
 
 
-def _initial_state(config: TrainConfig, task: Task):
+class _Programs(NamedTuple):
+    """A configuration's task, optimiser and compiled functions."""
+
+    task: Task
+    optimizer: optax.GradientTransformation
+    train_step: Callable
+    eval_step: Callable
+    sample: Callable
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(
+    task_name, seq_len, optimizer_name, learning_rate, activation, method, max_grad_norm
+) -> _Programs:
+    # Cached so that a run resumed in the same process (tests, notebooks) reuses the
+    # compiled step instead of tracing and compiling it again.
+    task = make_task(task_name, seq_len)
+    optimizer = OPTIMIZERS[optimizer_name](learning_rate)
+    train_step = make_train_step(
+        optimizer, loss=task.loss, activation=activation, method=method, max_grad_norm=max_grad_norm
+    )
+    eval_step = make_eval_step(loss=task.loss, activation=activation)
+    return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
+
+
+def _initial_state(config: TrainConfig, programs: _Programs):
     init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    task = programs.task
     params = init_rnn(
         init_key, task.input_size, (config.hidden_size,) * config.layers, task.output_size
     )
-    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
-    return params, optimizer, optimizer.init(params), data_key
+    return params, programs.optimizer.init(params), data_key
 
 
 def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
@@ -119,15 +145,16 @@ def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
         key for key in mine if key not in _RESUMABLE_CHANGES and saved.get(key) != mine[key]
     )
     if changed:
-        details = ", ".join(f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in changed)
+        details = ", ".join(
+            f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in changed
+        )
         raise ResumeError(
             f"--resume: {path} was written with different options ({details}); "
             "use the same options (only --steps and --checkpoint-every may change)"
         )
     if metadata["step"] > config.steps:
         raise ResumeError(
-            f"--resume: the checkpoint is at step {metadata['step']}, beyond --steps "
-            f"{config.steps}"
+            f"--resume: the checkpoint is at step {metadata['step']}, beyond --steps {config.steps}"
         )
     state, metadata = load_checkpoint(path, like)
     return state, metadata["step"], metadata["history"]
@@ -220,14 +247,23 @@ def train(
     """
     from tqdm import tqdm
 
-    task = make_task(config.task, config.seq_len)
+    programs = _programs(
+        config.task,
+        config.seq_len,
+        config.optimizer,
+        config.learning_rate,
+        config.activation,
+        config.method,
+        config.max_grad_norm,
+    )
+    task = programs.task
     mesh = batch_mesh(config.devices) if config.devices > 1 else None
     if mesh is not None and config.batch_size % config.devices:
         raise ValueError(
             f"batch_size={config.batch_size} must be a multiple of devices={config.devices}"
         )
     check_output_dir(out)
-    params, optimizer, opt_state, data_key = _initial_state(config, task)
+    params, opt_state, data_key = _initial_state(config, programs)
     step, history = 0, _history()
     checkpoint = os.path.join(out, CHECKPOINT)
     if resume:
@@ -239,15 +275,7 @@ def train(
             "or choose another --out (nothing was overwritten)"
         )
 
-    train_step = make_train_step(
-        optimizer,
-        loss=task.loss,
-        activation=config.activation,
-        method=config.method,
-        max_grad_norm=config.max_grad_norm,
-    )
-    eval_step = make_eval_step(loss=task.loss, activation=config.activation)
-    sample = jax.jit(task.sample, static_argnums=1)
+    train_step, eval_step, sample = programs.train_step, programs.eval_step, programs.sample
     validation = task.validation
     if mesh is not None:
         params, opt_state = replicate((params, opt_state), mesh)
@@ -284,7 +312,10 @@ def train(
                     "accuracy": float(evaluation.accuracy),
                 }
                 history["evaluations"].append(entry)
-                line = f"step {step:>6}  validation loss {entry['loss']:.4f}  acc {entry['accuracy']:.4f}"
+                line = (
+                    f"step {step:>6}  validation loss {entry['loss']:.4f}  "
+                    f"acc {entry['accuracy']:.4f}"
+                )
                 if task.name == "charlm":
                     line += f"  perplexity {math.exp(entry['loss']):.3f}"
                 (bar.write if progress else log)(line)
@@ -314,4 +345,3 @@ def train(
         json.dump(metrics, file, indent=2)
         file.write("\n")
     return TrainResult(params, metrics)
-
