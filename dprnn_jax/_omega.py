@@ -79,28 +79,42 @@ def omega_error_flow(
     Returns:
         `ErrorFlow` with Δ of shape (T, m, d).
     """
-    T = injected.shape[0]
+    T, m, d = injected.shape
+    phases = diagonal_phases(T, max_lag)
     count = jnp.zeros((), jnp.int32)
+    if not phases:
+        return ErrorFlow(injected, count, count)
+    # Row r of a phase holds G(j, j-k) for the LATER step j = first + r, whatever the
+    # diagonal k: moving to the next diagonal is then `diagonal @ S` in place, with no
+    # shifted copy of the diagonal. The shift moves to σ' and to the accumulation into Δ,
+    # which read and write at row j - k through fused dynamic slices. `pad` zero rows in
+    # front give σ'(Z_i) = 0 and a discarded Δ_i for i < 0, so rows j < k (outside the
+    # triangle) are exactly zero and never reach Δ.
+    pad = max(stop - 1 - first for first, stop, _ in phases)
+    zeros = jnp.zeros((pad, m, d), injected.dtype)
+    sigma_padded = jnp.concatenate([zeros, sigma_prime])
     # Diagonal 0 is P itself: G(i, i) = P_i.
-    carry = (injected, injected, count, count)
-    for first, stop, rows in diagonal_phases(T, max_lag):
-        diagonal, delta, useful, performed = carry
-        # `diagonal` holds G(i+first-1, i) for i < rows + 1; keep exactly that.
-        diagonal = diagonal[: rows + 1]
-        sigma_rows = sigma_prime[:rows]
+    carry = (injected, jnp.concatenate([zeros, injected]), count, count)
+    held = 0  # the first step j held by the carried diagonal
+    for first, stop, rows in phases:
+        diagonal, delta_padded, useful, performed = carry
+        # Keep the active rows j ∈ [first, T) of the longest diagonal of this phase.
+        diagonal = diagonal[first - held :]
+        held = first
 
-        def fill(k, state, rows=rows, sigma_rows=sigma_rows):
-            diagonal, delta, useful, performed = state
-            # G(i+k, i) = (G(i+k, i+1) S) ⊙ σ'(Z_i): one batched product per diagonal.
-            # Rows past the active length T-k stay zero because row `rows` is zero.
-            new = (diagonal[1:] @ S) * sigma_rows
-            delta = delta.at[:rows].add(new)
-            diagonal = jnp.concatenate([new, jnp.zeros_like(diagonal[:1])])
-            return diagonal, delta, useful + (T - k), performed + rows
+        def fill(k, state, first=first, rows=rows):
+            diagonal, delta_padded, useful, performed = state
+            start = pad + first - k  # padded row of i = j - k for j = first
+            # G(j, j-k) = (G(j, j-k+1) S) ⊙ σ'(Z_{j-k}): one batched product per diagonal.
+            new = (diagonal @ S) * lax.dynamic_slice_in_dim(sigma_padded, start, rows)
+            # Δ_i += G(i+k, i); the update is in place inside the loop.
+            accumulated = lax.dynamic_slice_in_dim(delta_padded, start, rows) + new
+            delta_padded = lax.dynamic_update_slice_in_dim(delta_padded, accumulated, start, 0)
+            return new, delta_padded, useful + (T - k), performed + rows
 
-        carry = lax.fori_loop(first, stop, fill, (diagonal, delta, useful, performed))
-    _, delta, useful, performed = carry
-    return ErrorFlow(delta, useful, performed)
+        carry = lax.fori_loop(first, stop, fill, (diagonal, delta_padded, useful, performed))
+    _, delta_padded, useful, performed = carry
+    return ErrorFlow(delta_padded[pad:], useful, performed)
 
 
 def omega_matrix(

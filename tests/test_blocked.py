@@ -31,18 +31,22 @@ def make_problem(key, dtype):
     leaves, treedef = jax.tree.flatten(params)
     noise = jax.random.split(k_noise, len(leaves))
     params = treedef.unflatten(
-        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, noise)]
+        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, noise, strict=True)]
     )
     xs = jax.random.normal(k_x, (T, M, N_INPUTS), dtype)
     targets = jax.random.randint(k_y, (T, M), 0, N_CLASSES)
     mask = (jnp.arange(T)[:, None] < jnp.array([T, 7, 1])[None, :]).astype(dtype)
-    h0s = [0.5 * jax.random.normal(k, (M, d), dtype) for k, d in zip(jax.random.split(k_h), HIDDEN)]
+    h0s = [
+        0.5 * jax.random.normal(k, (M, d), dtype)
+        for k, d in zip(jax.random.split(k_h), HIDDEN, strict=True)
+    ]
     return params, xs, targets, mask, h0s
 
 
 def library_loss(params, xs, targets, mask, h0s, *, block):
     outputs = dj.rnn_apply(params, xs, h0s, method="omega", block=block)
-    return dj.per_step_losses(outputs, targets, mask, loss="softmax_cross_entropy").sum() / xs.shape[1]
+    losses = dj.per_step_losses(outputs, targets, mask, loss="softmax_cross_entropy")
+    return losses.sum() / xs.shape[1]
 
 
 def oracle_loss(params, xs, targets, mask, h0s):
@@ -117,7 +121,7 @@ def test_error_flow_and_counters(T_, x64):
         (dict(block=True), ValueError, "block must be a positive int, got True"),
         (dict(block=2.5), ValueError, "block must be a positive int, got 2.5"),
         (dict(block=jnp.int32(2)), TypeError, "block must be a static Python int"),
-        (dict(block=2, method="bptt"), ValueError, "applies only to method=\"omega\""),
+        (dict(block=2, method="bptt"), ValueError, 'applies only to method="omega"'),
         (dict(block=2, method="autodiff"), ValueError, "got method='autodiff'"),
     ],
 )
