@@ -257,11 +257,11 @@ def train(
         config.max_grad_norm,
     )
     task = programs.task
-    mesh = batch_mesh(config.devices) if config.devices > 1 else None
-    if mesh is not None and config.batch_size % config.devices:
+    if config.batch_size % config.devices:
         raise ValueError(
             f"batch_size={config.batch_size} must be a multiple of devices={config.devices}"
         )
+    mesh = batch_mesh(config.devices) if config.devices > 1 else None
     check_output_dir(out)
     params, opt_state, data_key = _initial_state(config, programs)
     step, history = 0, _history()
@@ -324,6 +324,8 @@ def train(
     seconds = time.perf_counter() - started
 
     metrics = _final_metrics(config, task, step, history, seconds, step - start)
+    metrics["device_count"] = 1 if mesh is None else int(mesh.devices.size)
+    metrics["devices_available"] = len(jax.devices())
     title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
     plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title)
     files = [CHECKPOINT, METRICS, LOSS_CURVE]

@@ -1,0 +1,125 @@
+"""`dprnn-jax train`: user mistakes end in one line on stderr and exit status 2, nothing
+saved is lost, and a tiny run writes its files and resumes across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dprnn_jax._checkpoint import read_metadata
+from dprnn_jax._cli import main
+
+# Start JAX's backend now, so that `--devices N` cannot re-split this test process's CPU
+# (the CLI may only do that before JAX first runs; here it must report the shortfall).
+jax.devices()
+
+TINY = [
+    "train",
+    "--task",
+    "adding",
+    "--seq-len",
+    "6",
+    "--hidden",
+    "4",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--no-progress",
+]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error message"
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--batch-size", "3", "--devices", "2"], "must be a multiple of devices=2"),
+        (["--devices", "64", "--batch-size", "64"], "JAX sees"),
+        (["--task", "digits", "--seq-len", "9"], "must be 8 (row by row) or 64"),
+        (["--task", "copy", "--clip", "-1"], "--clip must be >= 0"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(tmp_path, capsys, options, message):
+    assert main([*TINY, "--out", str(tmp_path / "out"), *options]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("dprnn-jax: error: ") and message in line
+    assert not (tmp_path / "out" / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "options", [["--task", "imagenet"], ["--method", "magic"], ["--steps", "x"]]
+)
+def test_unknown_choices_exit_2(tmp_path, capsys, options):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY, "--out", str(tmp_path), *options])
+    assert exit_info.value.code == 2
+    assert "error: argument" in _error_line(capsys)
+
+
+def test_unwritable_out_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main([*TINY, "--steps", "2", "--out", str(blocker / "run")]) == 2
+    assert "cannot write to --out" in _error_line(capsys)
+    assert blocker.read_text() == "not a directory"
+
+
+def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "6", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "validation at step 6" in printed
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "loss_curve.png", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps_done"] == 6 and metrics["skipped_steps"] == 0
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A second fresh run into the same directory would overwrite it: refused.
+    saved = (out / "checkpoint.npz").read_bytes()
+    assert main([*TINY, "--steps", "6", "--out", str(out)]) == 2
+    assert "already holds a checkpoint" in _error_line(capsys)
+    # Resuming with other options: refused.
+    assert main([*TINY, "--steps", "8", "--out", str(out), "--resume", "--hidden", "5"]) == 2
+    assert "hidden_size: saved 4, now 5" in _error_line(capsys)
+    assert (out / "checkpoint.npz").read_bytes() == saved
+
+    # Resume in a new process (a fresh compilation) to 8 steps; compare with an
+    # uninterrupted 8-step run in this one.
+    command = [sys.executable, "-m", "dprnn_jax", *TINY, "--steps", "8", "--out", str(out)]
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout
+    straight = tmp_path / "straight"
+    assert main([*TINY, "--steps", "8", "--out", str(straight)]) == 0
+    resumed = np.load(out / "checkpoint.npz")
+    expected = np.load(straight / "checkpoint.npz")
+    with resumed, expected:
+        assert resumed.files == expected.files
+        for name in expected.files:
+            np.testing.assert_array_equal(resumed[name], expected[name])
+    assert read_metadata(out / "checkpoint.npz")["step"] == 8
+
+
+def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert main([*TINY, "--steps", "4", "--out", str(out), "--resume"]) == 2
+    line = _error_line(capsys)
+    assert "checkpoint.npz is not a readable checkpoint" in line
+    assert (out / "checkpoint.npz").read_bytes() == b"PK\x03\x04 truncated"
