@@ -52,6 +52,9 @@ def count_products(method: str, T: int) -> ProductCount:
     ones = jnp.ones((T, 1, 1), jnp.float32)
     flow = ERROR_FLOWS[method](ones, ones, jnp.ones((1, 1), jnp.float32))
     return ProductCount(
-        method, T, int(flow.products_useful), int(flow.products_performed),
+        method,
+        T,
+        int(flow.products_useful),
+        int(flow.products_performed),
         closed_form_products(method, T),
     )

@@ -13,8 +13,17 @@ import dprnn_jax as dj
 def test_public_names_are_exported():
     for name in dj.__all__:
         assert getattr(dj, name) is not None, name
-    for name in ("LayerParams", "RNNParams", "ReadoutParams", "init_layer", "init_rnn",
-                 "rnn_layer", "rnn_apply", "sequence_loss", "omega_matrix"):
+    for name in (
+        "LayerParams",
+        "RNNParams",
+        "ReadoutParams",
+        "init_layer",
+        "init_rnn",
+        "rnn_layer",
+        "rnn_apply",
+        "sequence_loss",
+        "omega_matrix",
+    ):
         assert name in dj.__all__
 
 
@@ -33,7 +42,9 @@ def test_forward_value_is_the_same_for_every_method(method, dtype):
     layer = dj.init_layer(jax.random.key(0), 3, 4, dtype=dtype)
     xs = jax.random.normal(jax.random.key(1), (6, 2, 3), dtype)
     expected = dj.scan_layer(layer, xs, jnp.zeros((2, 4), dtype))
-    assert_trees_close(dj.rnn_layer(layer, xs, method=method), expected, rtol=RTOL[jnp.dtype(dtype)])
+    assert_trees_close(
+        dj.rnn_layer(layer, xs, method=method), expected, rtol=RTOL[jnp.dtype(dtype)]
+    )
 
 
 @pytest.mark.parametrize("method", ["omega", "bptt"])

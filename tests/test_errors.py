@@ -49,7 +49,9 @@ def test_rnn_layer_rejects_bad_h0(layer):
 
 
 def test_rnn_layer_rejects_bad_params(layer, params):
-    with pytest.raises(ValueError, match=r"params.S must have shape \(d, d\) = \(5, 5\), got \(5, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"params.S must have shape \(d, d\) = \(5, 5\), got \(5, 4\)"
+    ):
         dj.rnn_layer(layer._replace(S=jnp.zeros((D, D - 1))), xs())
     with pytest.raises(ValueError, match=r"params.b must have shape \(d,\) = \(5,\), got \(4,\)"):
         dj.rnn_layer(layer._replace(b=jnp.zeros(D - 1)), xs())
@@ -60,7 +62,9 @@ def test_rnn_layer_rejects_bad_params(layer, params):
 def test_dtype_mixups_raise(layer, x64):
     with pytest.raises(TypeError, match=r"xs has dtype float64 but params.W has dtype float32"):
         dj.rnn_layer(layer, xs(dtype=jnp.float64))
-    with pytest.raises(TypeError, match=r"params.S has dtype float64 but params.W has dtype float32"):
+    with pytest.raises(
+        TypeError, match=r"params.S has dtype float64 but params.W has dtype float32"
+    ):
         dj.rnn_layer(layer._replace(S=layer.S.astype(jnp.float64)), xs())
 
 
@@ -77,7 +81,9 @@ def test_rnn_apply_rejects_inconsistent_stack(params):
     with pytest.raises(ValueError, match=r"params.layers\[1\].W has shape \(5, 6\): it expects 6"):
         dj.rnn_apply(params._replace(layers=layers), xs())
     readout = params.readout._replace(W=jnp.zeros((K, D + 1)))
-    with pytest.raises(ValueError, match=r"params.readout.W has shape \(6, 6\).*expected shape \(6, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"params.readout.W has shape \(6, 6\).*expected shape \(6, 5\)"
+    ):
         dj.rnn_apply(params._replace(readout=readout), xs())
     with pytest.raises(ValueError, match=r"h0s must hold one initial state per layer \(2\), got 1"):
         dj.rnn_apply(params, xs(), [None])
@@ -91,7 +97,9 @@ def test_sequence_loss_rejects_bad_targets_mask_and_loss(params):
     labels = jnp.zeros((T, M), jnp.int32)
     with pytest.raises(ValueError, match=r"loss must be one of .*got 'hinge'"):
         dj.sequence_loss(params, xs(), labels, loss="hinge")
-    with pytest.raises(ValueError, match=r"targets must have shape \(T, m\).* = \(4, 2\), got \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"targets must have shape \(T, m\).* = \(4, 2\), got \(4, 3\)"
+    ):
         dj.sequence_loss(params, xs(), jnp.zeros((T, M + 1), jnp.int32))
     with pytest.raises(TypeError, match=r"targets for softmax_cross_entropy must be integer"):
         dj.sequence_loss(params, xs(), labels.astype(jnp.float32))

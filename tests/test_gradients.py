@@ -76,9 +76,7 @@ def all_gradients(params, xs, targets, masks, h0s, *, loss, activation):
 
 
 def assert_every_method_matches_oracle(grads, dtype):
-    errors = {
-        method: max_relative_error(grads[method], grads["oracle"]) for method in METHODS
-    }
+    errors = {method: max_relative_error(grads[method], grads["oracle"]) for method in METHODS}
     rtol = RTOL[jnp.dtype(dtype)]
     assert all(error <= rtol for error in errors.values()), f"rtol {rtol:.0e}: {errors}"
 
