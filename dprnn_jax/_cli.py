@@ -20,6 +20,16 @@ def _add_demo(subparsers) -> None:
         "--naive-T", type=int, default=32, help="sequence length for the O(T³) naive method"
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="steps of the char-LM training that follows (default 1200, about a minute "
+        "on 2 CPU cores; 0 skips it)",
+    )
+    parser.add_argument(
+        "--out", default="runs/demo", help="where the demo run's files go (default runs/demo)"
+    )
     parser.set_defaults(command=_command_demo)
 
 
@@ -31,12 +41,48 @@ def _command_demo(args: argparse.Namespace) -> int:
     for name in ("T", "batch", "hidden", "naive_T", "repeats"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.train_steps is not None and args.train_steps < 0:
+        raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
+    if args.train_steps != 0:
+        from ._train_loop import check_output_dir
+
+        try:
+            check_output_dir(args.out)
+        except OSError as error:
+            raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
     print(f"dprnn_jax gradient check on {jax.devices()[0].device_kind} ({jax.default_backend()}), float32")
     reports = gradient_check_table(
         T=args.T, m=args.batch, d=args.hidden, naive_T=args.naive_T, repeats=args.repeats
     )
     print(format_table(reports))
+    if args.train_steps != 0:
+        _demo_training(args)
     return 0
+
+
+def _demo_training(args: argparse.Namespace) -> None:
+    import time
+
+    from ._checkpoint import CheckpointError
+    from ._demo import DEMO_CONFIG, train_demo
+    from ._train_loop import ResumeError
+
+    config = DEMO_CONFIG
+    steps = config.steps if args.train_steps is None else args.train_steps
+    print(
+        f"\nTraining a character-level language model on the bundled pydoc text: "
+        f'method="omega", T={config.seq_len}, m={config.batch_size}, '
+        f"d={config.hidden_size}, {steps} Adam steps"
+    )
+    started = time.perf_counter()
+    try:
+        result = train_demo(args.out, steps=steps, progress=sys.stderr.isatty())
+    except (CheckpointError, ResumeError, ValueError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print_run_summary(result.metrics, args.out)
+    print(f"training, evaluation and sampling took {time.perf_counter() - started:.1f} s")
 
 
 class UsageError(Exception):
@@ -271,8 +317,42 @@ def _command_omega(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_complexity(subparsers) -> None:
+    from ._complexity import DEFAULT_TS
+
+    parser = subparsers.add_parser(
+        "complexity",
+        help="seed 000's operation-count table: products, XLA flops, wall time over T",
+        description="Writes complexity.md, complexity.png and complexity.json to --out "
+        "(same as scripts/complexity.py).",
+    )
+    parser.add_argument("--out", default="results", help="output directory (results)")
+    parser.add_argument("--T", type=int, nargs="+", default=list(DEFAULT_TS), help="lengths")
+    parser.add_argument("--m", type=int, default=8, help="batch size (8)")
+    parser.add_argument("--d", type=int, default=32, help="hidden size (32)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (5)")
+    parser.add_argument("--naive-max-T", type=int, default=128, help="largest T for naive (128)")
+    parser.set_defaults(command=_command_complexity)
+
+
+def _command_complexity(args: argparse.Namespace) -> int:
+    if min([*args.T, args.m, args.d, args.repeats, args.naive_max_T]) < 1:
+        raise UsageError("--T, --m, --d, --repeats and --naive-max-T must be >= 1")
+    from ._complexity import write_complexity_report
+
+    try:
+        paths = write_complexity_report(
+            args.out, args.T, m=args.m, d=args.d, repeats=args.repeats,
+            naive_max_T=args.naive_max_T,
+        )
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
 # Subcommand registrars: each adds its parser and sets `command` to its handler.
-COMMANDS: list[Callable] = [_add_demo, _add_train, _add_omega]
+COMMANDS: list[Callable] = [_add_demo, _add_train, _add_omega, _add_complexity]
 
 
 def build_parser() -> argparse.ArgumentParser:
