@@ -3,6 +3,9 @@ programme over the Ω gradient-distance matrix Ω(j, i) = ∂Z_j/∂Z_i."""
 
 from ._activations import ACTIVATIONS as ACTIVATIONS
 from ._cell import cell as cell
+from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import load_checkpoint as load_checkpoint
+from ._checkpoint import save_checkpoint as save_checkpoint
 from ._counts import ProductCount as ProductCount
 from ._counts import closed_form_products as closed_form_products
 from ._counts import count_products as count_products
@@ -32,6 +35,22 @@ from ._plotting import plot_decay as plot_decay
 from ._plotting import plot_omega_triangles as plot_omega_triangles
 from ._plotting import plot_training_curves as plot_training_curves
 from ._plotting import plot_triangle as plot_triangle
+from ._sharding import batch_mesh as batch_mesh
+from ._sharding import replicate as replicate
+from ._sharding import shard_batch as shard_batch
+from ._tasks import TASKS as TASKS
+from ._tasks import Batch as Batch
+from ._tasks import Task as Task
+from ._tasks import make_task as make_task
+from ._tasks import sample_text as sample_text
+from ._train_loop import TrainConfig as TrainConfig
+from ._train_loop import TrainResult as TrainResult
+from ._train_loop import train as train
+from ._training import Metrics as Metrics
+from ._training import StepMetrics as StepMetrics
+from ._training import batch_metrics as batch_metrics
+from ._training import make_eval_step as make_eval_step
+from ._training import make_train_step as make_train_step
 
 __version__ = "0.1.0"
 
@@ -67,4 +86,23 @@ __all__ = [
     "rnn_layer",
     "scan_layer",
     "sequence_loss",
+    "Batch",
+    "CheckpointError",
+    "Metrics",
+    "StepMetrics",
+    "TASKS",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "batch_mesh",
+    "batch_metrics",
+    "load_checkpoint",
+    "make_eval_step",
+    "make_task",
+    "make_train_step",
+    "replicate",
+    "sample_text",
+    "save_checkpoint",
+    "shard_batch",
+    "train",
 ]

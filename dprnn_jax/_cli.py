@@ -207,7 +207,7 @@ def _request_cpu_devices(count: int) -> None:
 
     try:
         jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # backend already started / an older jax
         pass
 
 
