@@ -1,4 +1,9 @@
-"""Per-step losses and the sequence cost C = (1/m) Σ_t Σ_rows loss (DESIGN.md §1)."""
+"""Per-step losses and the sequence cost C = (1/m) Σ_t Σ_rows loss (DESIGN.md §1).
+
+Two shapes of task: many-to-many (`sequence_loss`, a target at every step, padded
+steps masked) and many-to-one (`many_to_one_loss`, one target per sequence read from
+the readout of its last valid state).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._network import rnn_apply
+from ._network import mask_from_lengths, rnn_forward
 from ._params import RNNParams
 from ._validation import check_choice, check_floating, check_rank, check_shape
 
@@ -74,12 +79,21 @@ def sequence_loss(
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
     method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+    lengths: jax.Array | None = None,
+    h0s=None,
 ) -> jax.Array:
     """Sequence cost `C = (1/m) Σ_t Σ_rows loss(ŷ_t, y_t)`, masked steps contributing 0.
 
+    Many-to-many: a target at every step. For a right-padded batch pass either `mask`
+    or `lengths` (which also zeroes the padded inputs and reverses bidirectional
+    layers within each length, see `rnn_forward`).
+
     Args:
         params: `RNNParams`.
-        xs: inputs (T, m, n).
+        xs: inputs (T, m, n), or integer token indices (T, m).
         targets: integer classes (T, m) for "softmax_cross_entropy"; floats (T, m, k)
             in [0, 1] for "sigmoid_binary_cross_entropy"; floats (T, m, k) for "mse".
         mask: optional (T, m); entries equal to 0 (or False) mark padded steps.
@@ -88,9 +102,18 @@ def sequence_loss(
             ½‖ŷ − y‖²).
         activation: recurrent activation.
         method: gradient method of the recurrent layers (see `rnn_layer`).
+        block: Ω triangle size for `method="omega"` (see `rnn_layer`).
+        truncation: K-step truncated gradient (see `rnn_layer`).
+        tol: adaptive Ω tolerance (see `rnn_layer`).
+        lengths: valid steps per sequence (m,); steps t ≥ lengths[v] are masked. Give
+            `mask` or `lengths`, not both.
+        h0s: initial states, one per layer (see `rnn_forward`), or None for zeros.
 
     Returns:
         A scalar. Class indices outside [0, k) give NaN rather than a wrong number.
+
+    Raises:
+        ValueError: if both `mask` and `lengths` are given, and as `rnn_forward`.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -98,6 +121,80 @@ def sequence_loss(
         >>> grads = jax.grad(sequence_loss)(params, xs, ys)
     """
     check_choice("loss", loss, LOSSES)
-    outputs = rnn_apply(params, xs, activation=activation, method=method)
+    if mask is not None and lengths is not None:
+        raise ValueError(
+            "sequence_loss takes mask or lengths, not both: lengths already defines the "
+            "mask (steps t < lengths[v] are valid)."
+        )
+    outputs = rnn_forward(
+        params,
+        xs,
+        h0s,
+        lengths=lengths,
+        activation=activation,
+        method=method,
+        block=block,
+        truncation=truncation,
+        tol=tol,
+    ).outputs
+    if lengths is not None:
+        mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
     losses = per_step_losses(outputs, targets, mask, loss=loss)
     return losses.sum() / xs.shape[1]
+
+
+def many_to_one_loss(
+    params: RNNParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    lengths: jax.Array | None = None,
+    *,
+    loss: str = "softmax_cross_entropy",
+    activation: str = "tanh",
+    method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+    h0s=None,
+) -> jax.Array:
+    """Many-to-one cost `C = (1/m) Σ_v loss(ρ(h^L_{L_v − 1} W_outᵀ + b_out), y_v)`.
+
+    Sequence classification (or regression) from the readout of each sequence's LAST
+    VALID top-layer state (for a bidirectional top layer `[h→_{L−1}, h←_0]`).
+
+    Args:
+        params: `RNNParams`.
+        xs: inputs (T, m, n) or integer tokens (T, m), right-padded.
+        targets: one per sequence: integer classes (m,) for "softmax_cross_entropy",
+            floats (m, k) for "sigmoid_binary_cross_entropy" and "mse".
+        lengths: valid steps per sequence (m,), or None for all T.
+        loss, activation, method, block, truncation, tol, h0s: as in `sequence_loss`.
+
+    Returns:
+        A scalar.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> xs, ys = jnp.ones((5, 2, 3)), jnp.array([1, 3])
+        >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, jnp.array([5, 2]))
+    """
+    check_choice("loss", loss, LOSSES)
+    final = rnn_forward(
+        params,
+        xs,
+        h0s,
+        lengths=lengths,
+        activation=activation,
+        method=method,
+        block=block,
+        truncation=truncation,
+        tol=tol,
+    ).final_states[-1]
+    outputs = final @ params.readout.W.T + params.readout.b
+    m, k = outputs.shape
+    if loss == "softmax_cross_entropy":
+        check_shape("targets", targets, (m,), "(m,) = one class index per sequence")
+    else:
+        check_shape("targets", targets, (m, k), "(m, k) = one target per sequence")
+    losses = per_step_losses(outputs[None], jnp.asarray(targets)[None], loss=loss)
+    return losses.sum() / outputs.shape[0]
