@@ -46,7 +46,7 @@ def check_block_option(method: str, block: object) -> int | None:
     if method != "omega":
         raise ValueError(
             f'block={block!r} applies only to method="omega" (Ω triangles of block '
-            f"steps), got method={method!r}; drop block or use method=\"omega\"."
+            f'steps), got method={method!r}; drop block or use method="omega".'
         )
     return check_block(block)
 
