@@ -27,6 +27,7 @@ from jax import lax
 
 from ._omega_norms import check_max_lag, omega_log_norms_from_jacobians
 from ._trajectory import layer_trajectory, one_step_jacobians
+from ._validation import check_sequence
 
 # sup_z σ'(z) of each activation: the a-priori ξ of seed 001 §6.
 SIGMA_PRIME_SUP: dict[str, float] = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
@@ -125,8 +126,8 @@ def lyapunov_exponent(
         >>> estimate.per_lag.shape
         (32,)
     """
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
-    T = trajectory.hs.shape[0]
+    # Options first (cheap, static): a mistake should not cost a forward pass.
+    T = check_sequence("xs", xs)[0]
     if T < 3:
         raise ValueError(
             f"lyapunov_exponent needs T >= 3 steps to fit a slope over two lags, got T = {T}."
@@ -136,6 +137,7 @@ def lyapunov_exponent(
         raise ValueError(
             f"min_lag must be an int in [1, {last - 1}] (below max_lag = {last}), got {min_lag!r}."
         )
+    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
     log_norms = omega_log_norms_from_jacobians(one_step_jacobians(trajectory), last).spectral
     mean_log_norm = mean_log_norm_per_lag(log_norms, last)
     lags = jnp.arange(1, last + 1, dtype=mean_log_norm.dtype)
@@ -183,13 +185,14 @@ def lyapunov_qr(
         >>> lyapunov_qr(layer, jax.random.normal(jax.random.key(1), (64, 4, 2))).shape
         (8,)
     """
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
-    T, m, d = trajectory.hs.shape
+    T = check_sequence("xs", xs)[0]
     if not isinstance(burn_in, int) or isinstance(burn_in, bool) or not 0 <= burn_in <= T - 2:
         raise ValueError(
             f"lyapunov_qr averages the T - 1 - burn_in Jacobians after the burn-in, so it needs "
             f"0 <= burn_in <= T - 2 = {T - 2}; got burn_in = {burn_in!r} with T = {T}."
         )
+    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
+    _, m, d = trajectory.hs.shape
     # Ω(t+1, t) for t = 0 … T-2: the last step's σ' has no successor.
     jacobians = one_step_jacobians(trajectory)[:-1]
 

@@ -6,6 +6,7 @@ Used by `dprnn-jax omega`; also callable from a script or notebook.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,19 @@ from ._params import RNNParams, init_rnn
 from ._plotting import plot_decay, plot_omega_triangles, save_figure
 
 REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "activation", "layer", "fit_lag", "burn_in"))
+def _report_arrays(params, xs, targets, mask, *, loss, activation, layer, fit_lag, burn_in):
+    # Everything in one compiled program: the diagnostics share the forward pass.
+    logs = omega_norms(params, xs, activation=activation, layer=layer, log=True)
+    # Geometric mean over the batch: the natural average for a log-scale heat map.
+    mean_spectral = jnp.exp(logs.spectral.mean(axis=-1))
+    flow = gradient_flow(params, xs, targets, mask, layer=layer, loss=loss, activation=activation)
+    estimate = lyapunov_exponent(params, xs, activation=activation, layer=layer, max_lag=fit_lag)
+    qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=burn_in)
+    bound = decay_bound(params, xs, activation=activation, layer=layer)
+    return mean_spectral, flow, estimate, qr, bound
 
 
 def omega_report(
@@ -49,6 +63,9 @@ def omega_report(
         max_lag: the largest lag of the Lyapunov fit (default about T/2).
         title: figure title.
 
+    Raises:
+        ValueError, TypeError: T < 4, and the errors of the diagnostics.
+
     Returns:
         A JSON-ready dict: sizes, γ (observed and a priori), ‖S‖₂, λ₁ from the diagonal
         decay and from QR, and the files written.
@@ -57,15 +74,21 @@ def omega_report(
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     fit_lag = max(2, T // 2) if max_lag is None else max_lag
-    norms = omega_norms(params, xs, activation=activation, layer=layer)
-    flow = gradient_flow(params, xs, targets, mask, layer=layer, loss=loss, activation=activation)
-    estimate = lyapunov_exponent(params, xs, activation=activation, layer=layer, max_lag=fit_lag)
-    qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=T // 8)
-    bound = decay_bound(params, xs, activation=activation, layer=layer)
+    mean_spectral, flow, estimate, qr, bound = _report_arrays(
+        params,
+        xs,
+        targets,
+        mask,
+        loss=loss,
+        activation=activation,
+        layer=layer,
+        fit_lag=fit_lag,
+        burn_in=T // 8,
+    )
     out_dir = Path(out_dir)
     heading = title or f"layer {layer}, {activation}, T = {T}"
     save_figure(
-        plot_omega_triangles(jnp.nanmean(norms.spectral, axis=-1), flow, title=heading),
+        plot_omega_triangles(mean_spectral, flow, title=heading),
         out_dir / REPORT_FILES[0],
     )
     save_figure(
@@ -144,7 +167,7 @@ def trained_model(checkpoint: str | Path, *, batch: int) -> ModelAndData:
     """
     from ._checkpoint import CheckpointError, load_checkpoint, read_metadata
     from ._tasks import make_task
-    from ._train_loop import TrainConfig, _initial_state
+    from ._train_loop import OPTIMIZERS, TrainConfig
 
     metadata = read_metadata(checkpoint)
     if "config" not in metadata:
@@ -152,8 +175,13 @@ def trained_model(checkpoint: str | Path, *, batch: int) -> ModelAndData:
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in metadata["config"].items() if k in fields})
     task = make_task(config.task, config.seq_len)
-    params, _, opt_state, _ = _initial_state(config, task)
-    (params, _), metadata = load_checkpoint(checkpoint, (params, opt_state))
+    # The checkpoint holds (params, optimiser state); a freshly built pair of the same
+    # configuration is the template whose structure, shapes and dtypes it must match.
+    like = init_rnn(
+        jax.random.key(0), task.input_size, (config.hidden_size,) * config.layers, task.output_size
+    )
+    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+    (params, _), metadata = load_checkpoint(checkpoint, (like, optimizer.init(like)))
     held_out = task.validation
     m = min(batch, held_out.inputs.shape[1])
     title = f"{config.task} after {metadata.get('step', '?')} steps ({config.method}), "

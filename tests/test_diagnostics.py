@@ -35,13 +35,15 @@ def _perturbed_states(params, xs, eps, layer):
     states = []
     hs = xs
     for index, p in enumerate(params.layers):
-        h = jnp.zeros((xs.shape[1], p.S.shape[0]), xs.dtype)
-        out = []
-        for t in range(xs.shape[0]):
-            z = hs[t] @ p.W.T + h @ p.S.T + p.b
-            h = SIGMAS["tanh"](z + eps[t] if index == layer else z)
-            out.append(h)
-        hs = jnp.stack(out)
+        shift = eps if index == layer else jnp.zeros(hs.shape[:2] + p.b.shape, xs.dtype)
+
+        def step(h, inputs, p=p):
+            x, e = inputs
+            h = SIGMAS["tanh"](x @ p.W.T + h @ p.S.T + p.b + e)
+            return h, h
+
+        h0 = jnp.zeros((xs.shape[1], p.S.shape[0]), xs.dtype)
+        hs = jax.lax.scan(step, h0, (hs, shift))[1]
         states.append(hs)
     return states
 
@@ -81,13 +83,14 @@ def test_gradient_flow_of_a_lower_layer_propagates_its_injected_errors(x64):
     eps = jnp.zeros((T, M, HIDDEN[0]), jnp.float64)
 
     def cost_of_states(hs0):
-        h = jnp.zeros((M, HIDDEN[1]))
-        out = []
         upper = params.layers[1]
-        for t in range(T):
-            h = jnp.tanh(hs0[t] @ upper.W.T + h @ upper.S.T + upper.b)
-            out.append(h)
-        logits = jnp.stack(out) @ params.readout.W.T + params.readout.b
+
+        def step(h, x):
+            h = jnp.tanh(x @ upper.W.T + h @ upper.S.T + upper.b)
+            return h, h
+
+        hs1 = jax.lax.scan(step, jnp.zeros((M, HIDDEN[1])), hs0)[1]
+        logits = hs1 @ params.readout.W.T + params.readout.b
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask
         return losses.sum() / M
 
@@ -97,11 +100,16 @@ def test_gradient_flow_of_a_lower_layer_propagates_its_injected_errors(x64):
     # Samples are independent: keep the (v, v) blocks only.
     blocks = jnp.einsum("jvetvc,jve->jtvc", jac, hs_bar)
     expected = jnp.sqrt(jnp.sum(blocks**2, axis=(-2, -1)))
-    flow = dj.gradient_flow(params, xs, targets, mask, layer=0)
+    flows = jax.jit(
+        lambda p: (
+            dj.gradient_flow(p, xs, targets, mask, layer=0),
+            dj.gradient_flow(p, xs, targets, mask, layer=-2, max_lag=2),
+        )
+    )
+    flow, cut = flows(params)
     lower = np.tril(np.ones((T, T), bool))
     assert_trees_close(np.asarray(flow)[lower], np.asarray(expected)[lower], rtol=1e-10)
     # max_lag keeps the first diagonals exactly and leaves the rest undefined (NaN).
-    cut = dj.gradient_flow(params, xs, targets, mask, layer=-2, max_lag=2)
     lag = np.subtract.outer(np.arange(T), np.arange(T))
     kept = (lag >= 0) & (lag <= 2)
     np.testing.assert_array_equal(np.asarray(cut)[kept], np.asarray(flow)[kept])
@@ -114,8 +122,13 @@ def test_omega_norms_are_the_norms_of_omega_matrix(dtype, activation):
     layer = layer._replace(S=1.5 * layer.S, b=layer.b + 0.1)
     xs = jax.random.normal(jax.random.key(3), (7, M, N), dtype)
     triangle = dj.omega_matrix(layer, xs, activation=activation)
-    run = jax.jit(functools.partial(dj.omega_norms, activation=activation))
-    norms = run(layer, xs)
+    run = jax.jit(
+        lambda p, x: (
+            dj.omega_norms(p, x, activation=activation),
+            dj.omega_norms(p, x, activation=activation, log=True),
+        )
+    )
+    norms, logs = run(layer, xs)
     lower = np.tril(np.ones((7, 7), bool))
     spectral = jnp.linalg.norm(triangle, ord=2, axis=(-2, -1))
     frobenius = jnp.linalg.norm(triangle, axis=(-2, -1))
@@ -124,7 +137,6 @@ def test_omega_norms_are_the_norms_of_omega_matrix(dtype, activation):
             np.asarray(actual)[lower], np.asarray(expected)[lower], rtol=RTOL[jnp.dtype(dtype)]
         )
         assert np.all(np.isnan(np.asarray(actual)[~lower]))
-    logs = dj.omega_norms(layer, xs, activation=activation, log=True)
     np.testing.assert_allclose(
         np.exp(np.asarray(logs.spectral)[lower]),
         np.asarray(norms.spectral)[lower],
