@@ -2,6 +2,11 @@
 programme over the Ω gradient-distance matrix Ω(j, i) = ∂Z_j/∂Z_i."""
 
 from ._activations import ACTIVATIONS as ACTIVATIONS
+from ._adaptive import ToleranceReport as ToleranceReport
+from ._adaptive import tolerance_report as tolerance_report
+from ._bidirectional import BidirectionalParams as BidirectionalParams
+from ._bidirectional import bidirectional_layer as bidirectional_layer
+from ._bidirectional import init_bidirectional_layer as init_bidirectional_layer
 from ._cell import cell as cell
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import load_checkpoint as load_checkpoint
@@ -22,7 +27,10 @@ from ._lyapunov import LyapunovEstimate as LyapunovEstimate
 from ._lyapunov import decay_bound as decay_bound
 from ._lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._lyapunov import lyapunov_qr as lyapunov_qr
+from ._loss import many_to_one_loss as many_to_one_loss
+from ._network import RNNOutput as RNNOutput
 from ._network import rnn_apply as rnn_apply
+from ._network import rnn_forward as rnn_forward
 from ._omega import omega_matrix as omega_matrix
 from ._omega_norms import OmegaNorms as OmegaNorms
 from ._omega_norms import omega_norms as omega_norms
@@ -35,6 +43,10 @@ from ._plotting import plot_decay as plot_decay
 from ._plotting import plot_omega_triangles as plot_omega_triangles
 from ._plotting import plot_training_curves as plot_training_curves
 from ._plotting import plot_triangle as plot_triangle
+from ._rtrl_online import RTRLState as RTRLState
+from ._rtrl_online import rtrl_gradient as rtrl_gradient
+from ._rtrl_online import rtrl_init as rtrl_init
+from ._rtrl_online import rtrl_step as rtrl_step
 from ._sharding import batch_mesh as batch_mesh
 from ._sharding import replicate as replicate
 from ._sharding import shard_batch as shard_batch
@@ -55,6 +67,18 @@ from ._training import make_train_step as make_train_step
 __version__ = "0.1.0"
 
 __all__ = [
+    "BidirectionalParams",
+    "RNNOutput",
+    "RTRLState",
+    "ToleranceReport",
+    "bidirectional_layer",
+    "init_bidirectional_layer",
+    "many_to_one_loss",
+    "rnn_forward",
+    "rtrl_gradient",
+    "rtrl_init",
+    "rtrl_step",
+    "tolerance_report",
     "DecayBound",
     "LyapunovEstimate",
     "OmegaNorms",
