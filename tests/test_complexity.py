@@ -1,0 +1,64 @@
+"""The complexity sweep's instruments: HLO flop counting, slopes, and the report files."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dprnn_jax._blocked import blocked_error_flow
+from dprnn_jax._bptt import bptt_error_flow
+from dprnn_jax._complexity import loglog_slope, write_complexity_report
+from dprnn_jax._hlo_flops import hlo_dot_flops
+from dprnn_jax._naive import naive_error_flow
+from dprnn_jax._omega import omega_error_flow
+
+T, M, D = 40, 2, 4
+FLOWS = {
+    "omega": omega_error_flow,
+    "bptt": bptt_error_flow,
+    "blocked": lambda P, s, S: blocked_error_flow(P, s, S, block=7),
+}
+
+
+@pytest.mark.parametrize("method", FLOWS)
+def test_hlo_flops_equal_the_in_loop_counters(method):
+    """XLA's own program, loops weighted by their trip counts, does what the counters say."""
+    P = jnp.ones((T, M, D), jnp.float32)
+    compiled = jax.jit(FLOWS[method]).lower(P, P, jnp.eye(D)).compile()
+    flow = compiled(P, P, jnp.eye(D))
+    flops = hlo_dot_flops(compiled.as_text())
+    assert flops.exact
+    assert flops.flops == int(flow.products_performed) * 2 * M * D * D
+    assert int(flow.products_performed) > 0
+
+
+def test_hlo_flops_flag_unknown_trip_counts():
+    """naive's inner loops depend on the outer index: the count is a lower bound."""
+    P = jnp.ones((6, M, D), jnp.float32)
+    compiled = jax.jit(naive_error_flow).lower(P, P, jnp.eye(D)).compile()
+    flops = hlo_dot_flops(compiled.as_text())
+    assert not flops.exact
+    assert 0 < flops.flops < (6**3 - 6) // 6 * 2 * M * D * D
+
+
+def test_loglog_slope():
+    Ts = [8, 16, 32, 64]
+    assert loglog_slope(Ts, [T**2 for T in Ts]) == pytest.approx(2.0)
+    assert loglog_slope(Ts, [3 * T for T in Ts], points=2) == pytest.approx(1.0)
+    assert loglog_slope(Ts, [None, None, None, 5.0]) != loglog_slope(Ts, [1, 2, 4, 8])
+
+
+def test_report_files(tmp_path):
+    paths = write_complexity_report(
+        str(tmp_path), (3, 6), m=1, d=2, repeats=1, naive_max_T=6, log=lambda line: None
+    )
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["md", "png", "json"]
+    report = json.loads((tmp_path / "complexity.json").read_text())
+    rows = {(row["method"], row["T"]): row for row in report["rows"]}
+    assert rows[("naive", 6)]["products_useful"] == (6**3 - 6) // 6
+    assert rows[("omega", 6)]["products_useful"] == 15
+    assert rows[("bptt", 6)]["products_useful"] == 5
+    assert "| 6 |" in (tmp_path / "complexity.md").read_text()
