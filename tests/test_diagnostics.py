@@ -147,18 +147,25 @@ def test_omega_norms_are_the_norms_of_omega_matrix(dtype, activation):
 def test_log_norms_stay_exact_where_the_norms_underflow():
     # relu with positive pre-activations and S = s·I: Ω(i+k, i) = s^k I exactly, so
     # log‖Ω(i+k, i)‖₂ = k log s; with s = 0.01 and k up to 39 the norm itself (1e-78)
-    # underflows float32, its log must not.
-    d, s = 3, 0.01
-    layer = LayerParams(W=jnp.zeros((d, 1)), S=s * jnp.eye(d), b=jnp.ones(d))
+    # underflows float32, its log must not. Two values of s at once, under vmap.
+    d, scales = 3, jnp.array([0.01, 0.5])
     xs = jnp.zeros((40, 2, 1))
-    logs = dj.omega_norms(layer, xs, activation="relu", log=True)
+
+    def log_norms(s):
+        layer = LayerParams(W=jnp.zeros((d, 1)), S=s * jnp.eye(d), b=jnp.ones(d))
+        return dj.omega_norms(layer, xs, activation="relu", log=True)
+
+    logs = jax.vmap(log_norms)(scales)
     lag = np.subtract.outer(np.arange(40), np.arange(40))
     lower = lag >= 0
-    expected = np.broadcast_to((lag * np.log(s))[..., None], logs.spectral.shape)
-    assert_trees_close(np.asarray(logs.spectral)[lower], expected[lower], rtol=1e-5)
-    frobenius = expected + 0.5 * np.log(d)
-    assert_trees_close(np.asarray(logs.frobenius)[lower], frobenius[lower], rtol=1e-5)
-    assert float(dj.omega_norms(layer, xs, activation="relu").spectral[39, 0, 0]) == 0.0
+    for index, s in enumerate(np.asarray(scales)):
+        expected = np.broadcast_to((lag * np.log(s))[..., None], (40, 40, 2))
+        spectral, frobenius = logs.spectral[index], logs.frobenius[index]
+        assert_trees_close(np.asarray(spectral)[lower], expected[lower], rtol=1e-5)
+        expected_frobenius = expected + 0.5 * np.log(d)
+        assert_trees_close(np.asarray(frobenius)[lower], expected_frobenius[lower], rtol=1e-5)
+    underflowed = LayerParams(W=jnp.zeros((d, 1)), S=0.01 * jnp.eye(d), b=jnp.ones(d))
+    assert float(dj.omega_norms(underflowed, xs, activation="relu").spectral[39, 0, 0]) == 0.0
 
 
 def _positive_relu_layer(radius):
