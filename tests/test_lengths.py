@@ -1,0 +1,109 @@
+"""Variable-length batches: right padding with `lengths`, many-to-many and many-to-one.
+
+Exact against jax.grad (mask-based oracle on the padded batch) AND equal to running
+every sequence alone; final states are taken at each sequence's own length; whatever
+the padding holds (even NaN) changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import RTOL, max_relative_error, reference_loss
+from test_bidirectional import alone_loss, alone_states, make_data, make_params
+
+import dprnn_jax as dj
+
+T, M = 6, 3
+LENGTHS = (6, 3, 1)
+
+
+def many_to_one_alone(params, xs, labels, lengths):
+    """(1/m) Σ_v CE(readout(h_{L_v−1}), y_v), each sequence run alone."""
+    total = 0.0
+    for v, length in enumerate(lengths):
+        _, finals = alone_states(params, xs[:length, v : v + 1], "tanh")
+        logits = finals[-1] @ params.readout.W.T + params.readout.b
+        total += optax.softmax_cross_entropy_with_integer_labels(logits, labels[v : v + 1]).sum()
+    return total / len(lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def all_results(params, xs, targets, labels, *, method):
+    lengths = jnp.asarray(LENGTHS)
+    mask = (jnp.arange(T)[:, None] < lengths).astype(xs.dtype)
+    # NaN in every padded input: must not reach any valid step or gradient.
+    poisoned = jnp.where(mask[..., None] > 0, xs, jnp.nan)
+    loss = functools.partial(dj.sequence_loss, method=method)
+    return {
+        "lengths": jax.grad(loss, (0, 1))(params, xs, targets, lengths=lengths),
+        "poisoned": jax.grad(loss)(params, poisoned, targets, lengths=lengths),
+        "mask_oracle": jax.grad(reference_loss, (0, 1))(
+            params, xs, targets, mask, loss="softmax_cross_entropy", activation="tanh"
+        ),
+        "alone": jax.grad(alone_loss, (0, 1))(params, xs, targets, LENGTHS),
+        "many_to_one": jax.grad(dj.many_to_one_loss)(
+            params, xs, labels, lengths, method=method
+        ),
+        "many_to_one_alone": jax.grad(many_to_one_alone)(params, xs, labels, LENGTHS),
+        "final_states": dj.rnn_forward(params, poisoned, lengths=lengths).final_states,
+    }
+
+
+@pytest.mark.parametrize(
+    "method", ["omega", pytest.param("bptt", marks=pytest.mark.slow),
+               pytest.param("scan", marks=pytest.mark.slow)]
+)
+def test_mixed_lengths_are_exact_and_equal_to_running_alone(method, dtype):
+    params = make_params(("uni", "uni"), dtype)
+    xs, targets = make_data(dtype)
+    labels = jnp.array([0, 2, 1])
+    r = all_results(params, xs, targets, labels, method=method)
+    rtol = RTOL[jnp.dtype(dtype)]
+    assert max_relative_error(r["lengths"], r["mask_oracle"]) <= rtol
+    assert max_relative_error(r["lengths"], r["alone"]) <= rtol
+    assert max_relative_error(r["poisoned"], r["alone"][0]) <= rtol
+    assert max_relative_error(r["many_to_one"], r["many_to_one_alone"]) <= rtol
+    for v, length in enumerate(LENGTHS):
+        _, finals = alone_states(params, xs[:length, v : v + 1], "tanh")
+        for layer_final, alone_final in zip(r["final_states"], finals, strict=True):
+            assert max_relative_error(layer_final[v], alone_final[0]) <= rtol
+
+
+def test_lengths_under_vmap_and_zero_length(x64):
+    params = make_params(("uni",), jnp.float64)
+    xs, targets = make_data(jnp.float64)
+    h0 = jnp.full((M, 3), 0.25)
+    batches = jnp.array([[6, 3, 1], [0, 2, 6]])
+    finals = jax.vmap(
+        lambda lengths: dj.rnn_forward(params, xs, [h0], lengths=lengths).final_states[0]
+    )(batches)
+    hs = dj.rnn_layer(params.layers[0], xs, h0)
+    np.testing.assert_array_equal(finals[0], hs[jnp.array([5, 2, 0]), jnp.arange(M)])
+    # Length 0: the sequence is empty, its final state is its initial state.
+    np.testing.assert_array_equal(finals[1][0], h0[0])
+    # Under jit a bad length cannot raise: the state is NaN rather than a wrong number.
+    bad = jax.jit(lambda L: dj.rnn_forward(params, xs, lengths=L).final_states[0])(
+        jnp.array([7, -1, 2])
+    )
+    assert np.isnan(bad[:2]).all() and np.isfinite(bad[2]).all()
+
+
+def test_invalid_lengths_and_targets_are_rejected():
+    params = make_params(("uni",), jnp.float32)
+    xs, targets = make_data(jnp.float32)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\]"):
+        dj.rnn_apply(params, xs, lengths=jnp.array([7, 1, 1]))
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        dj.rnn_apply(params, xs, lengths=jnp.array([1, 1]))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        dj.rnn_apply(params, xs, lengths=jnp.array([1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="not both"):
+        dj.sequence_loss(params, xs, targets, jnp.ones((T, M)), lengths=jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="one class index per sequence"):
+        dj.many_to_one_loss(params, xs, targets, jnp.array([1, 2, 3]))
