@@ -44,12 +44,18 @@ def _command_demo(args: argparse.Namespace) -> int:
     if args.train_steps is not None and args.train_steps < 0:
         raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
     if args.train_steps != 0:
-        from ._train_loop import check_output_dir
+        # Refuse a bad --out now, not after the gradient check.
+        from ._demo import check_demo_dir
+        from ._train_loop import ResumeError, check_output_dir
 
         try:
             check_output_dir(args.out)
+            check_demo_dir(args.out)
         except OSError as error:
-            raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+            reason = error.strerror or error
+            raise UsageError(f"cannot write to --out {args.out!r}: {reason}") from None
+        except ResumeError as error:
+            raise UsageError(str(error)) from None
     print(f"dprnn_jax gradient check on {jax.devices()[0].device_kind} ({jax.default_backend()}), float32")
     reports = gradient_check_table(
         T=args.T, m=args.batch, d=args.hidden, naive_T=args.naive_T, repeats=args.repeats
@@ -330,7 +336,7 @@ def _add_complexity(subparsers) -> None:
     parser.add_argument("--T", type=int, nargs="+", default=list(DEFAULT_TS), help="lengths")
     parser.add_argument("--m", type=int, default=8, help="batch size (8)")
     parser.add_argument("--d", type=int, default=32, help="hidden size (32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per point (7)")
     parser.add_argument("--naive-max-T", type=int, default=128, help="largest T for naive (128)")
     parser.set_defaults(command=_command_complexity)
 

@@ -129,6 +129,27 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
+def check_demo_dir(out: str, config: TrainConfig = DEMO_CONFIG) -> None:
+    """Refuses an `out` that holds a checkpoint not written by the demo.
+
+    Raises:
+        ResumeError: `out/checkpoint.npz` exists and is not a demo checkpoint.
+    """
+    path = os.path.join(out, CHECKPOINT)
+    if not os.path.exists(path):
+        return
+    try:
+        saved = read_metadata(path).get("config", {})
+    except CheckpointError:
+        saved = {}
+    mine = dataclasses.asdict(config)
+    if any(saved.get(key) != mine[key] for key in mine if key != "steps"):
+        raise ResumeError(
+            f"{out} holds a checkpoint that is not from the demo; choose another --out "
+            "(nothing was overwritten)"
+        )
+
+
 def train_demo(out: str = "runs/demo", *, steps: int | None = None, progress: bool = True):
     """Trains the demo char-LM from scratch into `out`; returns the `TrainResult`.
 
@@ -139,17 +160,8 @@ def train_demo(out: str = "runs/demo", *, steps: int | None = None, progress: bo
         ResumeError: `out` holds a checkpoint that is not from the demo.
     """
     config = DEMO_CONFIG if steps is None else dataclasses.replace(DEMO_CONFIG, steps=steps)
+    check_demo_dir(out, config)
     path = os.path.join(out, CHECKPOINT)
     if os.path.exists(path):
-        try:
-            saved = read_metadata(path).get("config", {})
-        except CheckpointError:
-            saved = {}
-        mine = dataclasses.asdict(config)
-        if any(saved.get(key) != mine[key] for key in mine if key != "steps"):
-            raise ResumeError(
-                f"{out} holds a checkpoint that is not from the demo; choose another --out "
-                "(nothing was overwritten)"
-            )
         os.remove(path)
     return train(config, out, progress=progress)

@@ -15,6 +15,7 @@ steps inject zero error and the gradient stays exact (DESIGN.md §4, variable le
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -148,39 +149,42 @@ def sample_text(
     Example:
         >>> text = sample_text(params, "The ", 100, jax.random.key(0))
     """
-    from ._cell import cell
-
     if not prompt:
         raise ValueError("prompt must hold at least one character, got ''.")
     check_positive_int("length", length)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    V = len(VOCABULARY)
+    prompt_ids = jnp.asarray(encode(prompt), jnp.int32)
+    tokens = _generate(params, prompt_ids, key, temperature, length=length, activation=activation)
+    return prompt + decode(tokens)
 
-    def step(states, token):
-        x = jax.nn.one_hot(token[None], V, dtype=params.readout.W.dtype)
-        new_states = []
-        for layer, h in zip(params.layers, states, strict=True):
-            x = h = cell(layer, h, x, activation=activation)
-            new_states.append(h)
-        logits = x @ params.readout.W.T + params.readout.b
-        return tuple(new_states), logits[0]
 
-    @jax.jit
-    def generate(prompt_ids, key):
-        states = tuple(jnp.zeros((1, layer.S.shape[0]), layer.S.dtype) for layer in params.layers)
-        states, logits = jax.lax.scan(step, states, prompt_ids)
+def _char_step(params, states, token, activation):
+    """Feeds one character through every layer; returns the new states and the logits."""
+    from ._cell import cell
 
-        def draw(carry, key):
-            states, logits = carry
-            token = jax.random.categorical(key, logits[-1] / temperature)
-            states, new_logits = step(states, token)
-            return (states, new_logits[None]), token
+    x = jax.nn.one_hot(token[None], len(VOCABULARY), dtype=params.readout.W.dtype)
+    new_states = []
+    for layer, h in zip(params.layers, states, strict=True):
+        x = h = cell(layer, h, x, activation=activation)
+        new_states.append(h)
+    return tuple(new_states), (x @ params.readout.W.T + params.readout.b)[0]
 
-        _, tokens = jax.lax.scan(draw, (states, logits[-1:]), jax.random.split(key, length))
-        return tokens
 
-    return prompt + decode(generate(jnp.asarray(encode(prompt), jnp.int32), key))
+@functools.partial(jax.jit, static_argnames=("length", "activation"))
+def _generate(params, prompt_ids, key, temperature, *, length, activation):
+    states = tuple(jnp.zeros((1, layer.S.shape[0]), layer.S.dtype) for layer in params.layers)
+    states, logits = jax.lax.scan(
+        lambda states, token: _char_step(params, states, token, activation), states, prompt_ids
+    )
+
+    def draw(carry, key):
+        states, logits = carry
+        token = jax.random.categorical(key, logits / temperature)
+        return _char_step(params, states, token, activation), token
+
+    _, tokens = jax.lax.scan(draw, (states, logits[-1]), jax.random.split(key, length))
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,6 +305,7 @@ TASKS: tuple[str, ...] = tuple(_BUILDERS)
 DEFAULT_SEQ_LEN: dict[str, int] = {"charlm": 64, "digits": 8, "adding": 50, "copy": 20}
 
 
+@functools.lru_cache(maxsize=8)
 def make_task(name: str, seq_len: int | None = None) -> Task:
     """Builds a task with its held-out split.
 
@@ -311,8 +316,9 @@ def make_task(name: str, seq_len: int | None = None) -> Task:
             (`DEFAULT_SEQ_LEN`).
 
     Returns:
-        A `Task`. `task.sample(key, m)` is pure and jit-compatible: the same key gives
-        the same batch, so a run's data order is a function of (seed, step) alone.
+        A `Task` (cached: the same arguments return the same immutable task).
+        `task.sample(key, m)` is pure and jit-compatible: the same key gives the same
+        batch, so a run's data order is a function of (seed, step) alone.
 
     Raises:
         ValueError: unknown task or unsupported `seq_len`.

@@ -12,8 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+import dprnn_jax._demo
+
 from dprnn_jax._checkpoint import read_metadata
 from dprnn_jax._cli import main
+from dprnn_jax._demo import train_demo
 
 # Start JAX's backend now, so that `--devices N` cannot re-split this test process's CPU
 # (the CLI may only do that before JAX first runs; here it must report the shortfall).
@@ -123,3 +126,30 @@ def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsy
     line = _error_line(capsys)
     assert "checkpoint.npz is not a readable checkpoint" in line
     assert (out / "checkpoint.npz").read_bytes() == b"PK\x03\x04 truncated"
+
+
+def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys, monkeypatch):
+    # Two methods keep the gradient check's compile time small; the wiring is the same.
+    monkeypatch.setattr(dprnn_jax._demo, "METHODS", ("omega", "autodiff"))
+    out = tmp_path / "demo"
+    small = ["--T", "3", "--batch", "2", "--hidden", "4", "--naive-T", "3", "--repeats", "1"]
+    assert main(["demo", *small, "--train-steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for method in ("omega", "autodiff"):
+        assert f"\n{method} " in printed
+    assert "sample:\nThe " in printed and "validation at step 2" in printed
+    assert sorted(os.listdir(out)) == [
+        "checkpoint.npz", "loss_curve.png", "metrics.json", "sample.txt"
+    ]  # fmt: skip
+    # Running the demo again replaces its own run; another run's folder is refused
+    # (before the gradient check starts).
+    train_demo(str(out), steps=1, progress=False)
+    assert read_metadata(out / "checkpoint.npz")["step"] == 1
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main([*TINY, "--steps", "2", "--out", str(other)]) == 0
+    saved = (other / "checkpoint.npz").read_bytes()
+    assert main(["demo", *small, "--train-steps", "1", "--out", str(other)]) == 2
+    assert "not from the demo" in _error_line(capsys)
+    assert "gradient check" not in capsys.readouterr().out
+    assert (other / "checkpoint.npz").read_bytes() == saved
