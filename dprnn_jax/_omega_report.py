@@ -19,6 +19,7 @@ from ._lyapunov import decay_bound, lyapunov_exponent, lyapunov_qr
 from ._omega_norms import omega_norms
 from ._params import RNNParams, init_rnn
 from ._plotting import plot_decay, plot_omega_triangles, save_figure
+from ._validation import check_sequence
 
 REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
 
@@ -70,7 +71,7 @@ def omega_report(
         A JSON-ready dict: sizes, γ (observed and a priori), ‖S‖₂, λ₁ from the diagonal
         decay and from QR, and the files written.
     """
-    T = xs.shape[0]
+    T = check_sequence("xs", xs)[0]
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     fit_lag = max(2, T // 2) if max_lag is None else max_lag
