@@ -2,8 +2,9 @@ r"""The blocked Ω programme: small error-flow triangles chained by the BPTT rec
 
 `method="omega", block=B` cuts the sequence into consecutive blocks of B steps (the
 last block, processed first, holds the remaining `T mod B` steps when B does not divide
-T). Inside a block the error-flow triangle is filled diagonal by diagonal exactly as in
-`_omega.py`; between blocks the error is passed on by one step of the O(T) recurrence.
+T). Inside a block the error-flow triangle is filled diagonal by diagonal as in
+`_omega.py` (unrolled into B-1 static-shape products when B ≤ 16, so no row is
+padding); between blocks the error is passed on by one step of the O(T) recurrence.
 For a block covering steps `s … e`, with `Δ_{e+1}` the total error already known at the
 first step of the next block,
 
@@ -51,6 +52,31 @@ def check_block_option(method: str, block: object) -> int | None:
     return check_block(block)
 
 
+# Triangles of at most this many steps are unrolled: B-1 products of exactly B-k rows
+# (no padding rows, no inner loop); longer ones use `omega_error_flow`'s phases.
+UNROLL_MAX = 16
+
+
+def unrolled_triangle(injected: jax.Array, sigma_prime: jax.Array, S: jax.Array) -> ErrorFlow:
+    """The error-flow triangle of a short block, one static-shape product per diagonal."""
+    steps = injected.shape[0]
+    delta = diagonal = injected  # diagonal k holds G(i+k, i) for i < steps - k
+    products = 0
+    for k in range(1, steps):
+        # G(i+k, i) = (G(i+k, i+1) S) ⊙ σ'(Z_i) for i = 0 … steps-1-k.
+        diagonal = (diagonal[1:] @ S) * sigma_prime[: steps - k]
+        delta = delta.at[: steps - k].add(diagonal)
+        products += steps - k
+    count = jnp.asarray(products, jnp.int32)
+    return ErrorFlow(delta, count, count)
+
+
+def _triangle(injected: jax.Array, sigma_prime: jax.Array, S: jax.Array) -> ErrorFlow:
+    if injected.shape[0] <= UNROLL_MAX:
+        return unrolled_triangle(injected, sigma_prime, S)
+    return omega_error_flow(injected, sigma_prime, S)
+
+
 def blocked_error_flow(
     injected: jax.Array, sigma_prime: jax.Array, S: jax.Array, *, block: int
 ) -> ErrorFlow:
@@ -85,7 +111,7 @@ def blocked_error_flow(
     # it needs no chain product. The remaining steps split into whole blocks.
     tail = T - block * ((T - 1) // block)
     head = T - tail
-    last = omega_error_flow(injected[head:], sigma_prime[head:], S)
+    last = _triangle(injected[head:], sigma_prime[head:], S)
     if head == 0:
         return last
 
@@ -94,7 +120,7 @@ def blocked_error_flow(
         p, sp = inputs
         # P'_e = P_e + (Δ_{e+1} S) ⊙ σ'(Z_e): one BPTT step across the block boundary.
         p = p.at[-1].add((delta_next @ S) * sp[-1])
-        flow = omega_error_flow(p, sp, S)
+        flow = _triangle(p, sp, S)
         carry = (
             flow.delta[0],
             useful + flow.products_useful + 1,

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--T", type=int, nargs="+", default=list(DEFAULT_TS), help="lengths")
     parser.add_argument("--m", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--d", type=int, default=32, help="hidden size (default 32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per point (7)")
     parser.add_argument(
         "--naive-max-T", type=int, default=128, help="largest T for the O(T³) naive method"
     )

@@ -95,15 +95,19 @@ def test_blocked_under_vmap(dtype):
     assert max_relative_error(blocked, oracle) <= RTOL[jnp.dtype(dtype)]
 
 
-@pytest.mark.parametrize("T_", [1, 2, 9])
+@pytest.mark.parametrize("T_", [1, 2, 9, 45])
 def test_error_flow_and_counters(T_, x64):
-    """Δ equals BPTT's; `useful` is Σ_b L_b(L_b−1)/2 + (#blocks − 1), ≤ `performed`."""
+    """Δ equals BPTT's; `useful` is Σ_b L_b(L_b−1)/2 + (#blocks − 1), ≤ `performed`.
+
+    Blocks of up to 16 steps are unrolled; T = 45 with blocks of 20 and ≥ T also runs
+    the phased `omega_error_flow` inside the chain.
+    """
     k_p, k_s, k_S = jax.random.split(jax.random.key(2), 3)
     injected = jax.random.normal(k_p, (T_, 2, 3), jnp.float64)
     sigma_prime = jax.random.uniform(k_s, (T_, 2, 3), jnp.float64)
     S = jax.random.normal(k_S, (3, 3), jnp.float64)
     expected = bptt_error_flow(injected, sigma_prime, S).delta
-    for block in (1, 2, 4, T_, T_ + 3):
+    for block in sorted({1, 2, 4, 20, T_, T_ + 3}):
         flow = blocked_error_flow(injected, sigma_prime, S, block=block)
         assert max_relative_error(flow.delta, expected) <= RTOL[jnp.dtype("float64")], block
         B = min(block, T_)
