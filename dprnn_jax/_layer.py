@@ -125,9 +125,7 @@ def _layer_bwd(config, residuals, hs_bar):
         # cotangent Δ_t W needs the future of step t, which forward sensitivities give
         # only at O(T²) memory, so it comes from the BPTT recurrence; under `jit` that
         # scan is dead code unless something (the layer below, a grad w.r.t. xs) uses it.
-        grad_params, grad_h0 = rtrl_layer_gradients(
-            params, xs, h0, hs, hs_bar, sigma_prime
-        )
+        grad_params, grad_h0 = rtrl_layer_gradients(params, xs, h0, hs, hs_bar, sigma_prime)
         delta = bptt_error_flow(injected, sigma_prime, params.S).delta
         return grad_params, delta @ params.W, grad_h0
     # Δ_i = P_i + Σ_{j>i} P_j Ω(j, i), DESIGN.md §3, by the selected algorithm.

@@ -149,12 +149,11 @@ def check_lengths(lengths: object, T: int, m: int) -> jax.Array:
         values = np.asarray(lengths)
     except jax.errors.TracerArrayConversionError:
         values = None  # traced: out-of-range values give NaN states (see `_final_state`)
-    if values is not None:
-        if values.size and (values.min() < 0 or values.max() > T):
-            raise ValueError(
-                f"lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
-                f"{values.max()}."
-            )
+    if values is not None and values.size and (values.min() < 0 or values.max() > T):
+        raise ValueError(
+            f"lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
+            f"{values.max()}."
+        )
     return jnp.asarray(lengths)
 
 

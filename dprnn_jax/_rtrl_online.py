@@ -29,7 +29,13 @@ from ._loss import LOSSES, per_step_losses
 from ._network import check_initial_states, check_rnn_params
 from ._params import ReadoutParams, RNNParams
 from ._rtrl import contract, direct_drive, propagate, through_recurrence, zero_sensitivity
-from ._validation import check_choice, check_floating, check_positive_int, check_shape
+from ._validation import (
+    check_choice,
+    check_floating,
+    check_positive_int,
+    check_sequence,
+    check_shape,
+)
 
 
 class RTRLState(NamedTuple):
@@ -204,28 +210,19 @@ def rtrl_gradient(
         >>> cost, grads = rtrl_gradient(params, jnp.ones((4, 1, 2)), jnp.ones((4, 1), int))
     """
     sizes = check_rnn_params(params)
-    T, m, n = check_shape_sequence(xs, sizes[0])
+    T, m, n = check_sequence("xs", xs)
+    if n != sizes[0]:
+        raise ValueError(
+            f"xs has {n} features (shape {xs.shape}) but params.layers[0].W expects {sizes[0]}."
+        )
     if mask is not None:
         check_shape("mask", mask, (T, m), "(T, m)")
 
     def step(state, inputs):
         x, target, step_mask = inputs
-        state, _ = rtrl_step(
-            params, state, x, target, step_mask, loss=loss, activation=activation
-        )
+        state, _ = rtrl_step(params, state, x, target, step_mask, loss=loss, activation=activation)
         return state, None
 
     ones = jnp.ones((T, m), xs.dtype) if mask is None else jnp.asarray(mask)
     state, _ = lax.scan(step, rtrl_init(params, m, h0s), (xs, targets, ones))
     return state.loss, state.gradient
-
-
-def check_shape_sequence(xs: object, n: int) -> tuple[int, int, int]:
-    from ._validation import check_sequence
-
-    T, m, n_xs = check_sequence("xs", xs)
-    if n_xs != n:
-        raise ValueError(
-            f"xs has {n_xs} features (shape {xs.shape}) but params.layers[0].W expects {n}."
-        )
-    return T, m, n_xs

@@ -17,8 +17,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._activations import get_activation
+from ._activations import ACTIVATIONS, get_activation
 from ._params import LayerParams
+from ._validation import (
+    check_choice,
+    check_layer_params,
+    check_rank,
+    check_same_dtype,
+    check_shape,
+)
 
 
 def is_token_input(xs: object) -> bool:
@@ -76,10 +83,6 @@ def check_token_inputs(
     params: LayerParams, tokens: jax.Array, h0: jax.Array | None, *, activation: str
 ) -> tuple[int, int, int, jax.Array]:
     """Validates a token-fed layer's arguments; returns (T, m, d, h0) with h0 filled in."""
-    from ._validation import check_choice, check_layer_params, check_rank, check_same_dtype
-    from ._validation import check_shape
-    from ._activations import ACTIVATIONS
-
     check_choice("activation", activation, ACTIVATIONS)
     d, _ = check_layer_params("params", params)
     T, m = check_rank("xs", tokens, 2, "(T, m) = (time, batch) integer token indices")

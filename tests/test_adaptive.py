@@ -61,9 +61,7 @@ def adaptive_results(layers, xs, hs_bar):
 def test_contractive_stops_early_within_bound_and_expanding_runs_to_the_end(dtype):
     contractive, expanding, xs, hs_bar = relu_layers(dtype)
     layers = jax.tree.map(lambda a, b: jnp.stack([a, b]), contractive, expanding)
-    report, delta_tol, delta, grad_tol, grad_exact, grad_zero = adaptive_results(
-        layers, xs, hs_bar
-    )
+    report, delta_tol, delta, grad_tol, grad_exact, grad_zero = adaptive_results(layers, xs, hs_bar)
     rtol = RTOL[jnp.dtype(dtype)]
     diagonals = np.asarray(report.diagonals)
     assert (np.asarray(report.max_diagonals) == T - 1).all()
@@ -123,4 +121,3 @@ def test_report_checks_its_arguments():
         tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 2)), tol=0.1)
     with pytest.raises(ValueError, match="tol must"):
         tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 3)), tol=-0.1)
-

@@ -53,9 +53,9 @@ def alone_loss(params, xs, targets, lengths, *, activation="tanh"):
     return total / len(lengths)
 
 
-def make_params(kinds, dtype, key=jax.random.key(0)):
+def make_params(kinds, dtype, seed=0):
     """A stack with `kinds` ("bi"/"uni") layers of 3 units per direction."""
-    keys = jax.random.split(key, len(kinds) + 1)
+    keys = jax.random.split(jax.random.key(seed), len(kinds) + 1)
     layers, n = [], N
     for kind, k in zip(kinds, keys[:-1]):
         if kind == "bi":

@@ -47,17 +47,19 @@ def all_results(params, xs, targets, labels, *, method):
             params, xs, targets, mask, loss="softmax_cross_entropy", activation="tanh"
         ),
         "alone": jax.grad(alone_loss, (0, 1))(params, xs, targets, LENGTHS),
-        "many_to_one": jax.grad(dj.many_to_one_loss)(
-            params, xs, labels, lengths, method=method
-        ),
+        "many_to_one": jax.grad(dj.many_to_one_loss)(params, xs, labels, lengths, method=method),
         "many_to_one_alone": jax.grad(many_to_one_alone)(params, xs, labels, LENGTHS),
         "final_states": dj.rnn_forward(params, poisoned, lengths=lengths).final_states,
     }
 
 
 @pytest.mark.parametrize(
-    "method", ["omega", pytest.param("bptt", marks=pytest.mark.slow),
-               pytest.param("scan", marks=pytest.mark.slow)]
+    "method",
+    [
+        "omega",
+        pytest.param("bptt", marks=pytest.mark.slow),
+        pytest.param("scan", marks=pytest.mark.slow),
+    ],
 )
 def test_mixed_lengths_are_exact_and_equal_to_running_alone(method, dtype):
     params = make_params(("uni", "uni"), dtype)

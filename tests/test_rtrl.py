@@ -57,8 +57,9 @@ def test_rtrl_rejects_what_it_cannot_do():
     params = dj.init_rnn(jax.random.key(0), 2, (3,), 2)
     bidirectional = params._replace(layers=(dj.init_bidirectional_layer(jax.random.key(1), 2, 3),))
     with pytest.raises(ValueError, match="bidirectional"):
-        dj.rtrl_init(bidirectional._replace(readout=dj.ReadoutParams(
-            jnp.zeros((2, 6)), jnp.zeros(2))), 1)
+        dj.rtrl_init(
+            bidirectional._replace(readout=dj.ReadoutParams(jnp.zeros((2, 6)), jnp.zeros(2))), 1
+        )
     state = dj.rtrl_init(params, 1)
     with pytest.raises(ValueError, match="x must have shape"):
         dj.rtrl_step(params, state, jnp.ones((2, 2)), jnp.array([0]))

@@ -37,9 +37,7 @@ def token_and_one_hot_gradients(params, tokens, targets, *, methods):
     )
     # Under vmap over two token batches (the second one reversed in time).
     both = jnp.stack([tokens, tokens[::-1]])
-    grads["vmapped"] = jax.vmap(jax.grad(dj.sequence_loss), (None, 0, None))(
-        params, both, targets
-    )
+    grads["vmapped"] = jax.vmap(jax.grad(dj.sequence_loss), (None, 0, None))(params, both, targets)
     grads["vmapped_oracle"] = jax.vmap(
         lambda x: jax.grad(reference_loss)(
             params, x, targets, loss="softmax_cross_entropy", activation="tanh"
@@ -63,8 +61,9 @@ def test_tokens_match_one_hot_inputs(methods, dtype):
 def test_tokens_in_a_bidirectional_padded_batch(x64):
     params = dj.RNNParams(
         (dj.init_bidirectional_layer(jax.random.key(0), VOCABULARY, 3, dtype=jnp.float64),),
-        dj.ReadoutParams(jax.random.normal(jax.random.key(1), (K, 6), jnp.float64),
-                         jnp.zeros(K, jnp.float64)),
+        dj.ReadoutParams(
+            jax.random.normal(jax.random.key(1), (K, 6), jnp.float64), jnp.zeros(K, jnp.float64)
+        ),
     )
     _, tokens, targets = make_problem(jnp.float64)
     lengths = (6, 3, 1)
@@ -81,8 +80,7 @@ def test_tokens_in_a_bidirectional_padded_batch(x64):
 def test_out_of_vocabulary_token_gives_nan_not_a_number():
     params, tokens, targets = make_problem(jnp.float32)
     bad = tokens.at[2, 1].set(VOCABULARY)
-    losses = dj.per_step_losses(dj.rnn_apply(params, bad), targets,
-                                loss="softmax_cross_entropy")
+    losses = dj.per_step_losses(dj.rnn_apply(params, bad), targets, loss="softmax_cross_entropy")
     assert np.isnan(losses[2:, 1]).all() and np.isfinite(losses[:, 0]).all()
 
 

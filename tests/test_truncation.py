@@ -63,8 +63,10 @@ def make_problem(dtype, seed=0, bias=0.0):
     params = params._replace(layers=tuple(l._replace(b=l.b + bias) for l in params.layers))
     xs = jax.random.normal(k_x, (T, M, N_INPUTS), dtype)
     targets = jax.random.randint(k_y, (T, M), 0, N_CLASSES)
-    h0s = [0.5 * jax.random.normal(k, (M, d), dtype) for k, d in
-           zip(jax.random.split(k_h, len(HIDDEN)), HIDDEN)]
+    h0s = [
+        0.5 * jax.random.normal(k, (M, d), dtype)
+        for k, d in zip(jax.random.split(k_h, len(HIDDEN)), HIDDEN)
+    ]
     lengths = jnp.array([T, 4, 1])
     ragged = (jnp.arange(T)[:, None] < lengths).astype(dtype)
     masks = jnp.stack([jnp.ones_like(ragged), ragged])
