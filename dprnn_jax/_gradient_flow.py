@@ -136,7 +136,8 @@ def gradient_flow(
     Returns:
         (T, T) array, `[j, i]` = ‖G(j, i)‖_F, the Frobenius norm over the batch and the
         units (the weight gradients sum over the batch, so the batch is one block). NaN
-        above the diagonal (j < i) and beyond `max_lag`.
+        above the diagonal (j < i) and beyond `max_lag`; a non-finite loss or input
+        propagates as NaN/inf into the entries it reaches.
 
     Raises:
         ValueError, TypeError: bad params, shapes, dtypes, targets or options.

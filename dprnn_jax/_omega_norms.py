@@ -113,7 +113,8 @@ def omega_norms(
         `omega_matrix`: the diagonal holds the identity's norms (1 and √d); entries
         above the diagonal (j < i) and lags beyond `max_lag` are NaN (log-scale heat
         maps leave them blank). A product that is exactly zero (relu) has norm 0 (log
-        −inf). Not meant to be differentiated (the SVD of a zero matrix has no gradient).
+        −inf). Non-finite inputs or parameters give NaN entries, never a finite wrong
+        number. Not meant to be differentiated (the SVD of a zero matrix has no gradient).
 
     Raises:
         ValueError, TypeError: bad shapes, dtypes, `activation`, `layer` or `max_lag`.

@@ -258,6 +258,12 @@ def test_bad_input_is_named():
         dj.error_flow_norms(jnp.ones((5, 1, 3)), jnp.ones((5, 1, 2)), jnp.eye(3))
     with pytest.raises(ValueError, match="norms must be a square"):
         dj.plot_triangle(jnp.ones((3, 4)))
+    # A NaN input at step 2 poisons exactly the Ω(j, i) that pass through σ'(Z_2).
+    spectral = np.asarray(dj.omega_norms(layer, xs.at[2, 0, 0].set(jnp.nan)).spectral[..., 0])
+    lag = np.subtract.outer(np.arange(5), np.arange(5))
+    reaches_step_2 = (lag > 0) & (np.arange(5)[:, None] > 2)
+    assert np.all(np.isnan(spectral[reaches_step_2]))
+    assert np.all(np.isfinite(spectral[(lag >= 0) & ~reaches_step_2]))
 
 
 def test_plots_are_written_without_a_display(tmp_path):
