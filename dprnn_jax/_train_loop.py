@@ -96,6 +96,14 @@ def check_output_dir(out: str) -> None:
         pass
 
 
+def _write_text(path: str, text: str) -> None:
+    # Temporary file then os.replace, like the checkpoint: never a half-written file.
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
 def _history() -> dict[str, list]:
     return {"loss": [], "accuracy": [], "grad_norm": [], "skipped": [], "evaluations": []}
 
@@ -338,12 +346,9 @@ def train(
             activation=config.activation,
             temperature=0.7,
         )
-        with open(os.path.join(out, SAMPLE), "w", encoding="utf-8") as file:
-            file.write(text + "\n")
+        _write_text(os.path.join(out, SAMPLE), text + "\n")
         metrics["sample"] = text
         files.append(SAMPLE)
     metrics["files"] = files
-    with open(os.path.join(out, METRICS), "w", encoding="utf-8") as file:
-        json.dump(metrics, file, indent=2)
-        file.write("\n")
+    _write_text(os.path.join(out, METRICS), json.dumps(metrics, indent=2) + "\n")
     return TrainResult(params, metrics)
