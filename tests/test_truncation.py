@@ -129,7 +129,7 @@ def test_truncation_matches_stop_gradient_oracle(dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activation, K", [("relu", 1), ("sigmoid", 3), ("tanh", 50)])
+@pytest.mark.parametrize("activation, K", [("relu", 1), ("sigmoid", 50)])
 def test_truncation_other_activations(activation, K, dtype):
     relu = activation == "relu"
     params, xs, targets, masks, h0s = make_problem(dtype, seed=int(relu), bias=0.5 * relu)
