@@ -22,8 +22,9 @@ elementwise by σ'), so the dropped tail obeys
     \qquad \text{when } ρ < 1.
 
 What it does not. When ρ ≥ 1 nothing bounds the tail: a small diagonal can be
-followed by large ones (Ω(j, i) = S^{j−i} diag(…) can shrink for a few lags and grow
-afterwards, e.g. a rotation-like S with gain > 1), so `tol` is a heuristic there.
+followed by large ones, so `tol` is a heuristic there. Example: S = diag(0.1, 1.5),
+σ' = 1 and errors P = (a, b) with |b| ≪ |a|: ‖D_k‖ ≈ 0.1^k |a| + 1.5^k |b| first
+falls below ε‖Δ‖ and then grows without bound.
 The stopping test is global over the batch, not per sequence; a NaN or inf anywhere
 makes the test fail, so the fill runs to the end and the non-finite value propagates
 into the gradient as it would without `tol`.

@@ -125,3 +125,18 @@ def test_report_checks_its_arguments():
         tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 2)), tol=0.1)
     with pytest.raises(ValueError, match="tol must"):
         tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 3)), tol=-0.1)
+
+
+def test_tol_is_only_a_heuristic_when_not_contractive(x64):
+    """S = diag(0.1, 1.5), σ' = 1, one error (1, 1e-6) at the last step: the diagonals
+    0.1^k and 1.5^k·1e-6 first shrink below tol, then grow; the fill stops early and
+    misses a tail far larger than tol (documented: no guarantee when ρ ≥ 1)."""
+    T = 30
+    S = jnp.diag(jnp.array([0.1, 1.5]))
+    sigma_prime = jnp.ones((T, 1, 2))
+    injected = jnp.zeros((T, 1, 2)).at[-1, 0].set(jnp.array([1.0, 1e-6]))
+    flow = adaptive_omega_error_flow(injected, sigma_prime, S, tol=1e-2)
+    exact = omega_error_flow(injected, sigma_prime, S).delta
+    assert int(flow.diagonals) == 2
+    relative_error = jnp.linalg.norm(flow.delta - exact) / jnp.linalg.norm(flow.delta)
+    assert relative_error > 10 * 1e-2
