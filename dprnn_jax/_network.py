@@ -85,9 +85,10 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
     for l, layer in enumerate(layers):
         d, n = _layer_sizes(f"params.layers[{l}]", layer)
         if sizes and n != sizes[-1]:
+            weight = "forward.W" if isinstance(layer, BidirectionalParams) else "W"
             raise ValueError(
-                f"params.layers[{l}] expects {n} inputs (W has shape "
-                f"{_first_weight(layer).shape}) but layer {l - 1} outputs {sizes[-1]} features."
+                f"params.layers[{l}].{weight} has shape {_first_weight(layer).shape}: it "
+                f"expects {n} inputs but layer {l - 1} has {sizes[-1]} hidden units."
             )
         sizes = [*sizes, n, d] if not sizes else [*sizes, d]
     W_out = params.readout.W
@@ -106,11 +107,11 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
     return (*sizes, k)
 
 
-def _check_state(name: str, h0: object, layer, m: int) -> None:
+def _check_state(name: str, h0: object, layer, m: int, weight_name: str) -> None:
     if h0 is not None:
         d = layer.S.shape[0]
         check_shape(name, h0, (m, d), "(m, d_l) = (batch, hidden)")
-        check_same_dtype(name, h0, layer.W.dtype, "the layer's W")
+        check_same_dtype(name, h0, layer.W.dtype, weight_name)
 
 
 def check_initial_states(
@@ -133,10 +134,10 @@ def check_initial_states(
                     f"h0s[{l}] must be a pair (h0_forward, h0_backward) (or None) for a "
                     f"bidirectional layer, got {type(h0).__name__}."
                 )
-            _check_state(f"h0s[{l}][0]", h0[0], layer.forward, m)
-            _check_state(f"h0s[{l}][1]", h0[1], layer.backward, m)
+            _check_state(f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W")
+            _check_state(f"h0s[{l}][1]", h0[1], layer.backward, m, f"params.layers[{l}].backward.W")
         else:
-            _check_state(f"h0s[{l}]", h0, layer, m)
+            _check_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W")
     return h0s
 
 
@@ -162,7 +163,7 @@ def mask_from_lengths(lengths: jax.Array, T: int) -> jax.Array:
     return jnp.arange(T)[:, None] < lengths[None, :]
 
 
-def _check_inputs(xs: object, n: int, dtype) -> tuple[int, int]:
+def _check_inputs(xs: object, n: int, dtype, shape: tuple[int, ...]) -> tuple[int, int]:
     if is_token_input(xs):
         T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
         if T == 0:
@@ -171,8 +172,8 @@ def _check_inputs(xs: object, n: int, dtype) -> tuple[int, int]:
     T, m, n_xs = check_sequence("xs", xs)
     if n_xs != n:
         raise ValueError(
-            f"xs has {n_xs} features (shape {xs.shape}) but params.layers[0] expects {n} "
-            "input features."
+            f"xs has {n_xs} features (shape {xs.shape}) but params.layers[0].W has shape "
+            f"{shape}, which expects {n} input features."
         )
     check_same_dtype("xs", xs, dtype, "params.layers[0].W")
     return T, m
@@ -233,7 +234,8 @@ def rnn_forward(
     """
     sizes = check_rnn_params(params)
     layers = tuple(params.layers)
-    T, m = _check_inputs(xs, sizes[0], _first_weight(layers[0]).dtype)
+    first = _first_weight(layers[0])
+    T, m = _check_inputs(xs, sizes[0], first.dtype, first.shape)
     h0s = check_initial_states(h0s, layers, m)
     valid = None
     if lengths is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._activations import ACTIVATIONS, get_activation
@@ -29,8 +30,16 @@ from ._validation import (
 
 
 def is_token_input(xs: object) -> bool:
-    """True for integer inputs, which the layers read as token indices (T, m)."""
-    return hasattr(xs, "dtype") and jnp.issubdtype(jnp.result_type(xs), jnp.integer)
+    """True for integer inputs of rank 2, which the layers read as token indices (T, m).
+
+    Integer inputs of any other rank are not tokens: they fail the usual (T, m, n)
+    floating-point checks.
+    """
+    return (
+        hasattr(xs, "dtype")
+        and jnp.issubdtype(jnp.result_type(xs), jnp.integer)
+        and np.ndim(xs) == 2
+    )
 
 
 def token_projection(params: LayerParams, tokens: jax.Array) -> jax.Array:

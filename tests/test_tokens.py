@@ -86,7 +86,8 @@ def test_out_of_vocabulary_token_gives_nan_not_a_number():
 
 def test_token_shape_errors():
     params, tokens, _ = make_problem(jnp.float32)
-    with pytest.raises(ValueError, match="rank 2"):
+    # Integer inputs are tokens only with rank 2 (T, m).
+    with pytest.raises(TypeError, match="floating dtype"):
         dj.rnn_layer(params.layers[0], tokens[..., None])
     with pytest.raises(ValueError, match="h0 must have shape"):
         dj.rnn_layer(params.layers[0], tokens, jnp.zeros((M + 1, 4)))
