@@ -5,8 +5,8 @@ then a small character-level language model trained end to end with `method="ome
 from __future__ import annotations
 
 import dataclasses
-import os
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -129,8 +129,9 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
-def check_demo_dir(out: str, config: TrainConfig = DEMO_CONFIG) -> None:
-    """Refuses an `out` that holds a checkpoint not written by the demo.
+def check_demo_dir(out: str, config: TrainConfig | None = None) -> None:
+    """Refuses an `out` that holds a checkpoint not written by the demo (`DEMO_CONFIG`
+    when `config` is None; only `steps` may differ).
 
     Raises:
         ResumeError: `out/checkpoint.npz` exists and is not a demo checkpoint.
@@ -142,7 +143,7 @@ def check_demo_dir(out: str, config: TrainConfig = DEMO_CONFIG) -> None:
         saved = read_metadata(path).get("config", {})
     except CheckpointError:
         saved = {}
-    mine = dataclasses.asdict(config)
+    mine = dataclasses.asdict(DEMO_CONFIG if config is None else config)
     if any(saved.get(key) != mine[key] for key in mine if key != "steps"):
         raise ResumeError(
             f"{out} holds a checkpoint that is not from the demo; choose another --out "

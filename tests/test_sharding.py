@@ -16,7 +16,7 @@ from helpers import RTOL
 
 SCRIPT = textwrap.dedent(
     """
-    import json
+    import json, sys
     import jax, optax
     import numpy as np
     from dprnn_jax._params import init_rnn
@@ -46,6 +46,12 @@ SCRIPT = textwrap.dedent(
     errors = [error(a, b) for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single))]
     moved = error(single[0].layers[0].S, params.layers[0].S)
     devices = len(sharded[0].layers[0].S.sharding.device_set)
+
+    # The command line's --devices on the same 4 devices.
+    from dprnn_jax._cli import main
+    assert main(["train", "--task", "adding", "--seq-len", "6", "--hidden", "4",
+                 "--batch-size", "8", "--steps", "2", "--devices", "4", "--no-progress",
+                 "--out", sys.argv[1]]) == 0
     print(json.dumps(dict(rows=rows, losses=losses, error=max(errors), moved=moved,
                           devices=devices)))
     """
@@ -59,26 +65,26 @@ def _run(command, **env):
     return done.stdout
 
 
-def test_sharded_step_equals_single_device_step():
+def test_sharded_step_equals_single_device_step(tmp_path):
     flags = "--xla_force_host_platform_device_count=4"
-    report = json.loads(_run([sys.executable, "-c", SCRIPT], XLA_FLAGS=flags).splitlines()[-1])
+    command = [sys.executable, "-c", SCRIPT, str(tmp_path / "run")]
+    report = json.loads(_run(command, XLA_FLAGS=flags).splitlines()[-1])
     assert report["rows"] == [[4, 4, 4, 4]] * 3  # 16 sequences, 4 per device
     assert report["devices"] == 4  # parameters stay replicated on all devices
     assert report["moved"] > 1e-3  # three steps changed the parameters
     assert report["error"] <= RTOL[jnp.dtype("float32")], report
     for single, sharded in report["losses"]:
         assert abs(single - sharded) <= 1e-5 * abs(single)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["devices"] == 4 and metrics["device_count"] == 4
 
 
-def test_cli_devices_option_splits_the_cpu(tmp_path):
-    out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "dprnn_jax", "train", "--task", "adding", "--seq-len", "6",
-        "--hidden", "4", "--batch-size", "4", "--steps", "2", "--devices", "2",
-        "--no-progress", "--out", str(out),
-    ]  # fmt: skip
-    _run(command, XLA_FLAGS="")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["devices"] == 2 and metrics["device_count"] == 2
-    # Without XLA_FLAGS the process started with one CPU device: the CLI split it.
-    assert metrics["devices_available"] == 2
+def test_cli_splits_the_host_cpu_when_jax_has_not_started():
+    # What `dprnn-jax train --devices 3` does first, in a process without XLA_FLAGS.
+    script = (
+        "from dprnn_jax._cli import _request_cpu_devices\n"
+        "_request_cpu_devices(3)\n"
+        "import jax\n"
+        "print(len(jax.devices()))"
+    )
+    assert _run([sys.executable, "-c", script], XLA_FLAGS="").split()[-1] == "3"
