@@ -107,22 +107,34 @@ def _add_train(subparsers) -> None:
         description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
         "metrics.json, loss_curve.png (and sample.txt for charlm) to --out.",
     )
-    parser.add_argument("--task", choices=TASKS, default=defaults.task, help="(default charlm)")
+    parser.add_argument(
+        "--task", choices=TASKS, default=defaults.task, help="what to learn (default charlm)"
+    )
     parser.add_argument(
         "--method", choices=METHODS, default=defaults.method, help="gradient method (default omega)"
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="(default 1000)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="(default 0)")
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="optimiser steps (default 1000)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the model and data order (0)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default 32)")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="sequences per step (32)"
+    )
     parser.add_argument(
         "--lr", type=float, default=defaults.learning_rate, help="learning rate (default 3e-3)"
     )
     parser.add_argument(
-        "--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer, help="(default adam)"
+        "--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer, help="optax (adam)"
     )
-    parser.add_argument("--hidden", type=int, default=defaults.hidden_size, help="(default 128)")
-    parser.add_argument("--layers", type=int, default=defaults.layers, help="(default 1)")
+    parser.add_argument(
+        "--hidden", type=int, default=defaults.hidden_size, help="hidden units per layer (128)"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=defaults.layers, help="stacked recurrent layers (1)"
+    )
     parser.add_argument(
         "--seq-len",
         type=int,
@@ -130,7 +142,10 @@ def _add_train(subparsers) -> None:
         help="T: charlm window (64), digits 8 or 64 (8), adding T (50), copy delay (20)",
     )
     parser.add_argument(
-        "--activation", choices=("tanh", "sigmoid", "relu"), default=defaults.activation
+        "--activation",
+        choices=("tanh", "sigmoid", "relu"),
+        default=defaults.activation,
+        help="recurrent activation (tanh)",
     )
     parser.add_argument(
         "--clip", type=float, default=defaults.max_grad_norm, help="global-norm clip, 0 = off (1.0)"
