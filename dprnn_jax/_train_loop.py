@@ -36,6 +36,7 @@ from ._params import RNNParams, init_rnn
 from ._sharding import batch_mesh, replicate, shard_batch
 from ._tasks import Task, make_task, sample_text
 from ._training import make_eval_step, make_train_step
+from ._validation import check_choice, check_positive_int
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -106,6 +107,20 @@ def _write_text(path: str, text: str) -> None:
 
 def _history() -> dict[str, list]:
     return {"loss": [], "accuracy": [], "grad_norm": [], "skipped": [], "evaluations": []}
+
+
+def _check_config(config: TrainConfig) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    for name in ("steps", "batch_size", "hidden_size", "layers", "eval_every"):
+        check_positive_int(name, getattr(config, name))
+    check_positive_int("checkpoint_every", config.checkpoint_every)
+    check_positive_int("devices", config.devices)
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {config.seed!r}.")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}.")
 
 
 class _Programs(NamedTuple):
@@ -255,6 +270,7 @@ def train(
     """
     from tqdm import tqdm
 
+    _check_config(config)
     programs = _programs(
         config.task,
         config.seq_len,

@@ -57,7 +57,10 @@ def batch_metrics(
 
     The loss is `Σ mask · loss(ŷ_t, y_t) / Σ mask`: per character for a language model,
     per sequence for a many-to-one task. Accuracy is the argmax hit rate for
-    "softmax_cross_entropy" and the rate of |ŷ − y| < 0.04 for "mse" (adding problem).
+    "softmax_cross_entropy", the rate of all k bits right for
+    "sigmoid_binary_cross_entropy", and the rate of |ŷ − y| < 0.04 for "mse" (the
+    adding problem's criterion). A batch whose mask is all zero has no supervised step:
+    its loss and accuracy are NaN.
 
     Args:
         params: `RNNParams`.
@@ -74,6 +77,8 @@ def batch_metrics(
     weight = jnp.sum(batch.mask)
     if loss == "softmax_cross_entropy":
         hits = jnp.argmax(outputs, axis=-1) == batch.targets
+    elif loss == "sigmoid_binary_cross_entropy":
+        hits = jnp.all((outputs > 0) == (batch.targets > 0.5), axis=-1)
     else:
         hits = jnp.all(jnp.abs(outputs - batch.targets) < ADDING_TOLERANCE, axis=-1)
     accuracy = jnp.sum(jnp.where(batch.mask != 0, hits, False)) / weight
@@ -105,8 +110,8 @@ def make_train_step(
             `optimizer.init(params)`).
         loss: a name in `LOSSES`, e.g. a task's `task.loss`.
         activation: recurrent activation.
-        method: gradient method of the recurrent layers ("omega", "bptt", "naive",
-            "autodiff").
+        method: gradient method of the recurrent layers, any name in `METHODS`
+            ("omega", "bptt", "naive", "autodiff", …).
         max_grad_norm: clip the gradient to this global norm before the optimiser
             (`optax.clip_by_global_norm`); None disables clipping.
 
