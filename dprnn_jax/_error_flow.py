@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+from jax import lax
 
 
 class ErrorFlow(NamedTuple):
@@ -32,3 +33,14 @@ class ErrorFlow(NamedTuple):
     delta: jax.Array
     products_useful: jax.Array
     products_performed: jax.Array
+
+
+def sum_over_steps(delta: jax.Array, inputs: jax.Array) -> jax.Array:
+    """`Σ_t δ_tᵀ x_t` over every (step, row): (T, m, d), (T, m, n) -> (d, n).
+
+    One 2-D product contracting the flattened T·m axis; XLA's CPU backend runs it about
+    1.2–2× faster than the same contraction written as a 3-D einsum (measured with
+    scripts/benchmark.py's machinery at T·m = 4096 and 16384).
+    """
+    d, n = delta.shape[-1], inputs.shape[-1]
+    return lax.dot_general(delta.reshape(-1, d), inputs.reshape(-1, n), (((0,), (0,)), ((), ())))

@@ -26,7 +26,7 @@ from ._activations import get_activation
 from ._adaptive import adaptive_omega_error_flow
 from ._blocked import blocked_error_flow, check_block_option
 from ._bptt import bptt_error_flow
-from ._error_flow import ErrorFlow
+from ._error_flow import ErrorFlow, sum_over_steps
 from ._forward import hoisted_layer, scan_layer
 from ._naive import naive_error_flow
 from ._omega import omega_error_flow
@@ -135,10 +135,10 @@ def _layer_bwd(config, residuals, hs_bar):
     if tokens:
         grad_W = token_weight_gradient(delta, xs, params.W.shape[1])
     else:
-        grad_W = jnp.einsum("tmd,tmn->dn", delta, xs)
+        grad_W = sum_over_steps(delta, xs)
     grad_params = LayerParams(
         W=grad_W,
-        S=jnp.einsum("tmd,tme->de", delta, hs_prev),
+        S=sum_over_steps(delta, hs_prev),
         b=delta.sum(axis=(0, 1)),
     )
     # Token indices are not differentiable: their cotangent is a symbolic zero.
