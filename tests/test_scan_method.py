@@ -2,9 +2,9 @@
 sensitivities) of `rnn_layer`, against jax.grad of a plain lax.scan (DESIGN.md §5).
 
 A representative sub-grid of test_gradients.py (which keeps its own method list, so
-that its run time stays as it is): one case by default, every activation, 1–3 layers
-and T ∈ {1, 2, 17} with `-m slow`; ragged and full masks under vmap, float32 and
-float64; gradients w.r.t. params, xs and every h0.
+that its run time stays as it is): sigmoid, 2 layers, T = 9 by default; tanh with 1
+layer and T = 1, relu with 3 layers and T = 5 under the `slow` marker; ragged and full
+masks under vmap, float32 and float64; gradients w.r.t. params, xs and every h0.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def gradients(params, xs, targets, masks, h0s, *, activation):
 @pytest.mark.parametrize(
     "activation, n_layers, T, m",
     [
-        ("tanh", 2, 9, 3),
+        ("sigmoid", 2, 9, 3),
         pytest.param("tanh", 1, 1, 1, marks=pytest.mark.slow),
-        pytest.param("relu", 3, 17, 5, marks=pytest.mark.slow),
+        pytest.param("relu", 3, 5, 5, marks=pytest.mark.slow),
     ],
 )
 def test_scan_and_rtrl_match_jax_grad(activation, n_layers, T, m, dtype):
@@ -57,7 +57,7 @@ def test_scan_and_rtrl_match_jax_grad(activation, n_layers, T, m, dtype):
     assert all(error <= rtol for error in errors.values()), f"rtol {rtol:.0e}: {errors}"
 
 
-@pytest.mark.parametrize("T", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("T", [1, 13])
 def test_scan_composes_every_step_once_per_level(T):
     """The product counter: a prefix scan of T maps needs between T−1 and 2T compositions."""
     from dprnn_jax._parallel_scan import scan_error_flow
