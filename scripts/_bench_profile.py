@@ -29,6 +29,7 @@ import benchmark  # noqa: E402
 import dprnn_jax as dj  # noqa: E402
 from dprnn_jax._bptt import bptt_error_flow  # noqa: E402
 from dprnn_jax._complexity import machine_description  # noqa: E402
+from dprnn_jax._error_flow import sum_over_steps  # noqa: E402
 from dprnn_jax._forward import hoisted_layer  # noqa: E402
 
 POINTS = ((128, 32, 128), (1024, 16, 32))
@@ -45,12 +46,9 @@ def parts(T: int, m: int, d: int) -> dict:
         return dj.sequence_loss(params, xs, ys, method="bptt")
 
     def contractions(delta, xs, hs):
+        # As in `_layer._layer_bwd`.
         hs_prev = jnp.concatenate([h0[None], hs[:-1]])
-        return (
-            jnp.einsum("tmd,tmn->dn", delta, xs),
-            jnp.einsum("tmd,tme->de", delta, hs_prev),
-            delta.sum((0, 1)),
-        )
+        return sum_over_steps(delta, xs), sum_over_steps(delta, hs_prev), delta.sum((0, 1))
 
     def one_product_per_step(S, xs):
         return lax.scan(lambda h, x: (h @ S + x, None), xs[0], xs)[0]
