@@ -86,7 +86,9 @@ def bidirectional_layer(
 
     Returns:
         (T, m, d→ + d←). At padded steps (t ≥ L) the values are those of a model that
-        kept running over the padding; they carry no gradient when the loss masks them.
+        kept running over the padding; they carry no gradient when the loss masks them,
+        provided the padding is finite (0 · NaN is NaN in the backward products):
+        `rnn_forward` and the losses zero the padded inputs for you.
 
     Raises:
         TypeError: if `params` is not a `BidirectionalParams`.
