@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             method: functools.partial(library_gradient(method), params, xs, ys)
             for method in ("omega", "naive")
         }
-        seconds = alternate(thunks, min(rounds, 10))
+        seconds = alternate(thunks, rounds)
         ratio = seconds["naive"] / seconds["omega"]
         report["naive"].append(
             {"T": T, "m": m, "d": d, "seconds": seconds, "naive_over_omega": ratio, "target": T / 6}
