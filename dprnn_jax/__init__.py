@@ -20,6 +20,7 @@ from ._gradient_flow import gradient_flow as gradient_flow
 from ._layer import METHODS as METHODS
 from ._layer import rnn_layer as rnn_layer
 from ._loss import LOSSES as LOSSES
+from ._loss import many_to_one_loss as many_to_one_loss
 from ._loss import per_step_losses as per_step_losses
 from ._loss import sequence_loss as sequence_loss
 from ._lyapunov import DecayBound as DecayBound
@@ -27,7 +28,6 @@ from ._lyapunov import LyapunovEstimate as LyapunovEstimate
 from ._lyapunov import decay_bound as decay_bound
 from ._lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._lyapunov import lyapunov_qr as lyapunov_qr
-from ._loss import many_to_one_loss as many_to_one_loss
 from ._network import RNNOutput as RNNOutput
 from ._network import rnn_apply as rnn_apply
 from ._network import rnn_forward as rnn_forward

@@ -56,7 +56,8 @@ def _command_demo(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write to --out {args.out!r}: {reason}") from None
         except ResumeError as error:
             raise UsageError(str(error)) from None
-    print(f"dprnn_jax gradient check on {jax.devices()[0].device_kind} ({jax.default_backend()}), float32")
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+    print(f"dprnn_jax gradient check on {device}, float32")
     reports = gradient_check_table(
         T=args.T, m=args.batch, d=args.hidden, naive_T=args.naive_T, repeats=args.repeats
     )
@@ -363,7 +364,11 @@ def _command_complexity(args: argparse.Namespace) -> int:
 
     try:
         paths = write_complexity_report(
-            args.out, args.T, m=args.m, d=args.d, repeats=args.repeats,
+            args.out,
+            args.T,
+            m=args.m,
+            d=args.d,
+            repeats=args.repeats,
             naive_max_T=args.naive_max_T,
         )
     except OSError as error:

@@ -24,15 +24,16 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 jax.config.update("jax_enable_x64", True)
 
-import dprnn_jax as dj  # noqa: E402
-from dprnn_jax._adaptive import adaptive_omega_error_flow  # noqa: E402
-from dprnn_jax._omega import omega_error_flow  # noqa: E402
 from helpers import max_relative_error, reference_loss  # noqa: E402
 from test_adaptive import relu_layers  # noqa: E402
 from test_bidirectional import alone_loss, make_data, make_params  # noqa: E402
 from test_gradients import make_problem  # noqa: E402
-from test_truncation import truncated_reference_loss  # noqa: E402
 from test_truncation import make_problem as truncation_problem  # noqa: E402
+from test_truncation import truncated_reference_loss  # noqa: E402
+
+import dprnn_jax as dj  # noqa: E402
+from dprnn_jax._adaptive import adaptive_omega_error_flow  # noqa: E402
+from dprnn_jax._omega import omega_error_flow  # noqa: E402
 
 CE = "softmax_cross_entropy"
 
@@ -213,7 +214,8 @@ def main() -> None:
         "",
         "## tol (float64): diagonals used",
         "",
-        "| layer | T | tol | diagonals used (of T−1) | last relative size | ‖Δ_tol − Δ‖/‖Δ_tol‖ | bound ρ/(1−ρ)·tol |",
+        "| layer | T | tol | diagonals used (of T−1) | last relative size "
+        "| ‖Δ_tol − Δ‖/‖Δ_tol‖ | bound ρ/(1−ρ)·tol |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, T, tol, diagonals, last, error, bound in tol_rows():
