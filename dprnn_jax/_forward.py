@@ -38,16 +38,27 @@ def input_projection(params: LayerParams, xs: jax.Array) -> jax.Array:
     return jnp.einsum("tmn,dn->tmd", xs, params.W) + params.b
 
 
-def hoisted_layer(
-    params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+def recurrence(
+    S: jax.Array, projected: jax.Array, h0: jax.Array, *, activation: str = "tanh"
 ) -> jax.Array:
-    """Same result as `scan_layer`, with the input projection hoisted out of the loop."""
+    """scan :: (h0 (m, d), projected (T, m, d)) -> hs, with `h_t = σ(u_t + h_{t-1} Sᵀ)`.
+
+    The sequential part of every hoisted forward: `projected` already holds the input
+    term `u_t = X_t Wᵀ + b` (or its lookup, for token inputs) of every step.
+    """
     sigma = get_activation(activation).fn
-    S_T = params.S.T
+    S_T = S.T
 
     def step(h, u):
         h = sigma(u + h @ S_T)
         return h, h
 
-    _, hs = lax.scan(step, h0, input_projection(params, xs))
+    _, hs = lax.scan(step, h0, projected)
     return hs
+
+
+def hoisted_layer(
+    params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+) -> jax.Array:
+    """Same result as `scan_layer`, with the input projection hoisted out of the loop."""
+    return recurrence(params.S, input_projection(params, xs), h0, activation=activation)

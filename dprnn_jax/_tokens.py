@@ -19,6 +19,7 @@ import numpy as np
 from jax import lax
 
 from ._activations import ACTIVATIONS, get_activation
+from ._forward import recurrence
 from ._params import LayerParams
 from ._validation import (
     check_choice,
@@ -63,15 +64,7 @@ def token_hoisted_layer(
     params: LayerParams, tokens: jax.Array, h0: jax.Array, *, activation: str = "tanh"
 ) -> jax.Array:
     """`hoisted_layer` for token inputs: the lookup of every step first, then the scan."""
-    sigma = get_activation(activation).fn
-    S_T = params.S.T
-
-    def step(h, u):
-        h = sigma(u + h @ S_T)
-        return h, h
-
-    _, hs = lax.scan(step, h0, token_projection(params, tokens))
-    return hs
+    return recurrence(params.S, token_projection(params, tokens), h0, activation=activation)
 
 
 def token_scan_layer(
