@@ -17,7 +17,10 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size m (default 32)")
     parser.add_argument("--hidden", type=int, default=128, help="n = d = k (default 128)")
     parser.add_argument(
-        "--naive-T", type=int, default=32, help="sequence length for the O(T³) naive method"
+        "--naive-T",
+        type=int,
+        default=128,
+        help="sequence length of the O(T³) naive method and of RTRL (default 128)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
     parser.add_argument(

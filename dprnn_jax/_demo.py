@@ -83,7 +83,7 @@ def gradient_check_table(
     T: int = 128,
     m: int = 32,
     d: int = 128,
-    naive_T: int = 32,
+    naive_T: int = 128,
     rtrl_d: int = 16,
     repeats: int = 5,
 ) -> list[MethodReport]:
