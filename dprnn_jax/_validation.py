@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._activations import ACTIVATIONS
+from ._model.activations import ACTIVATIONS
 
 
 def shape_of(x: object) -> tuple[int, ...]:

@@ -44,8 +44,8 @@ import optax
 from jax import lax
 
 import dprnn_jax as dj
-from dprnn_jax._complexity import machine_description
-from dprnn_jax._omega import omega_error_flow
+from dprnn_jax._app.complexity import machine_description
+from dprnn_jax._backward.omega import omega_error_flow
 
 N_CLASSES = 10
 GRID = ((128, 32, 128), (1024, 16, 32), (64, 32, 64))

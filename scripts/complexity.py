@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dprnn_jax._complexity import DEFAULT_TS, write_complexity_report
+from dprnn_jax._app.complexity import DEFAULT_TS, write_complexity_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ import pytest
 from helpers import RTOL, max_relative_error
 
 import dprnn_jax as dj
-from dprnn_jax._adaptive import adaptive_omega_error_flow, tolerance_report
-from dprnn_jax._omega import omega_error_flow
+from dprnn_jax._backward.adaptive import adaptive_omega_error_flow, tolerance_report
+from dprnn_jax._backward.omega import omega_error_flow
 
 T, M, D, N = 24, 2, 4, 3
 TOL = 1e-3

@@ -16,8 +16,8 @@ import pytest
 from helpers import RTOL, max_relative_error, reference_loss
 
 import dprnn_jax as dj
-from dprnn_jax._blocked import blocked_error_flow
-from dprnn_jax._bptt import bptt_error_flow
+from dprnn_jax._backward.blocked import blocked_error_flow
+from dprnn_jax._backward.bptt import bptt_error_flow
 
 T, M, N_INPUTS, HIDDEN, N_CLASSES = 12, 3, 3, (4, 5), 4
 # 1 is BPTT, 4 divides T, 5 does not (blocks 5, 5, 2), 20 ≥ T is the full triangle.

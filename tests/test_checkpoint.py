@@ -16,9 +16,14 @@ import numpy as np
 import optax
 import pytest
 
-from dprnn_jax._checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
-from dprnn_jax._params import init_rnn
-from dprnn_jax._train_loop import ResumeError, TrainConfig, train
+from dprnn_jax._model.params import init_rnn
+from dprnn_jax._training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from dprnn_jax._training.loop import ResumeError, TrainConfig, train
 
 
 def _state(seed=0):
@@ -69,7 +74,7 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
     script = textwrap.dedent(
         """
         import sys, numpy as np
-        from dprnn_jax._checkpoint import save_checkpoint
+        from dprnn_jax._training.checkpoint import save_checkpoint
         path = sys.argv[1]
         print("ready", flush=True)
         for step in range(10**9):

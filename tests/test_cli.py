@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-import dprnn_jax._demo
-from dprnn_jax._checkpoint import read_metadata
-from dprnn_jax._cli import main
-from dprnn_jax._demo import DEMO_CONFIG, train_demo
+import dprnn_jax._app.demo
+from dprnn_jax._app.cli import main
+from dprnn_jax._app.demo import DEMO_CONFIG, train_demo
+from dprnn_jax._training.checkpoint import read_metadata
 
 # Start JAX's backend now, so that `--devices N` cannot re-split this test process's CPU
 # (the CLI may only do that before JAX first runs; here it must report the shortfall).
@@ -130,9 +130,9 @@ def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsy
 
 def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys, monkeypatch):
     # Two methods and a small model keep the compile time small; the wiring is the same.
-    monkeypatch.setattr(dprnn_jax._demo, "METHODS", ("omega", "autodiff"))
+    monkeypatch.setattr(dprnn_jax._app.demo, "METHODS", ("omega", "autodiff"))
     small_model = dataclasses.replace(DEMO_CONFIG, hidden_size=8, seq_len=8)
-    monkeypatch.setattr(dprnn_jax._demo, "DEMO_CONFIG", small_model)
+    monkeypatch.setattr(dprnn_jax._app.demo, "DEMO_CONFIG", small_model)
     out = tmp_path / "demo"
     small = ["--T", "3", "--batch", "2", "--hidden", "4", "--naive-T", "3", "--repeats", "1"]
     assert main(["demo", *small, "--train-steps", "2", "--out", str(out)]) == 0

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from dprnn_jax._cli import main
-from dprnn_jax._omega_report import REPORT_FILES
+from dprnn_jax._app.cli import main
+from dprnn_jax._app.omega_report import REPORT_FILES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +36,7 @@ def test_omega_command_on_a_fresh_model(tmp_path, capsys):
 
 
 def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
-    from dprnn_jax._train_loop import CHECKPOINT
+    from dprnn_jax._training.loop import CHECKPOINT
 
     run = tmp_path / "run"
     train = ["train", "--task", "adding", "--seq-len", "8", "--steps", "2", "--hidden", "4"]

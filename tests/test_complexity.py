@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dprnn_jax._blocked import blocked_error_flow
-from dprnn_jax._bptt import bptt_error_flow
-from dprnn_jax._complexity import loglog_slope, write_complexity_report
-from dprnn_jax._hlo_flops import hlo_dot_flops
-from dprnn_jax._naive import naive_error_flow
-from dprnn_jax._omega import omega_error_flow
+from dprnn_jax._app.complexity import loglog_slope, write_complexity_report
+from dprnn_jax._app.hlo_flops import hlo_dot_flops
+from dprnn_jax._backward.blocked import blocked_error_flow
+from dprnn_jax._backward.bptt import bptt_error_flow
+from dprnn_jax._backward.naive import naive_error_flow
+from dprnn_jax._backward.omega import omega_error_flow
 
 T, M, D = 40, 2, 4
 FLOWS = {

@@ -267,7 +267,7 @@ def test_bad_input_is_named():
 
 
 def test_plots_are_written_without_a_display(tmp_path):
-    from dprnn_jax._plotting import save_figure
+    from dprnn_jax._diagnostics.plotting import save_figure
 
     flow = np.tril(np.exp(-np.subtract.outer(np.arange(8), np.arange(8)) / 3.0))
     figures = {

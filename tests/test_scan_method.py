@@ -60,7 +60,7 @@ def test_scan_and_rtrl_match_jax_grad(activation, n_layers, T, m, dtype):
 @pytest.mark.parametrize("T", [1, 13])
 def test_scan_composes_every_step_once_per_level(T):
     """The product counter: a prefix scan of T maps needs between T−1 and 2T compositions."""
-    from dprnn_jax._parallel_scan import scan_error_flow
+    from dprnn_jax._backward.parallel_scan import scan_error_flow
 
     ones = jnp.ones((T, 1, 1))
     flow = scan_error_flow(ones, ones, jnp.ones((1, 1)))

@@ -19,10 +19,10 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax, optax
     import numpy as np
-    from dprnn_jax._params import init_rnn
-    from dprnn_jax._sharding import batch_mesh, replicate, shard_batch
-    from dprnn_jax._tasks import make_task
-    from dprnn_jax._training import make_train_step
+    from dprnn_jax._model.params import init_rnn
+    from dprnn_jax._training.sharding import batch_mesh, replicate, shard_batch
+    from dprnn_jax._training.tasks import make_task
+    from dprnn_jax._training.step import make_train_step
 
     assert len(jax.devices()) == 4, jax.devices()
     task = make_task("charlm", 12)
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
     devices = len(sharded[0].layers[0].S.sharding.device_set)
 
     # The command line's --devices on the same 4 devices.
-    from dprnn_jax._cli import main
+    from dprnn_jax._app.cli import main
     assert main(["train", "--task", "adding", "--seq-len", "6", "--hidden", "4",
                  "--batch-size", "8", "--steps", "2", "--devices", "4", "--no-progress",
                  "--out", sys.argv[1]]) == 0
@@ -82,7 +82,7 @@ def test_sharded_step_equals_single_device_step(tmp_path):
 def test_cli_splits_the_host_cpu_when_jax_has_not_started():
     # What `dprnn-jax train --devices 3` does first, in a process without XLA_FLAGS.
     script = (
-        "from dprnn_jax._cli import _request_cpu_devices\n"
+        "from dprnn_jax._app.cli import _request_cpu_devices\n"
         "_request_cpu_devices(3)\n"
         "import jax\n"
         "print(len(jax.devices()))"

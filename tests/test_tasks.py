@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dprnn_jax._params import init_rnn
-from dprnn_jax._tasks import (
+from dprnn_jax._model.params import init_rnn
+from dprnn_jax._training.tasks import (
     COPY_SYMBOLS,
     VOCABULARY,
     bundled_text,

@@ -10,10 +10,10 @@ import optax
 import pytest
 from helpers import RTOL, assert_trees_close
 
-from dprnn_jax._network import rnn_apply
-from dprnn_jax._params import init_rnn
-from dprnn_jax._tasks import make_task
-from dprnn_jax._training import batch_metrics, make_eval_step, make_train_step
+from dprnn_jax._model.network import rnn_apply
+from dprnn_jax._model.params import init_rnn
+from dprnn_jax._training.step import batch_metrics, make_eval_step, make_train_step
+from dprnn_jax._training.tasks import make_task
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,408 @@
+"""`dprnn-jax` command line. Each subcommand is a `_command_*` function registered in
+`COMMANDS`; a user mistake ends with a one-line error and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="check every gradient method against jax.grad and time it (default)"
+    )
+    parser.add_argument("--T", type=int, default=128, help="sequence length (default 128)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size m (default 32)")
+    parser.add_argument("--hidden", type=int, default=128, help="n = d = k (default 128)")
+    parser.add_argument(
+        "--naive-T",
+        type=int,
+        default=128,
+        help="sequence length of the O(T³) naive method and of RTRL (default 128)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="steps of the char-LM training that follows (default 1200, about a minute "
+        "on 2 CPU cores; 0 skips it)",
+    )
+    parser.add_argument(
+        "--out", default="runs/demo", help="where the demo run's files go (default runs/demo)"
+    )
+    parser.set_defaults(command=_command_demo)
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    import jax
+
+    from .demo import format_table, gradient_check_table
+
+    for name in ("T", "batch", "hidden", "naive_T", "repeats"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.train_steps is not None and args.train_steps < 0:
+        raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
+    if args.train_steps != 0:
+        # Refuse a bad --out now, not after the gradient check.
+        from .._training.loop import ResumeError, check_output_dir
+        from .demo import check_demo_dir
+
+        try:
+            check_output_dir(args.out)
+            check_demo_dir(args.out)
+        except OSError as error:
+            reason = error.strerror or error
+            raise UsageError(f"cannot write to --out {args.out!r}: {reason}") from None
+        except ResumeError as error:
+            raise UsageError(str(error)) from None
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+    print(f"dprnn_jax gradient check on {device}, float32")
+    reports = gradient_check_table(
+        T=args.T, m=args.batch, d=args.hidden, naive_T=args.naive_T, repeats=args.repeats
+    )
+    print(format_table(reports))
+    if args.train_steps != 0:
+        _demo_training(args)
+    return 0
+
+
+def _demo_training(args: argparse.Namespace) -> None:
+    import time
+
+    from .._training.checkpoint import CheckpointError
+    from .._training.loop import ResumeError
+    from .demo import DEMO_CONFIG, train_demo
+
+    config = DEMO_CONFIG
+    steps = config.steps if args.train_steps is None else args.train_steps
+    print(
+        f"\nTraining a character-level language model on the bundled pydoc text: "
+        f'method="omega", T={config.seq_len}, m={config.batch_size}, '
+        f"d={config.hidden_size}, {steps} Adam steps"
+    )
+    started = time.perf_counter()
+    try:
+        result = train_demo(args.out, steps=steps, progress=sys.stderr.isatty())
+    except (CheckpointError, ResumeError, ValueError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print_run_summary(result.metrics, args.out)
+    print(f"training, evaluation and sampling took {time.perf_counter() - started:.1f} s")
+
+
+class UsageError(Exception):
+    """A mistake in the command line: reported in one line, exit status 2."""
+
+
+def _add_train(subparsers) -> None:
+    from .._backward.layer import METHODS
+    from .._training.loop import OPTIMIZERS, TrainConfig
+    from .._training.tasks import TASKS
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser(
+        "train",
+        help="train an RNN on a bundled task with any gradient method (optax)",
+        description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
+        "metrics.json, loss_curve.png (and sample.txt for charlm) to --out.",
+    )
+    parser.add_argument(
+        "--task", choices=TASKS, default=defaults.task, help="what to learn (default charlm)"
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default=defaults.method, help="gradient method (default omega)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="optimiser steps (default 1000)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the model and data order (0)"
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="sequences per step (32)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help="learning rate (default 3e-3)"
+    )
+    parser.add_argument(
+        "--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer, help="optax (adam)"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=defaults.hidden_size, help="hidden units per layer (128)"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=defaults.layers, help="stacked recurrent layers (1)"
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="T: charlm window (64), digits 8 or 64 (8), adding T (50), copy delay (20)",
+    )
+    parser.add_argument(
+        "--activation",
+        choices=("tanh", "sigmoid", "relu"),
+        default=defaults.activation,
+        help="recurrent activation (tanh)",
+    )
+    parser.add_argument(
+        "--clip", type=float, default=defaults.max_grad_norm, help="global-norm clip, 0 = off (1.0)"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=defaults.eval_every, help="validation interval (100)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="checkpoint interval (100)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="data-parallel devices over the batch axis (1)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(command=_command_train)
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    for name in ("steps", "batch_size", "hidden", "layers", "eval_every", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UsageError(f"--seq-len must be >= 1, got {args.seq_len}")
+    if args.devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {args.devices}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if not args.clip >= 0:
+        raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {args.clip}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.devices > 1:
+        _request_cpu_devices(args.devices)
+
+    from .._training.checkpoint import CheckpointError
+    from .._training.loop import ResumeError, TrainConfig, train
+
+    config = TrainConfig(
+        task=args.task,
+        method=args.method,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        hidden_size=args.hidden,
+        layers=args.layers,
+        seq_len=args.seq_len,
+        activation=args.activation,
+        max_grad_norm=args.clip or None,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        devices=args.devices,
+    )
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        result = train(config, args.out, resume=args.resume, progress=progress)
+    except (CheckpointError, ResumeError, ValueError, ImportError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the last checkpoint in {args.out} is intact: continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print_run_summary(result.metrics, args.out)
+    return 0
+
+
+def _request_cpu_devices(count: int) -> None:
+    # Splits the host CPU into `count` XLA devices; only possible before JAX starts its
+    # backend, and ignored by GPU/TPU backends. If it is too late, `batch_mesh` says so.
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except (RuntimeError, AttributeError):  # backend already started / an older jax
+        pass
+
+
+def print_run_summary(metrics: dict, out: str) -> None:
+    """Prints the final validation numbers, the generated sample and the output files."""
+    validation = metrics.get("validation")
+    if validation:
+        line = (
+            f"validation at step {validation['step']}: loss {validation['loss']:.4f}, "
+            f"accuracy {validation['accuracy']:.4f}"
+        )
+        if "validation_perplexity" in metrics:
+            line += f", perplexity {metrics['validation_perplexity']:.3f}"
+        print(line)
+    print(
+        f"{metrics['steps_this_session']} steps in {metrics['wall_seconds_this_session']:.1f} s, "
+        f"{metrics['skipped_steps']} skipped (non-finite)"
+    )
+    if "sample" in metrics:
+        print("sample:\n" + metrics["sample"])
+    print("wrote " + ", ".join(os.path.join(out, name) for name in metrics["files"]))
+
+
+def _add_omega(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "omega",
+        help="plot the Ω triangle, the gradient flow and the Lyapunov decay of a model",
+        description="Writes omega_triangles.png (‖Ω(j, i)‖₂ and ‖∂L_j/∂Z_i‖), "
+        "omega_decay.png (decay per lag with the bound γ^k and both Lyapunov estimates) and "
+        "omega_summary.json to --out, for a freshly initialised model on random data or for "
+        "a `train` checkpoint on its task's held-out sequences.",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a checkpoint.npz of `dprnn-jax train` (else fresh)"
+    )
+    parser.add_argument("--T", type=int, default=64, help="fresh model: sequence length (64)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences analysed (8)")
+    parser.add_argument("--input", type=int, default=4, help="fresh model: input features (4)")
+    parser.add_argument("--hidden", type=int, default=16, help="fresh model: hidden units (16)")
+    parser.add_argument("--layers", type=int, default=1, help="fresh model: layers (1)")
+    parser.add_argument("--classes", type=int, default=4, help="fresh model: classes (4)")
+    parser.add_argument(
+        "--activation", choices=("tanh", "sigmoid", "relu"), default="tanh", help="fresh model"
+    )
+    parser.add_argument(
+        "--gain", type=float, default=1.0, help="fresh model: spectral radius of S (1.0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fresh model: PRNG seed (0)")
+    parser.add_argument("--layer", type=int, default=-1, help="layer to analyse (-1: top)")
+    parser.add_argument(
+        "--max-lag", type=int, default=None, help="largest lag of the Lyapunov fit (T/2)"
+    )
+    parser.set_defaults(command=_command_omega)
+
+
+def _command_omega(args: argparse.Namespace) -> int:
+    for name in ("T", "batch", "input", "hidden", "layers", "classes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.gain > 0:
+        raise UsageError(f"--gain must be > 0, got {args.gain}")
+    if args.max_lag is not None and args.max_lag < 2:
+        raise UsageError(f"--max-lag must be >= 2 (a slope needs two lags), got {args.max_lag}")
+
+    from .._training.checkpoint import CheckpointError
+    from .omega_report import fresh_model, omega_report, trained_model
+
+    try:
+        if args.checkpoint is not None:
+            model = trained_model(args.checkpoint, batch=args.batch)
+        else:
+            model = fresh_model(
+                T=args.T,
+                batch=args.batch,
+                input_size=args.input,
+                hidden=args.hidden,
+                layers=args.layers,
+                classes=args.classes,
+                activation=args.activation,
+                gain=args.gain,
+                seed=args.seed,
+            )
+        summary = omega_report(
+            model.params,
+            model.xs,
+            model.targets,
+            model.mask,
+            out_dir=args.out,
+            loss=model.loss,
+            activation=model.activation,
+            layer=args.layer,
+            max_lag=args.max_lag,
+            title=model.title,
+        )
+    except (CheckpointError, ValueError, TypeError) as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print(
+        f"{model.title}: gamma = {summary['gamma']:.4g} "
+        f"(a priori {summary['gamma_a_priori']:.4g}), "
+        f"Lyapunov λ1 = {summary['lyapunov_diagonal_decay']:.4g} (diagonal decay), "
+        f"{summary['lyapunov_qr']:.4g} (QR)"
+    )
+    print("wrote " + ", ".join(summary["files"]))
+    return 0
+
+
+def _add_complexity(subparsers) -> None:
+    from .complexity import DEFAULT_TS
+
+    parser = subparsers.add_parser(
+        "complexity",
+        help="seed 000's operation-count table: products, XLA flops, wall time over T",
+        description="Writes complexity.md, complexity.png and complexity.json to --out "
+        "(same as scripts/complexity.py).",
+    )
+    parser.add_argument("--out", default="results", help="output directory (results)")
+    parser.add_argument("--T", type=int, nargs="+", default=list(DEFAULT_TS), help="lengths")
+    parser.add_argument("--m", type=int, default=8, help="batch size (8)")
+    parser.add_argument("--d", type=int, default=32, help="hidden size (32)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per point (7)")
+    parser.add_argument("--naive-max-T", type=int, default=128, help="largest T for naive (128)")
+    parser.set_defaults(command=_command_complexity)
+
+
+def _command_complexity(args: argparse.Namespace) -> int:
+    if min([*args.T, args.m, args.d, args.repeats, args.naive_max_T]) < 1:
+        raise UsageError("--T, --m, --d, --repeats and --naive-max-T must be >= 1")
+    from .complexity import write_complexity_report
+
+    try:
+        paths = write_complexity_report(
+            args.out,
+            args.T,
+            m=args.m,
+            d=args.d,
+            repeats=args.repeats,
+            naive_max_T=args.naive_max_T,
+        )
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+# Subcommand registrars: each adds its parser and sets `command` to its handler.
+COMMANDS: list[Callable] = [_add_demo, _add_train, _add_omega, _add_complexity]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dprnn-jax",
+        description="Exact RNN gradients in JAX by the Ω dynamic programme.",
+    )
+    subparsers = parser.add_subparsers(title="commands")
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["demo"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except UsageError as error:
+        print(f"dprnn-jax: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,168 @@
+"""The README's main job (`python -m dprnn_jax`): the gradient check of every method
+against `jax.grad`, with the time of one full gradient of the sequence loss for each,
+then a small character-level language model trained end to end with `method="omega"`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .._backward.layer import METHODS
+from .._model.loss import sequence_loss
+from .._model.params import init_rnn
+from .._training.checkpoint import CheckpointError, read_metadata
+from .._training.loop import CHECKPOINT, ResumeError, TrainConfig, train
+
+
+class MethodReport(NamedTuple):
+    """One method at one size: max relative gradient error vs autodiff and median time."""
+
+    method: str
+    T: int
+    m: int
+    d: int
+    relative_error: float
+    seconds: float
+
+
+def _max_relative_error(actual, expected) -> float:
+    pairs = zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True)
+    return max(float(jnp.max(jnp.abs(a - e)) / jnp.max(jnp.abs(e))) for a, e in pairs)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `fn()` (blocked until ready) over `repeats` runs after one warm-up."""
+    jax.block_until_ready(fn())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def check_method(
+    method: str,
+    *,
+    T: int,
+    m: int,
+    d: int,
+    dtype=jnp.float32,
+    repeats: int = 5,
+    seed: int = 0,
+) -> MethodReport:
+    """Gradient of the softmax cross-entropy sequence loss of a 1-layer tanh RNN, n = d = k."""
+    k_params, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
+    params = init_rnn(k_params, d, (d,), d, dtype=dtype)
+    xs = jax.random.normal(k_x, (T, m, d), dtype)
+    ys = jax.random.randint(k_y, (T, m), 0, d)
+
+    def gradient(method):
+        # xs and ys are arguments, not closed-over constants: XLA would otherwise embed
+        # and constant-fold them, which makes compilation very slow at large sizes.
+        loss = functools.partial(sequence_loss, method=method)
+        return functools.partial(jax.jit(jax.grad(loss)), xs=xs, targets=ys)
+
+    grad_fn = gradient(method)
+    reference = gradient("autodiff")(params)
+    error = _max_relative_error(grad_fn(params), reference)
+    seconds = median_seconds(lambda: grad_fn(params), repeats)
+    return MethodReport(method, T, m, d, error, seconds)
+
+
+def gradient_check_table(
+    *,
+    T: int = 128,
+    m: int = 32,
+    d: int = 128,
+    naive_T: int = 128,
+    rtrl_d: int = 16,
+    repeats: int = 5,
+) -> list[MethodReport]:
+    """Every method at (T, m, d); the O(T³) naive method at the shorter `naive_T`, and
+    RTRL (O(T·d⁴) time, O(m·d³) memory) at `naive_T` with the narrower `rtrl_d`."""
+    reports = []
+    for method in METHODS:
+        length = naive_T if method in ("naive", "rtrl") else T
+        width = rtrl_d if method == "rtrl" else d
+        reports.append(check_method(method, T=length, m=m, d=width, repeats=repeats))
+    return reports
+
+
+def format_table(reports: list[MethodReport]) -> str:
+    lines = [
+        f"{'method':<10} {'T':>5} {'m':>4} {'d':>5}  {'max rel. error vs jax.grad':>26}  "
+        f"{'time / gradient':>15}",
+    ]
+    for r in reports:
+        lines.append(
+            f"{r.method:<10} {r.T:>5} {r.m:>4} {r.d:>5}  {r.relative_error:>26.2e}  "
+            f"{r.seconds * 1e3:>12.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The end-to-end part of the main job: a small character-level language model trained on
+# the bundled pydoc text with the Ω DP, a loss curve and a generated sample.
+
+# About a minute on 2 CPU cores (≈ 45 ms per Ω step at T = 64, m = 32, d = 128).
+DEMO_CONFIG = TrainConfig(
+    task="charlm",
+    method="omega",
+    steps=1200,
+    seed=0,
+    batch_size=32,
+    learning_rate=3e-3,
+    hidden_size=128,
+    seq_len=64,
+    eval_every=200,
+    checkpoint_every=200,
+)
+
+
+def check_demo_dir(out: str, config: TrainConfig | None = None) -> None:
+    """Refuses an `out` that holds a checkpoint not written by the demo (`DEMO_CONFIG`
+    when `config` is None; only `steps` may differ).
+
+    Raises:
+        ResumeError: `out/checkpoint.npz` exists and is not a demo checkpoint.
+    """
+    path = os.path.join(out, CHECKPOINT)
+    if not os.path.exists(path):
+        return
+    try:
+        saved = read_metadata(path).get("config", {})
+    except CheckpointError:
+        saved = {}
+    mine = dataclasses.asdict(DEMO_CONFIG if config is None else config)
+    if any(saved.get(key) != mine[key] for key in mine if key != "steps"):
+        raise ResumeError(
+            f"{out} holds a checkpoint that is not from the demo; choose another --out "
+            "(nothing was overwritten)"
+        )
+
+
+def train_demo(out: str = "runs/demo", *, steps: int | None = None, progress: bool = True):
+    """Trains the demo char-LM from scratch into `out`; returns the `TrainResult`.
+
+    A previous demo run in `out` is replaced; any other checkpoint there is refused, so a
+    mistyped `--out` can never overwrite a real training run.
+
+    Raises:
+        ResumeError: `out` holds a checkpoint that is not from the demo.
+    """
+    config = DEMO_CONFIG if steps is None else dataclasses.replace(DEMO_CONFIG, steps=steps)
+    check_demo_dir(out, config)
+    path = os.path.join(out, CHECKPOINT)
+    if os.path.exists(path):
+        os.remove(path)
+    return train(config, out, progress=progress)

@@ -1,0 +1,57 @@
+r"""Ω by doubling: the backward recurrence as a parallel prefix (`method="scan"`).
+
+BPTT's recurrence `Δ_i = P_i + Δ_{i+1} Ω(i+1, i)` is affine in the carry, so each step
+is a map `e_i : x ↦ x A_i + P_i` with `A_i = Ω(i+1, i) = S diag(σ'(Z_i))` (row-vector
+convention), and `Δ_i = (e_i ∘ e_{i+1} ∘ … ∘ e_{T−1})(0)`. Composition is associative:
+
+.. math::
+
+    (A_a, c_a) ⊕ (A_b, c_b) = (A_a A_b,\; c_a A_b + c_b)
+    \quad\text{(a: the later steps, b: the earlier one)},
+
+and the products `A_a A_b` are exactly Ω by doubling, `Ω(i+2k, i) = Ω(i+2k, i+k) Ω(i+k, i)`.
+`lax.associative_scan` evaluates all suffix compositions in O(log T) sequential depth
+(the BPPSA idea). The price is that the Jacobians are composed as full matrices:
+O(T·m·d³) work and O(T·m·d²) memory, against O(T·m·d²) work for BPTT.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .error_flow import ErrorFlow
+
+
+def scan_error_flow(injected: jax.Array, sigma_prime: jax.Array, S: jax.Array) -> ErrorFlow:
+    """Δ by a reverse `lax.associative_scan` over the per-step affine maps (A_i, P_i).
+
+    Args:
+        injected: P, shape (T, m, d).
+        sigma_prime: σ'(Z), shape (T, m, d).
+        S: recurrent weights (d, d).
+
+    Returns:
+        `ErrorFlow` with Δ of shape (T, m, d). The product counters count, in units of
+        one (m, d) × (d, d) product, every composition the scan performs: a
+        matrix-matrix product (d units) plus a vector-matrix product (1 unit) each.
+    """
+    d = injected.shape[-1]
+    # A_i[a, b] = S[a, b] σ'(Z_i)[b], so that x A_i = (x S) ⊙ σ'(Z_i): one step back.
+    one_step = S * sigma_prime[..., None, :]  # (T, m, d, d)
+    compositions = []  # static leading sizes of every batched combine, read at trace time
+
+    def compose(later, earlier):
+        A_later, c_later = later
+        A_earlier, c_earlier = earlier
+        compositions.append(A_later.shape[0])
+        return (
+            A_later @ A_earlier,
+            jnp.einsum("...a,...ab->...b", c_later, A_earlier) + c_earlier,
+        )
+
+    # reverse=True: element i receives the composition of steps i, i+1, …, T−1.
+    _, delta = lax.associative_scan(compose, (one_step, injected), reverse=True)
+    products = jnp.asarray(sum(compositions) * (d + 1), jnp.int32)
+    return ErrorFlow(delta, products, products)

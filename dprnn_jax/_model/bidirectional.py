@@ -1,0 +1,111 @@
+"""Bidirectional recurrent layers (seed 003): a forward and a time-reversed Elman layer.
+
+    h→_t = σ(x_t W→ᵀ + h→_{t−1} S→ᵀ + b→)        (t = 0 … L−1)
+    h←_t = σ(x_t W←ᵀ + h←_{t+1} S←ᵀ + b←)        (t = L−1 … 0)
+    output_t = [h→_t, h←_t]                       (concatenated, d→ + d← features)
+
+with separate weights. The backward direction is `rnn_layer` run on the sequence
+reversed *within its own length* L (right padding stays at the end), so it starts at
+the last valid step of every sequence, and each direction keeps whichever gradient
+`method` (and options) the caller picked: its custom backward sees an ordinary
+sequence. The reversal is a gather, differentiated by JAX.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .._backward.layer import rnn_layer
+from .params import LayerParams, init_layer
+
+
+class BidirectionalParams(NamedTuple):
+    """A bidirectional layer: `forward` reads t = 0 … L−1, `backward` reads t = L−1 … 0."""
+
+    forward: LayerParams
+    backward: LayerParams
+
+
+def init_bidirectional_layer(
+    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
+) -> BidirectionalParams:
+    """Two independent `init_layer`s; the layer outputs 2·hidden_size features.
+
+    Example:
+        >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 8)
+        >>> layer.backward.S.shape
+        (8, 8)
+    """
+    forward_key, backward_key = jax.random.split(key)
+    return BidirectionalParams(
+        init_layer(forward_key, input_size, hidden_size, dtype=dtype),
+        init_layer(backward_key, input_size, hidden_size, dtype=dtype),
+    )
+
+
+def reverse_padded(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    """Reverses each sequence within its length along axis 0; padding stays in place.
+
+    `xs` is (T, m, …); with `lengths` None every sequence has length T. The map is
+    its own inverse, so it also brings the backward direction's outputs back to time
+    order.
+    """
+    if lengths is None:
+        return jnp.flip(xs, axis=0)
+    T = xs.shape[0]
+    steps = jnp.arange(T)[:, None]
+    source = jnp.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)
+    source = source.reshape(source.shape + (1,) * (xs.ndim - 2))
+    return jnp.take_along_axis(xs, source, axis=0)
+
+
+def bidirectional_layer(
+    params: BidirectionalParams,
+    xs: jax.Array,
+    h0: tuple[jax.Array | None, jax.Array | None] | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    activation: str = "tanh",
+    method: str = "omega",
+    **options,
+) -> jax.Array:
+    """Runs a bidirectional layer; outputs `[h→_t, h←_t]`, shape (T, m, d→ + d←).
+
+    Args:
+        params: `BidirectionalParams(forward, backward)`.
+        xs: inputs (T, m, n), or integer tokens (T, m), right-padded.
+        h0: `(h0→, h0←)`, each (m, d) or None for zeros; or None. h0← is the state
+            before the backward direction's first step, i.e. after the last valid one.
+        lengths: valid steps per sequence (m,), or None for all T.
+        activation: "tanh", "sigmoid" or "relu".
+        method: gradient method of both directions (see `rnn_layer`).
+        **options: `truncation`, `tol`, `block`, passed to `rnn_layer`.
+
+    Returns:
+        (T, m, d→ + d←). At padded steps (t ≥ L) the values are those of a model that
+        kept running over the padding; they carry no gradient when the loss masks them,
+        provided the padding is finite (0 · NaN is NaN in the backward products):
+        `rnn_forward` and the losses zero the padded inputs for you.
+
+    Raises:
+        TypeError: if `params` is not a `BidirectionalParams`.
+        ValueError: as `rnn_layer`.
+
+    Example:
+        >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 4)
+        >>> bidirectional_layer(layer, jnp.ones((5, 2, 3))).shape
+        (5, 2, 8)
+    """
+    if not isinstance(params, BidirectionalParams):
+        raise TypeError(
+            f"params must be a BidirectionalParams(forward, backward), got "
+            f"{type(params).__name__}; build one with init_bidirectional_layer."
+        )
+    h0_forward, h0_backward = (None, None) if h0 is None else h0
+    kwargs = dict(activation=activation, method=method, **options)
+    forward = rnn_layer(params.forward, xs, h0_forward, **kwargs)
+    backward = rnn_layer(params.backward, reverse_padded(xs, lengths), h0_backward, **kwargs)
+    return jnp.concatenate([forward, reverse_padded(backward, lengths)], axis=-1)

@@ -1,0 +1,64 @@
+"""Forward passes of one recurrent layer: a `lax.scan` over `cell`.
+
+Two forms compute the same `hs`:
+
+* `scan_layer` is the textbook loop (what a JAX user writes by hand); `method="autodiff"`
+  differentiates it with `jax.grad`.
+* `hoisted_layer` first computes the input projection `X_t Wᵀ + b` of all steps in ONE
+  batched product, so the sequential loop only does `h_{t-1} Sᵀ`. Its `hs` are the
+  residuals from which every custom backward recovers σ'(Z_t).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .activations import get_activation
+from .cell import cell
+from .params import LayerParams
+
+
+def scan_layer(
+    params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+) -> jax.Array:
+    """scan :: (h0 (m, d), xs (T, m, n)) -> hs (T, m, d), one `cell` per step."""
+
+    def step(h, x):
+        h = cell(params, h, x, activation=activation)
+        return h, h
+
+    _, hs = lax.scan(step, h0, xs)
+    return hs
+
+
+def input_projection(params: LayerParams, xs: jax.Array) -> jax.Array:
+    """`X_t Wᵀ + b` for every step at once: (T, m, n) -> (T, m, d)."""
+    return jnp.einsum("tmn,dn->tmd", xs, params.W) + params.b
+
+
+def recurrence(
+    S: jax.Array, projected: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+) -> jax.Array:
+    """scan :: (h0 (m, d), projected (T, m, d)) -> hs, with `h_t = σ(u_t + h_{t-1} Sᵀ)`.
+
+    The sequential part of every hoisted forward: `projected` already holds the input
+    term `u_t = X_t Wᵀ + b` (or its lookup, for token inputs) of every step.
+    """
+    sigma = get_activation(activation).fn
+    S_T = S.T
+
+    def step(h, u):
+        h = sigma(u + h @ S_T)
+        return h, h
+
+    _, hs = lax.scan(step, h0, projected)
+    return hs
+
+
+def hoisted_layer(
+    params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+) -> jax.Array:
+    """Same result as `scan_layer`, with the input projection hoisted out of the loop."""
+    return recurrence(params.S, input_projection(params, xs), h0, activation=activation)

@@ -1,0 +1,200 @@
+"""Per-step losses and the sequence cost C = (1/m) Σ_t Σ_rows loss (DESIGN.md §1).
+
+Two shapes of task: many-to-many (`sequence_loss`, a target at every step, padded
+steps masked) and many-to-one (`many_to_one_loss`, one target per sequence read from
+the readout of its last valid state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._validation import check_choice, check_floating, check_rank, check_shape
+from .network import mask_from_lengths, rnn_forward
+from .params import RNNParams
+
+
+def _softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    k = logits.shape[-1]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    # An out-of-range class cannot be caught at trace time: make it NaN, not a number.
+    return jnp.where((targets >= 0) & (targets < k), loss, jnp.nan)
+
+
+def _sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1)
+
+
+def _mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    # ½‖ŷ − y‖², so that ∂loss/∂ŷ = ŷ − y as in seed 000's Δ^L = A^L − Y.
+    return 0.5 * jnp.sum((outputs - targets) ** 2, axis=-1)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_cross_entropy": _softmax_cross_entropy,
+    "sigmoid_binary_cross_entropy": _sigmoid_binary_cross_entropy,
+    "mse": _mean_squared_error,
+}
+
+
+def check_targets(loss: str, targets: object, outputs_shape: tuple[int, int, int]) -> None:
+    T, m, k = outputs_shape
+    if loss == "softmax_cross_entropy":
+        check_shape("targets", targets, (T, m), "(T, m) integer class indices")
+        if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+            raise TypeError(
+                f"targets for softmax_cross_entropy must be integer class indices, got dtype "
+                f"{jnp.result_type(targets)}."
+            )
+    else:
+        check_shape("targets", targets, (T, m, k), "(T, m, k)")
+        check_floating("targets", targets)
+
+
+def per_step_losses(
+    outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *, loss: str
+) -> jax.Array:
+    """Loss of every (step, sequence) pair, shape (T, m); masked entries are exactly 0."""
+    check_choice("loss", loss, LOSSES)
+    check_rank("outputs", outputs, 3, "(T, m, k)")
+    check_targets(loss, targets, outputs.shape)
+    losses = LOSSES[loss](outputs, targets)
+    if mask is None:
+        return losses
+    check_shape("mask", mask, outputs.shape[:2], "(T, m)")
+    # `where`, not a product: a NaN/inf loss at a padded step must not leak into C.
+    return jnp.where(jnp.asarray(mask) != 0, losses, 0)
+
+
+def sequence_loss(
+    params: RNNParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    loss: str = "softmax_cross_entropy",
+    activation: str = "tanh",
+    method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+    lengths: jax.Array | None = None,
+    h0s=None,
+) -> jax.Array:
+    """Sequence cost `C = (1/m) Σ_t Σ_rows loss(ŷ_t, y_t)`, masked steps contributing 0.
+
+    Many-to-many: a target at every step. For a right-padded batch pass either `mask`
+    or `lengths` (which also zeroes the padded inputs and reverses bidirectional
+    layers within each length, see `rnn_forward`).
+
+    Args:
+        params: `RNNParams`.
+        xs: inputs (T, m, n), or integer token indices (T, m).
+        targets: integer classes (T, m) for "softmax_cross_entropy"; floats (T, m, k)
+            in [0, 1] for "sigmoid_binary_cross_entropy"; floats (T, m, k) for "mse".
+        mask: optional (T, m); entries equal to 0 (or False) mark padded steps.
+        loss: "softmax_cross_entropy" (softmax readout), "sigmoid_binary_cross_entropy"
+            (logistic readout, summed over the k outputs) or "mse" (identity readout,
+            ½‖ŷ − y‖²).
+        activation: recurrent activation.
+        method: gradient method of the recurrent layers (see `rnn_layer`).
+        block: Ω triangle size for `method="omega"` (see `rnn_layer`).
+        truncation: K-step truncated gradient (see `rnn_layer`).
+        tol: adaptive Ω tolerance (see `rnn_layer`).
+        lengths: valid steps per sequence (m,); steps t ≥ lengths[v] are masked. Give
+            `mask` or `lengths`, not both.
+        h0s: initial states, one per layer (see `rnn_forward`), or None for zeros.
+
+    Returns:
+        A scalar. Class indices outside [0, k) give NaN rather than a wrong number.
+
+    Raises:
+        ValueError: if both `mask` and `lengths` are given, and as `rnn_forward`.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> xs, ys = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32)
+        >>> grads = jax.grad(sequence_loss)(params, xs, ys)
+    """
+    check_choice("loss", loss, LOSSES)
+    if mask is not None and lengths is not None:
+        raise ValueError(
+            "sequence_loss takes mask or lengths, not both: lengths already defines the "
+            "mask (steps t < lengths[v] are valid)."
+        )
+    outputs = rnn_forward(
+        params,
+        xs,
+        h0s,
+        lengths=lengths,
+        activation=activation,
+        method=method,
+        block=block,
+        truncation=truncation,
+        tol=tol,
+    ).outputs
+    if lengths is not None:
+        mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
+    losses = per_step_losses(outputs, targets, mask, loss=loss)
+    return losses.sum() / xs.shape[1]
+
+
+def many_to_one_loss(
+    params: RNNParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    lengths: jax.Array | None = None,
+    *,
+    loss: str = "softmax_cross_entropy",
+    activation: str = "tanh",
+    method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+    h0s=None,
+) -> jax.Array:
+    """Many-to-one cost `C = (1/m) Σ_v loss(ρ(h^L_{L_v − 1} W_outᵀ + b_out), y_v)`.
+
+    Sequence classification (or regression) from the readout of each sequence's LAST
+    VALID top-layer state (for a bidirectional top layer `[h→_{L−1}, h←_0]`).
+
+    Args:
+        params: `RNNParams`.
+        xs: inputs (T, m, n) or integer tokens (T, m), right-padded.
+        targets: one per sequence: integer classes (m,) for "softmax_cross_entropy",
+            floats (m, k) for "sigmoid_binary_cross_entropy" and "mse".
+        lengths: valid steps per sequence (m,), or None for all T.
+        loss, activation, method, block, truncation, tol, h0s: as in `sequence_loss`.
+
+    Returns:
+        A scalar.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> xs, ys = jnp.ones((5, 2, 3)), jnp.array([1, 3])
+        >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, jnp.array([5, 2]))
+    """
+    check_choice("loss", loss, LOSSES)
+    final = rnn_forward(
+        params,
+        xs,
+        h0s,
+        lengths=lengths,
+        activation=activation,
+        method=method,
+        block=block,
+        truncation=truncation,
+        tol=tol,
+    ).final_states[-1]
+    outputs = final @ params.readout.W.T + params.readout.b
+    m, k = outputs.shape
+    if loss == "softmax_cross_entropy":
+        check_shape("targets", targets, (m,), "(m,) = one class index per sequence")
+    else:
+        check_shape("targets", targets, (m, k), "(m, k) = one target per sequence")
+    losses = per_step_losses(outputs[None], jnp.asarray(targets)[None], loss=loss)
+    return losses.sum() / outputs.shape[0]

@@ -1,0 +1,318 @@
+"""A stack of recurrent layers and a linear readout (DESIGN.md §1), with right-padded
+variable-length batches, bidirectional layers and integer token inputs.
+
+Variable lengths. A batch of sequences of lengths L_v ≤ T is right-padded to T steps.
+Given `lengths`, the padded inputs of every layer are replaced by zeros before the
+layer reads them (so whatever the padding holds, even NaN, cannot reach a valid
+step), the backward direction of a bidirectional layer is reversed within each
+length, and the final state of every sequence is taken at its own last valid step.
+The loss masks padded steps, so their injected error is exactly zero and every
+gradient method stays exact with no special Jacobians (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._backward.layer import rnn_layer
+from .._validation import (
+    check_layer_params,
+    check_rank,
+    check_same_dtype,
+    check_sequence,
+    check_shape,
+)
+from .bidirectional import BidirectionalParams, bidirectional_layer
+from .params import RNNParams
+from .tokens import is_token_input
+
+
+class RNNOutput(NamedTuple):
+    """What `rnn_forward` returns.
+
+    Attributes:
+        outputs: readout pre-activations (T, m, k) at every step.
+        final_states: one (m, d_l) array per layer: the state after each sequence's own
+            last valid step (for a bidirectional layer `[h→_{L−1}, h←_0]`, 2·d_l wide).
+    """
+
+    outputs: jax.Array
+    final_states: tuple[jax.Array, ...]
+
+
+def _layer_sizes(name: str, layer: object) -> tuple[int, int]:
+    """(output features, input features) of a `LayerParams` or `BidirectionalParams`."""
+    if isinstance(layer, BidirectionalParams):
+        d_forward, n = check_layer_params(f"{name}.forward", layer.forward)
+        d_backward, n_backward = check_layer_params(f"{name}.backward", layer.backward)
+        if n_backward != n:
+            raise ValueError(
+                f"{name}.backward.W has shape {layer.backward.W.shape} but "
+                f"{name}.forward.W has shape {layer.forward.W.shape}: both directions "
+                "read the same inputs, so they need the same number of input features."
+            )
+        check_same_dtype(
+            f"{name}.backward.W", layer.backward.W, layer.forward.W.dtype, f"{name}.forward.W"
+        )
+        return d_forward + d_backward, n
+    return check_layer_params(name, layer)
+
+
+def _first_weight(layer) -> jax.Array:
+    return layer.forward.W if isinstance(layer, BidirectionalParams) else layer.W
+
+
+def check_rnn_params(params: object) -> tuple[int, ...]:
+    """Checks an `RNNParams` stack; returns the sizes (n, d_1, …, d_L, k).
+
+    Layers are `LayerParams` or `BidirectionalParams` (whose d_l counts both
+    directions).
+    """
+    if not (hasattr(params, "layers") and hasattr(params, "readout")):
+        raise TypeError(
+            f"params must be an RNNParams(layers, readout), got {type(params).__name__}. "
+            "Build one with dprnn_jax.init_rnn (or use rnn_layer for a single LayerParams)."
+        )
+    layers = tuple(params.layers)
+    if not layers:
+        raise ValueError("params.layers must hold at least one LayerParams, got ().")
+    sizes = []
+    for l, layer in enumerate(layers):
+        d, n = _layer_sizes(f"params.layers[{l}]", layer)
+        if sizes and n != sizes[-1]:
+            weight = "forward.W" if isinstance(layer, BidirectionalParams) else "W"
+            raise ValueError(
+                f"params.layers[{l}].{weight} has shape {_first_weight(layer).shape}: it "
+                f"expects {n} inputs but layer {l - 1} has {sizes[-1]} hidden units."
+            )
+        sizes = [*sizes, n, d] if not sizes else [*sizes, d]
+    W_out = params.readout.W
+    k, d_out = check_rank("params.readout.W", W_out, 2, "(k, d_L) = (outputs, hidden)")
+    if d_out != sizes[-1]:
+        raise ValueError(
+            f"params.readout.W has shape {W_out.shape} but the last layer has {sizes[-1]} "
+            f"hidden units: expected shape ({k}, {sizes[-1]})."
+        )
+    check_shape("params.readout.b", params.readout.b, (k,), "(k,)")
+    dtype = _first_weight(layers[0]).dtype
+    for l, layer in enumerate(layers[1:], start=1):
+        check_same_dtype(f"params.layers[{l}].W", _first_weight(layer), dtype, "params.layers[0].W")
+    check_same_dtype("params.readout.W", W_out, dtype, "params.layers[0].W")
+    check_same_dtype("params.readout.b", params.readout.b, dtype, "params.layers[0].W")
+    return (*sizes, k)
+
+
+def _check_state(name: str, h0: object, layer, m: int, weight_name: str) -> None:
+    if h0 is not None:
+        d = layer.S.shape[0]
+        check_shape(name, h0, (m, d), "(m, d_l) = (batch, hidden)")
+        check_same_dtype(name, h0, layer.W.dtype, weight_name)
+
+
+def check_initial_states(
+    h0s: Sequence[jax.Array | None] | None, layers: Sequence, m: int
+) -> tuple[jax.Array | None, ...]:
+    """Checks one (m, d_l) initial state (or None) per layer; a pair for bidirectional."""
+    if h0s is None:
+        return (None,) * len(layers)
+    h0s = tuple(h0s)
+    if len(h0s) != len(layers):
+        raise ValueError(
+            f"h0s must hold one initial state per layer ({len(layers)}), got {len(h0s)}."
+        )
+    for l, (h0, layer) in enumerate(zip(h0s, layers)):
+        if isinstance(layer, BidirectionalParams):
+            if h0 is None:
+                continue
+            if not isinstance(h0, tuple | list) or len(h0) != 2:
+                raise ValueError(
+                    f"h0s[{l}] must be a pair (h0_forward, h0_backward) (or None) for a "
+                    f"bidirectional layer, got {type(h0).__name__}."
+                )
+            _check_state(f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W")
+            _check_state(f"h0s[{l}][1]", h0[1], layer.backward, m, f"params.layers[{l}].backward.W")
+        else:
+            _check_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W")
+    return h0s
+
+
+def check_lengths(lengths: object, T: int, m: int) -> jax.Array:
+    """Checks `lengths` (m,) integer; concrete values must lie in [0, T]."""
+    check_shape("lengths", lengths, (m,), "(m,) = valid steps per sequence")
+    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+        raise TypeError(f"lengths must be integers, got dtype {jnp.result_type(lengths)}.")
+    try:
+        values = np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:
+        values = None  # traced: out-of-range values give NaN states (see `_final_state`)
+    if values is not None and values.size and (values.min() < 0 or values.max() > T):
+        raise ValueError(
+            f"lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
+            f"{values.max()}."
+        )
+    return jnp.asarray(lengths)
+
+
+def mask_from_lengths(lengths: jax.Array, T: int) -> jax.Array:
+    """(T, m) boolean mask, True at the valid steps t < lengths[v]."""
+    return jnp.arange(T)[:, None] < lengths[None, :]
+
+
+def _check_inputs(xs: object, n: int, dtype, shape: tuple[int, ...]) -> tuple[int, int]:
+    if is_token_input(xs):
+        T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
+        if T == 0:
+            raise ValueError(f"xs must have at least one time step, got shape {(T, m)}.")
+        return T, m
+    T, m, n_xs = check_sequence("xs", xs)
+    if n_xs != n:
+        raise ValueError(
+            f"xs has {n_xs} features (shape {xs.shape}) but params.layers[0].W has shape "
+            f"{shape}, which expects {n} input features."
+        )
+    check_same_dtype("xs", xs, dtype, "params.layers[0].W")
+    return T, m
+
+
+def _final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
+    """The state after each sequence's last valid step (h0, or zeros, for length 0)."""
+    if lengths is None:
+        return hs[-1]
+    T = hs.shape[0]
+    last = jnp.take_along_axis(hs, jnp.clip(lengths - 1, 0, T - 1)[None, :, None], axis=0)[0]
+    start = jnp.zeros_like(last) if h0 is None else h0
+    final = jnp.where((lengths == 0)[:, None], start, last)
+    # Lengths outside [0, T] (only possible under jit) give NaN, not a wrong state.
+    return jnp.where(((lengths < 0) | (lengths > T))[:, None], jnp.nan, final)
+
+
+def rnn_forward(
+    params: RNNParams,
+    xs: jax.Array,
+    h0s: Sequence | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    activation: str = "tanh",
+    method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+) -> RNNOutput:
+    """Runs the recurrent stack and the readout; returns outputs and final states.
+
+    Args:
+        params: `RNNParams(layers, readout)`; each layer a `LayerParams` or a
+            `BidirectionalParams`.
+        xs: inputs (T, m, n), time-major, right-padded; or integer token indices
+            (T, m) into a vocabulary of n = layers[0].W.shape[1] words (one-hot never
+            built).
+        h0s: one initial state per layer ((m, d_l), a pair for a bidirectional layer,
+            or None for zeros), or None.
+        lengths: valid steps per sequence (m,) integers in [0, T]; None: all T.
+        activation: recurrent activation, "tanh", "sigmoid" or "relu".
+        method: gradient method of every recurrent layer (see `rnn_layer`).
+        block: Ω triangle size for `method="omega"` (see `rnn_layer`).
+        truncation: K-step truncation of every layer (see `rnn_layer`).
+        tol: adaptive Ω tolerance of every layer (see `rnn_layer`).
+
+    Returns:
+        `RNNOutput(outputs (T, m, k), final_states)`.
+
+    Raises:
+        ValueError, TypeError: for inconsistent shapes, dtypes or options.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> out = rnn_forward(params, jnp.ones((5, 2, 3)), lengths=jnp.array([5, 2]))
+        >>> out.outputs.shape, out.final_states[0].shape
+        ((5, 2, 4), (2, 8))
+    """
+    sizes = check_rnn_params(params)
+    layers = tuple(params.layers)
+    first = _first_weight(layers[0])
+    T, m = _check_inputs(xs, sizes[0], first.dtype, first.shape)
+    h0s = check_initial_states(h0s, layers, m)
+    valid = None
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, m)
+        valid = mask_from_lengths(lengths, T)
+    options = dict(
+        activation=activation, method=method, block=block, truncation=truncation, tol=tol
+    )
+    hs, finals = xs, []
+    for layer, h0 in zip(layers, h0s):
+        if valid is not None:
+            # Padded inputs never influence a valid step; zeroing them keeps NaN or inf
+            # padding out of the states and of the backward products.
+            hs = jnp.where(valid if hs.ndim == 2 else valid[..., None], hs, jnp.zeros_like(hs))
+        if isinstance(layer, BidirectionalParams):
+            h0_forward, h0_backward = (None, None) if h0 is None else h0
+            out = bidirectional_layer(layer, hs, h0, lengths=lengths, **options)
+            d = layer.forward.S.shape[0]
+            forward_final = _final_state(out[..., :d], h0_forward, lengths)
+            # The backward direction ends at t = 0 (or starts from h0← if L = 0).
+            backward_final = out[0, :, d:]
+            if lengths is not None:
+                start = jnp.zeros_like(backward_final) if h0_backward is None else h0_backward
+                backward_final = jnp.where((lengths == 0)[:, None], start, backward_final)
+            finals.append(jnp.concatenate([forward_final, backward_final], axis=-1))
+        else:
+            out = rnn_layer(layer, hs, h0, **options)
+            finals.append(_final_state(out, h0, lengths))
+        hs = out
+    # The readout is time-parallel: one product for all steps.
+    outputs = hs @ params.readout.W.T + params.readout.b
+    return RNNOutput(outputs, tuple(finals))
+
+
+def rnn_apply(
+    params: RNNParams,
+    xs: jax.Array,
+    h0s: Sequence | None = None,
+    *,
+    activation: str = "tanh",
+    method: str = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+    lengths: jax.Array | None = None,
+) -> jax.Array:
+    """Runs the recurrent stack and the readout; returns readout pre-activations.
+
+    `rnn_forward(...).outputs`; see `rnn_forward` for every argument.
+
+    Args:
+        params: `RNNParams(layers, readout)`, e.g. from `init_rnn`.
+        xs: inputs (T, m, n), time-major, or integer tokens (T, m).
+        h0s: one initial state (m, d_l) per layer (or None for zeros), or None.
+        activation: recurrent activation, "tanh", "sigmoid" or "relu".
+        method: gradient method of every recurrent layer (see `rnn_layer`).
+        block: Ω triangle size for `method="omega"` (see `rnn_layer`); None for one.
+        truncation: K-step truncation (see `rnn_layer`).
+        tol: adaptive Ω tolerance (see `rnn_layer`).
+        lengths: valid steps per sequence (m,), or None.
+
+    Returns:
+        Outputs (T, m, k): logits for softmax/logistic readouts, values for identity.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> rnn_apply(params, jnp.ones((5, 2, 3))).shape
+        (5, 2, 4)
+    """
+    return rnn_forward(
+        params,
+        xs,
+        h0s,
+        lengths=lengths,
+        activation=activation,
+        method=method,
+        block=block,
+        truncation=truncation,
+        tol=tol,
+    ).outputs

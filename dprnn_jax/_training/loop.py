@@ -1,0 +1,370 @@
+"""The training loop behind `dprnn-jax train`: data, steps, evaluation, checkpoints, resume
+and the output files.
+
+Reproducibility: the initial parameters come from `seed` and the batch of step s from
+`fold_in(data_key, s)`, so the batch depends on (seed, step) only, never on history. A
+run resumed from a checkpoint at step c therefore feeds the same jitted step the same
+inputs as an uninterrupted run, and ends with bitwise the same parameters (on the same
+machine and device count).
+
+Files in the output directory:
+
+* `checkpoint.npz`: params, optimiser state, step, configuration and history (atomic);
+* `metrics.json`: configuration, final training and validation numbers, wall time;
+* `loss_curve.png`: training loss per step and validation loss at each evaluation;
+* `sample.txt`: for "charlm", text generated from a prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from .._model.params import RNNParams, init_rnn
+from .._validation import check_choice, check_positive_int
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .sharding import batch_mesh, replicate, shard_batch
+from .step import make_eval_step, make_train_step
+from .tasks import Task, make_task, sample_text
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+LOSS_CURVE = "loss_curve.png"
+SAMPLE = "sample.txt"
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "rmsprop": optax.rmsprop,
+    "sgd": lambda learning_rate: optax.sgd(learning_rate, momentum=0.9),
+}
+
+# Options that may differ between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (the `dprnn-jax train` options)."""
+
+    task: str = "charlm"
+    method: str = "omega"
+    steps: int = 1000
+    seed: int = 0
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    optimizer: str = "adam"
+    hidden_size: int = 128
+    layers: int = 1
+    seq_len: int | None = None
+    activation: str = "tanh"
+    max_grad_norm: float | None = 1.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    devices: int = 1
+
+
+class TrainResult(NamedTuple):
+    """The trained parameters and the final metrics dict (also written to metrics.json)."""
+
+    params: RNNParams
+    metrics: dict
+
+
+class ResumeError(Exception):
+    """The output directory's state and the requested run do not fit together."""
+
+
+def check_output_dir(out: str) -> None:
+    """Creates `out` if needed and checks that files can be written in it.
+
+    Raises:
+        OSError: not a directory, or not writable (with the reason).
+    """
+    os.makedirs(out, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
+
+
+def _write_text(path: str, text: str) -> None:
+    # Temporary file then os.replace, like the checkpoint: never a half-written file.
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def _history() -> dict[str, list]:
+    return {"loss": [], "accuracy": [], "grad_norm": [], "skipped": [], "evaluations": []}
+
+
+def _check_config(config: TrainConfig) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    for name in ("steps", "batch_size", "hidden_size", "layers", "eval_every"):
+        check_positive_int(name, getattr(config, name))
+    check_positive_int("checkpoint_every", config.checkpoint_every)
+    check_positive_int("devices", config.devices)
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {config.seed!r}.")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}.")
+
+
+class _Programs(NamedTuple):
+    """A configuration's task, optimiser and compiled functions."""
+
+    task: Task
+    optimizer: optax.GradientTransformation
+    train_step: Callable
+    eval_step: Callable
+    sample: Callable
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(
+    task_name, seq_len, optimizer_name, learning_rate, activation, method, max_grad_norm
+) -> _Programs:
+    # Cached so that a run resumed in the same process (tests, notebooks) reuses the
+    # compiled step instead of tracing and compiling it again.
+    task = make_task(task_name, seq_len)
+    optimizer = OPTIMIZERS[optimizer_name](learning_rate)
+    train_step = make_train_step(
+        optimizer, loss=task.loss, activation=activation, method=method, max_grad_norm=max_grad_norm
+    )
+    eval_step = make_eval_step(loss=task.loss, activation=activation)
+    return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
+
+
+def _initial_state(config: TrainConfig, programs: _Programs):
+    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    task = programs.task
+    params = init_rnn(
+        init_key, task.input_size, (config.hidden_size,) * config.layers, task.output_size
+    )
+    return params, programs.optimizer.init(params), data_key
+
+
+def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
+    path = os.path.join(out, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ResumeError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
+    metadata = read_metadata(path)
+    saved = metadata.get("config", {})
+    mine = dataclasses.asdict(config)
+    changed = sorted(
+        key for key in mine if key not in _RESUMABLE_CHANGES and saved.get(key) != mine[key]
+    )
+    if changed:
+        details = ", ".join(
+            f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in changed
+        )
+        raise ResumeError(
+            f"--resume: {path} was written with different options ({details}); "
+            "use the same options (only --steps and --checkpoint-every may change)"
+        )
+    if metadata["step"] > config.steps:
+        raise ResumeError(
+            f"--resume: the checkpoint is at step {metadata['step']}, beyond --steps {config.steps}"
+        )
+    state, metadata = load_checkpoint(path, like)
+    return state, metadata["step"], metadata["history"]
+
+
+def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
+    last = history["evaluations"][-1] if history["evaluations"] else None
+    window = history["loss"][-max(1, len(history["loss"]) // 10) :]
+    metrics = {
+        "config": dataclasses.asdict(config),
+        "steps_done": step,
+        "train_loss_last": history["loss"][-1] if history["loss"] else None,
+        "train_loss_mean_last_10pct": float(np.mean(window)) if window else None,
+        "skipped_steps": int(sum(history["skipped"])),
+        "validation": last,
+        "wall_seconds_this_session": seconds,
+        "steps_this_session": steps_run,
+        "backend": jax.default_backend(),
+    }
+    if task.name == "charlm" and last is not None:
+        metrics["validation_perplexity"] = math.exp(last["loss"])
+        metrics["validation_bits_per_character"] = last["loss"] / math.log(2)
+    return metrics
+
+
+def plot_loss_curve(history: dict, path: str, title: str) -> None:
+    """Training loss per step (and its running mean) with validation loss, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(history["loss"], np.float64)
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = np.arange(1, len(loss) + 1)
+    axes.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
+    width = max(1, len(loss) // 50)
+    if len(loss) >= width > 1:
+        smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+        axes.plot(steps[width - 1 :], smooth, color="tab:blue", label=f"train ({width}-step mean)")
+    evaluations = history["evaluations"]
+    if evaluations:
+        axes.plot(
+            [e["step"] for e in evaluations],
+            [e["loss"] for e in evaluations],
+            "o-",
+            color="tab:orange",
+            label="validation",
+        )
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def train(
+    config: TrainConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Trains a model on `config.task`, with evaluation, checkpoints and output files.
+
+    Args:
+        config: the run's options.
+        out: output directory (created if needed).
+        resume: continue from `out/checkpoint.npz`; the options must be the same except
+            `steps` and `checkpoint_every`.
+        progress: show a tqdm progress bar with loss and accuracy.
+        log: where evaluation lines go.
+        stop_at: stop after this many steps without writing anything more, as a kill
+            would (for testing resume).
+
+    Returns:
+        `TrainResult(params, metrics)`.
+
+    Raises:
+        ResumeError: `resume` without a checkpoint, a checkpoint from other options, or a
+            fresh run into a directory that already holds a checkpoint.
+        CheckpointError: a corrupt checkpoint (the file is left as it is).
+        OSError: an unwritable `out`.
+        ValueError, ImportError: bad options (from the task, the mesh, the step).
+    """
+    from tqdm import tqdm
+
+    _check_config(config)
+    programs = _programs(
+        config.task,
+        config.seq_len,
+        config.optimizer,
+        config.learning_rate,
+        config.activation,
+        config.method,
+        config.max_grad_norm,
+    )
+    task = programs.task
+    if config.batch_size % config.devices:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a multiple of devices={config.devices}"
+        )
+    mesh = batch_mesh(config.devices) if config.devices > 1 else None
+    check_output_dir(out)
+    params, opt_state, data_key = _initial_state(config, programs)
+    step, history = 0, _history()
+    checkpoint = os.path.join(out, CHECKPOINT)
+    if resume:
+        (params, opt_state), step, history = _restore(out, config, (params, opt_state))
+        log(f"resumed from {checkpoint} at step {step}")
+    elif os.path.exists(checkpoint):
+        raise ResumeError(
+            f"{out} already holds a checkpoint ({CHECKPOINT}); pass --resume to continue it "
+            "or choose another --out (nothing was overwritten)"
+        )
+
+    train_step, eval_step, sample = programs.train_step, programs.eval_step, programs.sample
+    validation = task.validation
+    if mesh is not None:
+        params, opt_state = replicate((params, opt_state), mesh)
+        validation = replicate(validation, mesh)
+
+    def save(step):
+        metadata = {"step": step, "config": dataclasses.asdict(config), "history": history}
+        save_checkpoint(checkpoint, (params, opt_state), metadata)
+
+    start, started = step, time.perf_counter()
+    bar = tqdm(
+        total=config.steps, initial=step, disable=not progress, desc=task.name, dynamic_ncols=True
+    )
+    with bar:
+        while step < config.steps:
+            if stop_at is not None and step >= stop_at:
+                return TrainResult(params, {})
+            batch = sample(jax.random.fold_in(data_key, step), config.batch_size)
+            if mesh is not None:
+                batch = shard_batch(batch, mesh)
+            params, opt_state, metrics = train_step(params, opt_state, batch)
+            step += 1
+            metrics = jax.device_get(metrics)
+            for name in ("loss", "accuracy", "grad_norm"):
+                history[name].append(float(getattr(metrics, name)))
+            history["skipped"].append(int(metrics.skipped))
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
+            if step % config.eval_every == 0 or step == config.steps:
+                evaluation = jax.device_get(eval_step(params, validation))
+                entry = {
+                    "step": step,
+                    "loss": float(evaluation.loss),
+                    "accuracy": float(evaluation.accuracy),
+                }
+                history["evaluations"].append(entry)
+                line = (
+                    f"step {step:>6}  validation loss {entry['loss']:.4f}  "
+                    f"acc {entry['accuracy']:.4f}"
+                )
+                if task.name == "charlm":
+                    line += f"  perplexity {math.exp(entry['loss']):.3f}"
+                (bar.write if progress else log)(line)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step)
+    seconds = time.perf_counter() - started
+
+    metrics = _final_metrics(config, task, step, history, seconds, step - start)
+    metrics["device_count"] = 1 if mesh is None else int(mesh.devices.size)
+    metrics["devices_available"] = len(jax.devices())
+    title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
+    plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title)
+    files = [CHECKPOINT, METRICS, LOSS_CURVE]
+    if task.name == "charlm":
+        text = sample_text(
+            params,
+            "The ",
+            300,
+            jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1),
+            activation=config.activation,
+            temperature=0.7,
+        )
+        _write_text(os.path.join(out, SAMPLE), text + "\n")
+        metrics["sample"] = text
+        files.append(SAMPLE)
+    metrics["files"] = files
+    _write_text(os.path.join(out, METRICS), json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(params, metrics)

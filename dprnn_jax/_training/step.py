@@ -1,0 +1,172 @@
+"""One optax training step and one evaluation, as pure jit-compiled functions.
+
+    train_step :: (params, opt_state, batch) -> (params, opt_state, StepMetrics)
+
+The gradient comes from any `method` (the recurrent layers' custom backward), is clipped
+by global norm (Pascanu et al. 2013, the seeds' remedy for exploding gradients) and fed
+to any optax optimiser. A step whose loss or gradient is not finite leaves the
+parameters and the optimiser state untouched and says so in its metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._backward.layer import METHODS
+from .._model.loss import per_step_losses
+from .._model.network import rnn_apply
+from .._model.params import RNNParams
+from .._validation import check_choice
+from .tasks import Batch
+
+# An adding-problem prediction counts as correct within this distance of the target.
+ADDING_TOLERANCE = 0.04
+
+
+class Metrics(NamedTuple):
+    """Mean loss and accuracy over the supervised (mask ≠ 0) steps of a batch."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    """One training step: loss and accuracy before the update, the gradient's global norm
+    before clipping, and `skipped` (1 when a non-finite loss or gradient was discarded)."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+    grad_norm: jax.Array
+    skipped: jax.Array
+
+
+def batch_metrics(
+    params: RNNParams,
+    batch: Batch,
+    *,
+    loss: str,
+    activation: str = "tanh",
+    method: str = "omega",
+) -> Metrics:
+    """Loss and accuracy of a batch, averaged over its supervised steps.
+
+    The loss is `Σ mask · loss(ŷ_t, y_t) / Σ mask`: per character for a language model,
+    per sequence for a many-to-one task. Accuracy is the argmax hit rate for
+    "softmax_cross_entropy", the rate of all k bits right for
+    "sigmoid_binary_cross_entropy", and the rate of |ŷ − y| < 0.04 for "mse" (the
+    adding problem's criterion). A batch whose mask is all zero has no supervised step:
+    its loss and accuracy are NaN.
+
+    Args:
+        params: `RNNParams`.
+        batch: a `Batch` (time-major, with a (T, m) mask).
+        loss: a name in `LOSSES`.
+        activation: recurrent activation.
+        method: gradient method of the recurrent layers.
+
+    Returns:
+        `Metrics(loss, accuracy)`, scalars; differentiable in `params` by `method`.
+    """
+    outputs = rnn_apply(params, batch.inputs, activation=activation, method=method)
+    losses = per_step_losses(outputs, batch.targets, batch.mask, loss=loss)
+    weight = jnp.sum(batch.mask)
+    if loss == "softmax_cross_entropy":
+        hits = jnp.argmax(outputs, axis=-1) == batch.targets
+    elif loss == "sigmoid_binary_cross_entropy":
+        hits = jnp.all((outputs > 0) == (batch.targets > 0.5), axis=-1)
+    else:
+        hits = jnp.all(jnp.abs(outputs - batch.targets) < ADDING_TOLERANCE, axis=-1)
+    accuracy = jnp.sum(jnp.where(batch.mask != 0, hits, False)) / weight
+    return Metrics(jnp.sum(losses) / weight, accuracy)
+
+
+def global_norm(tree) -> jax.Array:
+    """√(Σ x²) over every leaf: the norm `optax.clip_by_global_norm` clips."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def _select(take_new: jax.Array, new, old):
+    # `where`, not arithmetic: a NaN in `new` must not leak into the kept values.
+    return jax.tree.map(lambda n, o: jnp.where(take_new, n, o), new, old)
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: str,
+    activation: str = "tanh",
+    method: str = "omega",
+    max_grad_norm: float | None = 1.0,
+) -> Callable[[RNNParams, optax.OptState, Batch], tuple[RNNParams, optax.OptState, StepMetrics]]:
+    """Builds the jit-compiled training step for any optax optimiser and gradient method.
+
+    Args:
+        optimizer: any `optax.GradientTransformation` (its state comes from
+            `optimizer.init(params)`).
+        loss: a name in `LOSSES`, e.g. a task's `task.loss`.
+        activation: recurrent activation.
+        method: gradient method of the recurrent layers, any name in `METHODS`
+            ("omega", "bptt", "naive", "autodiff", …).
+        max_grad_norm: clip the gradient to this global norm before the optimiser
+            (`optax.clip_by_global_norm`); None disables clipping.
+
+    Returns:
+        `train_step(params, opt_state, batch) -> (params, opt_state, StepMetrics)`, pure
+        and jitted. When the loss or the gradient is not finite (NaN, ±inf, or a norm
+        that overflows), the update is skipped: params and opt_state come back
+        unchanged and `metrics.skipped` is 1.
+
+    Raises:
+        ValueError: unknown `method` or a non-positive `max_grad_norm`.
+
+    Example:
+        >>> optimizer = optax.adam(1e-3)
+        >>> step = make_train_step(optimizer, loss=task.loss)
+        >>> opt_state = optimizer.init(params)
+        >>> params, opt_state, metrics = step(params, opt_state, batch)
+    """
+    check_choice("method", method, METHODS)
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}.")
+    clip = optax.identity() if max_grad_norm is None else optax.clip_by_global_norm(max_grad_norm)
+
+    def objective(params, batch):
+        metrics = batch_metrics(params, batch, loss=loss, activation=activation, method=method)
+        return metrics.loss, metrics
+
+    @jax.jit
+    def train_step(params, opt_state, batch):
+        grads, metrics = jax.grad(objective, has_aux=True)(params, batch)
+        grad_norm = global_norm(grads)
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics.loss)
+        # The clip is stateless: its state is never kept, so opt_state is exactly the
+        # user's `optimizer.init(params)`.
+        clipped, _ = clip.update(grads, clip.init(params))
+        updates, new_opt_state = optimizer.update(clipped, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        step_metrics = StepMetrics(
+            metrics.loss, metrics.accuracy, grad_norm, jnp.logical_not(finite).astype(jnp.int32)
+        )
+        return (
+            _select(finite, new_params, params),
+            _select(finite, new_opt_state, opt_state),
+            step_metrics,
+        )
+
+    return train_step
+
+
+def make_eval_step(*, loss: str, activation: str = "tanh") -> Callable[[RNNParams, Batch], Metrics]:
+    """Builds the jit-compiled evaluation `eval_step(params, batch) -> Metrics`."""
+
+    @jax.jit
+    def eval_step(params, batch):
+        # No gradient is taken, so the method is irrelevant: the plain forward scan.
+        return batch_metrics(params, batch, loss=loss, activation=activation, method="autodiff")
+
+    return eval_step
