@@ -1,11 +1,16 @@
 """dprnn_jax: exact RNN gradients in JAX, back-propagation through time as a dynamic
 programme over the Ω gradient-distance matrix Ω(j, i) = ∂Z_j/∂Z_i."""
 
-from ._backward.adaptive import ToleranceReport as ToleranceReport
-from ._backward.adaptive import tolerance_report as tolerance_report
-from ._backward.layer import METHODS as METHODS
-from ._backward.layer import rnn_layer as rnn_layer
-from ._backward.omega import omega_matrix as omega_matrix
+from . import backward as backward  # noqa: E402
+from . import diagnostics as diagnostics  # noqa: E402
+from . import training as training  # noqa: E402
+from ._backward.autodiff import Autodiff as Autodiff
+from ._backward.bptt import BPTT as BPTT
+from ._backward.naive import Naive as Naive
+from ._backward.omega import Omega as Omega
+from ._backward.parallel_scan import ParallelScan as ParallelScan
+from ._backward.registry import METHODS as METHODS
+from ._backward.rtrl import RTRL as RTRL
 from ._backward.rtrl_online import RTRLState as RTRLState
 from ._backward.rtrl_online import rtrl_gradient as rtrl_gradient
 from ._backward.rtrl_online import rtrl_init as rtrl_init
@@ -20,18 +25,22 @@ from ._diagnostics.lyapunov import LyapunovEstimate as LyapunovEstimate
 from ._diagnostics.lyapunov import decay_bound as decay_bound
 from ._diagnostics.lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._diagnostics.lyapunov import lyapunov_qr as lyapunov_qr
+from ._diagnostics.omega_matrix import omega_matrix as omega_matrix
 from ._diagnostics.omega_norms import OmegaNorms as OmegaNorms
 from ._diagnostics.omega_norms import omega_norms as omega_norms
 from ._diagnostics.plotting import plot_decay as plot_decay
 from ._diagnostics.plotting import plot_omega_triangles as plot_omega_triangles
 from ._diagnostics.plotting import plot_training_curves as plot_training_curves
 from ._diagnostics.plotting import plot_triangle as plot_triangle
+from ._diagnostics.tolerance import ToleranceReport as ToleranceReport
+from ._diagnostics.tolerance import tolerance_report as tolerance_report
 from ._model.activations import ACTIVATIONS as ACTIVATIONS
 from ._model.bidirectional import BidirectionalParams as BidirectionalParams
 from ._model.bidirectional import bidirectional_layer as bidirectional_layer
 from ._model.bidirectional import init_bidirectional_layer as init_bidirectional_layer
 from ._model.cell import cell as cell
 from ._model.forward import scan_layer as scan_layer
+from ._model.layer import rnn_layer as rnn_layer
 from ._model.loss import LOSSES as LOSSES
 from ._model.loss import many_to_one_loss as many_to_one_loss
 from ._model.loss import per_step_losses as per_step_losses
@@ -67,6 +76,12 @@ from ._training.tasks import sample_text as sample_text
 __version__ = "0.1.0"
 
 __all__ = [
+    "BPTT",
+    "RTRL",
+    "Autodiff",
+    "Naive",
+    "Omega",
+    "ParallelScan",
     "ACTIVATIONS",
     "Batch",
     "BidirectionalParams",

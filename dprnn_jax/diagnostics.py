@@ -4,9 +4,6 @@ exponents, the products each algorithm performs, and their plots.
 Every name here is also available at the top level (`dprnn_jax.omega_norms`, …).
 """
 
-from ._backward.adaptive import ToleranceReport as ToleranceReport
-from ._backward.adaptive import tolerance_report as tolerance_report
-from ._backward.omega import omega_matrix as omega_matrix
 from ._diagnostics.counts import ProductCount as ProductCount
 from ._diagnostics.counts import closed_form_products as closed_form_products
 from ._diagnostics.counts import count_products as count_products
@@ -17,12 +14,15 @@ from ._diagnostics.lyapunov import LyapunovEstimate as LyapunovEstimate
 from ._diagnostics.lyapunov import decay_bound as decay_bound
 from ._diagnostics.lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._diagnostics.lyapunov import lyapunov_qr as lyapunov_qr
+from ._diagnostics.omega_matrix import omega_matrix as omega_matrix
 from ._diagnostics.omega_norms import OmegaNorms as OmegaNorms
 from ._diagnostics.omega_norms import omega_norms as omega_norms
 from ._diagnostics.plotting import plot_decay as plot_decay
 from ._diagnostics.plotting import plot_omega_triangles as plot_omega_triangles
 from ._diagnostics.plotting import plot_training_curves as plot_training_curves
 from ._diagnostics.plotting import plot_triangle as plot_triangle
+from ._diagnostics.tolerance import ToleranceReport as ToleranceReport
+from ._diagnostics.tolerance import tolerance_report as tolerance_report
 
 __all__ = [
     "DecayBound",

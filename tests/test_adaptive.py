@@ -16,8 +16,7 @@ import pytest
 from helpers import RTOL, max_relative_error
 
 import dprnn_jax as dj
-from dprnn_jax._backward.adaptive import adaptive_omega_error_flow, tolerance_report
-from dprnn_jax._backward.omega import omega_error_flow
+from dprnn_jax.backward import ElmanJacobian
 
 T, M, D, N = 24, 2, 4, 3
 TOL = 1e-3
@@ -46,12 +45,13 @@ def adaptive_results(layers, xs, hs_bar):
     """Under jit and vmap (over the two layers): report, Δ_tol, Δ and gradients."""
 
     def one(params):
-        report = tolerance_report(params, xs, hs_bar, tol=TOL, activation="relu")
+        report = dj.tolerance_report(params, xs, hs_bar, tol=TOL, activation="relu")
         hs = dj.rnn_layer(params, xs, activation="relu")
         sigma_prime = (hs > 0).astype(hs.dtype)
         injected = hs_bar * sigma_prime
-        adaptive = adaptive_omega_error_flow(injected, sigma_prime, params.S, tol=TOL)
-        exact = omega_error_flow(injected, sigma_prime, params.S).delta
+        jacobian = ElmanJacobian(params.S, sigma_prime)
+        adaptive = dj.Omega(tol=TOL).error_flow(injected, jacobian)
+        exact = dj.Omega().error_flow(injected, jacobian).delta
         grad_tol = jax.grad(layer_loss)(params, xs, hs_bar, method="omega", tol=TOL)
         grad_exact = jax.grad(layer_loss)(params, xs, hs_bar, method="autodiff")
         grad_zero = jax.grad(layer_loss)(params, xs, hs_bar, method="omega", tol=0.0)
@@ -88,7 +88,7 @@ def test_contractive_stops_early_within_bound_and_expanding_runs_to_the_end(dtyp
 
 def test_tol_and_truncation_combine(x64):
     contractive, expanding, xs, hs_bar = relu_layers(jnp.float64)
-    report = tolerance_report(expanding, xs, hs_bar, tol=TOL, activation="relu", truncation=5)
+    report = dj.tolerance_report(expanding, xs, hs_bar, tol=TOL, activation="relu", truncation=5)
     assert int(report.diagonals) == 5 and report.max_diagonals == 5
     grads = [
         jax.jit(jax.grad(functools.partial(layer_loss, method="omega", truncation=5, **tol)))(
@@ -122,9 +122,9 @@ def test_invalid_tol_is_rejected(method, tol, match):
 def test_report_checks_its_arguments():
     layer = dj.init_layer(jax.random.key(0), 2, 3)
     with pytest.raises(ValueError, match="hs_bar"):
-        tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 2)), tol=0.1)
+        dj.tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 2)), tol=0.1)
     with pytest.raises(ValueError, match="tol must"):
-        tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 3)), tol=-0.1)
+        dj.tolerance_report(layer, jnp.ones((4, 1, 2)), jnp.ones((4, 1, 3)), tol=-0.1)
 
 
 def test_tol_is_only_a_heuristic_when_not_contractive(x64):
@@ -135,8 +135,9 @@ def test_tol_is_only_a_heuristic_when_not_contractive(x64):
     S = jnp.diag(jnp.array([0.1, 1.5]))
     sigma_prime = jnp.ones((T, 1, 2))
     injected = jnp.zeros((T, 1, 2)).at[-1, 0].set(jnp.array([1.0, 1e-6]))
-    flow = adaptive_omega_error_flow(injected, sigma_prime, S, tol=1e-2)
-    exact = omega_error_flow(injected, sigma_prime, S).delta
+    jacobian = ElmanJacobian(S, sigma_prime)
+    flow = dj.Omega(tol=1e-2).error_flow(injected, jacobian)
+    exact = dj.Omega().error_flow(injected, jacobian).delta
     assert int(flow.diagonals) == 2
     relative_error = jnp.linalg.norm(flow.delta - exact) / jnp.linalg.norm(flow.delta)
     assert relative_error > 10 * 1e-2

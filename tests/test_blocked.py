@@ -16,8 +16,7 @@ import pytest
 from helpers import RTOL, max_relative_error, reference_loss
 
 import dprnn_jax as dj
-from dprnn_jax._backward.blocked import blocked_error_flow
-from dprnn_jax._backward.bptt import bptt_error_flow
+from dprnn_jax.backward import ElmanJacobian
 
 T, M, N_INPUTS, HIDDEN, N_CLASSES = 12, 3, 3, (4, 5), 4
 # 1 is BPTT, 4 divides T, 5 does not (blocks 5, 5, 2), 20 ≥ T is the full triangle.
@@ -100,15 +99,16 @@ def test_error_flow_and_counters(T_, x64):
     """Δ equals BPTT's; `useful` is Σ_b L_b(L_b−1)/2 + (#blocks − 1), ≤ `performed`.
 
     Blocks of up to 16 steps are unrolled; T = 45 with blocks of 20 and ≥ T also runs
-    the phased `omega_error_flow` inside the chain.
+    the phased Ω fill inside the chain.
     """
     k_p, k_s, k_S = jax.random.split(jax.random.key(2), 3)
     injected = jax.random.normal(k_p, (T_, 2, 3), jnp.float64)
     sigma_prime = jax.random.uniform(k_s, (T_, 2, 3), jnp.float64)
     S = jax.random.normal(k_S, (3, 3), jnp.float64)
-    expected = bptt_error_flow(injected, sigma_prime, S).delta
+    jacobian = ElmanJacobian(S, sigma_prime)
+    expected = dj.BPTT().error_flow(injected, jacobian).delta
     for block in sorted({1, 2, 4, 20, T_, T_ + 3}):
-        flow = blocked_error_flow(injected, sigma_prime, S, block=block)
+        flow = dj.Omega(block=block).error_flow(injected, jacobian)
         assert max_relative_error(flow.delta, expected) <= RTOL[jnp.dtype("float64")], block
         B = min(block, T_)
         lengths = [B] * (T_ // B) + ([T_ % B] if T_ % B else [])

@@ -8,26 +8,28 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import dprnn_jax as dj
 from dprnn_jax._app.complexity import loglog_slope, write_complexity_report
 from dprnn_jax._app.hlo_flops import hlo_dot_flops
-from dprnn_jax._backward.blocked import blocked_error_flow
-from dprnn_jax._backward.bptt import bptt_error_flow
-from dprnn_jax._backward.naive import naive_error_flow
-from dprnn_jax._backward.omega import omega_error_flow
+from dprnn_jax.backward import ElmanJacobian
 
 T, M, D = 40, 2, 4
 FLOWS = {
-    "omega": omega_error_flow,
-    "bptt": bptt_error_flow,
-    "blocked": lambda P, s, S: blocked_error_flow(P, s, S, block=7),
+    "omega": dj.Omega(),
+    "bptt": dj.BPTT(),
+    "blocked": dj.Omega(block=7),
 }
+
+
+def error_flow(algorithm):
+    return lambda P, sigma_prime, S: algorithm.error_flow(P, ElmanJacobian(S, sigma_prime))
 
 
 @pytest.mark.parametrize("method", FLOWS)
 def test_hlo_flops_equal_the_in_loop_counters(method):
     """XLA's own program, loops weighted by their trip counts, does what the counters say."""
     P = jnp.ones((T, M, D), jnp.float32)
-    compiled = jax.jit(FLOWS[method]).lower(P, P, jnp.eye(D)).compile()
+    compiled = jax.jit(error_flow(FLOWS[method])).lower(P, P, jnp.eye(D)).compile()
     flow = compiled(P, P, jnp.eye(D))
     flops = hlo_dot_flops(compiled.as_text())
     assert flops.exact
@@ -38,7 +40,7 @@ def test_hlo_flops_equal_the_in_loop_counters(method):
 def test_hlo_flops_flag_unknown_trip_counts():
     """naive's inner loops depend on the outer index: the count is a lower bound."""
     P = jnp.ones((6, M, D), jnp.float32)
-    compiled = jax.jit(naive_error_flow).lower(P, P, jnp.eye(D)).compile()
+    compiled = jax.jit(error_flow(dj.Naive())).lower(P, P, jnp.eye(D)).compile()
     flops = hlo_dot_flops(compiled.as_text())
     assert not flops.exact
     assert 0 < flops.flops < (6**3 - 6) // 6 * 2 * M * D * D

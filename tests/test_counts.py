@@ -26,6 +26,6 @@ def test_omega_phases_waste_little(T):
 
 def test_count_products_rejects_bad_arguments():
     with pytest.raises(ValueError, match="method must be one of"):
-        dj.count_products("autodiff", 5)
+        dj.count_products("adjoint", 5)
     with pytest.raises(ValueError, match="T must be a positive int, got 0"):
         dj.count_products("omega", 0)

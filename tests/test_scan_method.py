@@ -17,6 +17,8 @@ import pytest
 from helpers import RTOL, max_relative_error, reference_loss
 from test_gradients import library_loss, make_problem
 
+import dprnn_jax as dj
+
 METHODS = ("scan", "rtrl")
 
 
@@ -60,9 +62,6 @@ def test_scan_and_rtrl_match_jax_grad(activation, n_layers, T, m, dtype):
 @pytest.mark.parametrize("T", [1, 13])
 def test_scan_composes_every_step_once_per_level(T):
     """The product counter: a prefix scan of T maps needs between T−1 and 2T compositions."""
-    from dprnn_jax._backward.parallel_scan import scan_error_flow
-
-    ones = jnp.ones((T, 1, 1))
-    flow = scan_error_flow(ones, ones, jnp.ones((1, 1)))
+    flow = dj.ParallelScan().count_products(T)
     compositions = int(flow.products_useful) // 2  # d + 1 = 2 units per composition
     assert T - 1 <= compositions <= 2 * T

@@ -100,7 +100,7 @@ class UsageError(Exception):
 
 
 def _add_train(subparsers) -> None:
-    from .._backward.layer import METHODS
+    from .._backward.registry import METHODS
     from .._training.loop import OPTIMIZERS, TrainConfig
     from .._training.tasks import TASKS
 
@@ -347,7 +347,7 @@ def _add_complexity(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "complexity",
-        help="seed 000's operation-count table: products, XLA flops, wall time over T",
+        help="the Ω note's operation-count table: products, XLA flops, wall time over T",
         description="Writes complexity.md, complexity.png and complexity.json to --out "
         "(same as scripts/complexity.py).",
     )

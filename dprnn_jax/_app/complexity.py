@@ -1,11 +1,11 @@
-"""Seed 000's operation-count table, measured: products, XLA flops and wall time over T.
+"""The Ω note's operation-count table, measured: products, XLA flops and wall time over T.
 
 For each backward algorithm (`naive`, `omega`, blocked `omega`, `bptt`) and each T the
 sweep reports
 
 * the (m, d) × (d, d) products the implementation performs, read from the counters the
-  algorithms increment inside their own loops (`ErrorFlow.products_*`), next to seed
-  000's closed forms and the O(T) count of standard BPTT;
+  algorithms increment inside their own loops (`ErrorFlow.products_*`), next to the
+  closed forms of the Ω note (docs/references.md#the-omega-note) and the O(T) count of BPTT;
 * XLA's flop count of the compiled backward: `cost_analysis()["flops"]` as XLA reports
   it (its cost model visits a loop body once, so it does not grow with the trip count)
   and the dot flops of the optimised HLO with every loop weighted by the trip count XLA
@@ -31,51 +31,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._backward.blocked import blocked_error_flow
-from .._backward.bptt import bptt_error_flow
-from .._backward.error_flow import ErrorFlow
-from .._backward.naive import naive_error_flow
-from .._backward.omega import omega_error_flow
+from .._backward.base import GradientAlgorithm
+from .._backward.bptt import BPTT
+from .._backward.jacobian import ElmanJacobian
+from .._backward.naive import Naive
+from .._backward.omega import Omega
 from .hlo_flops import hlo_dot_flops
-
-FlowFn = Callable[[jax.Array, jax.Array, jax.Array], ErrorFlow]
 
 DEFAULT_TS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
 BLOCK = 16
 
-
-def _blocked(injected, sigma_prime, S):
-    return blocked_error_flow(injected, sigma_prime, S, block=BLOCK)
-
-
-SWEPT: dict[str, FlowFn] = {
-    "naive": naive_error_flow,
-    "omega": omega_error_flow,
-    f"omega block={BLOCK}": _blocked,
-    "bptt": bptt_error_flow,
+SWEPT: dict[str, GradientAlgorithm] = {
+    "naive": Naive(),
+    "omega": Omega(),
+    f"omega block={BLOCK}": Omega(block=BLOCK),
+    "bptt": BPTT(),
 }
 
-# Seed 000's closed forms (its own counting: σ'-products are counted as matrix products,
+# The Ω note's closed forms (its own counting: σ'-products are counted as matrix products,
 # which doubles the naive and DP counts) and the honest O(T) count of BPTT.
 CLOSED_FORMS: dict[str, Callable[[int], int]] = {
-    "seed naive (T³−T)/3": lambda T: (T**3 - T) // 3,
-    "seed DP (T−1)(T−2)": lambda T: (T - 1) * (T - 2),
-    "seed DP, powers of S precomputed, T(T−2)/2": lambda T: T * (T - 2) // 2,
+    "Ω note naive (T³−T)/3": lambda T: (T**3 - T) // 3,
+    "Ω note DP (T−1)(T−2)": lambda T: (T - 1) * (T - 2),
+    "Ω note DP, powers of S precomputed, T(T−2)/2": lambda T: T * (T - 2) // 2,
     "BPTT T−1": lambda T: T - 1,
 }
 # What each of our algorithms needs, counting only (m, d) × (d, d) products.
 OUR_CLOSED_FORMS: dict[str, Callable[[int], int]] = {
-    "naive": lambda T: (T**3 - T) // 6,
-    "omega": lambda T: T * (T - 1) // 2,
-    f"omega block={BLOCK}": lambda T: _blocked_closed_form(T, BLOCK),
-    "bptt": lambda T: T - 1,
+    label: algorithm.closed_form_products for label, algorithm in SWEPT.items()
 }
 
 
-def _blocked_closed_form(T: int, block: int) -> int:
-    block = min(block, T)
-    lengths = [block] * (T // block) + ([T % block] if T % block else [])
-    return sum(L * (L - 1) // 2 for L in lengths) + len(lengths) - 1
+def _error_flow(algorithm: GradientAlgorithm):
+    def flow(injected, sigma_prime, S):
+        return algorithm.error_flow(injected, ElmanJacobian(S, sigma_prime))
+
+    return flow
 
 
 class ComplexityRow(NamedTuple):
@@ -106,7 +97,7 @@ def measure(
     method: str, T: int, *, m: int, d: int, repeats: int, time_it: bool = True
 ) -> ComplexityRow:
     """Counters, XLA flops and wall time of one backward algorithm at one T."""
-    flow_fn = SWEPT[method]
+    flow_fn = _error_flow(SWEPT[method])
     injected, sigma_prime, S = _problem(T, m, d)
     backward = jax.jit(flow_fn)
     compiled = backward.lower(injected, sigma_prime, S).compile()
@@ -210,7 +201,7 @@ def slopes(rows: Sequence[ComplexityRow]) -> dict[str, dict[str, float]]:
 
 
 def markdown_table(rows: Sequence[ComplexityRow], *, m: int, d: int, machine: str) -> str:
-    """The complexity table, the seed's closed forms and the fitted slopes, in markdown."""
+    """The complexity table, the Ω note's closed forms and the fitted slopes, in markdown."""
     Ts = sorted({row.T for row in rows})
     lines = [
         f"Backward of one layer (error flow Δ only), m = {m}, d = {d}, float32. "
@@ -218,7 +209,7 @@ def markdown_table(rows: Sequence[ComplexityRow], *, m: int, d: int, machine: st
         "",
         "Products of (m, d) × (d, d), counted inside the loops (`useful` / `performed`; "
         "performed includes the padding rows of omega's static-length phases), next to "
-        "seed 000's closed forms:",
+        "the Ω note's closed forms:",
         "",
         "| T | "
         + " | ".join(f"{name}" for name in SWEPT)

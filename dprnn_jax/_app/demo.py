@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.layer import METHODS
+from .._backward.registry import METHODS
 from .._model.loss import sequence_loss
 from .._model.params import init_rnn
 from .._training.checkpoint import CheckpointError, read_metadata

@@ -1,6 +1,7 @@
-r"""Adaptive Ω: fill diagonals of the error-flow triangle until the newest is negligible.
+r"""Adaptive Ω: fill diagonals of the error-flow triangle until the newest is negligible
+(docs/theory.md#adaptive-tolerance).
 
-The Ω DP (`_omega.py`) adds the diagonals `D_k = {G(i+k, i)}_i` of the error-flow
+The Ω DP (`omega.py`) adds the diagonals `D_k = {G(i+k, i)}_i` of the error-flow
 triangle to the total error one at a time, `Δ = Σ_k D_k`. In a contractive network the
 diagonals shrink geometrically with k, so the last ones change nothing. With `tol=ε`
 the fill runs in a `lax.while_loop` and stops after the first diagonal K_eff with
@@ -38,10 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._model.activations import get_activation
-from .._model.forward import hoisted_layer
-from .._model.params import LayerParams
-from .._validation import check_layer_inputs, check_shape
+from .jacobian import StepJacobian
 
 
 class AdaptiveErrorFlow(NamedTuple):
@@ -69,8 +67,7 @@ def _frobenius(x: jax.Array) -> jax.Array:
 
 def adaptive_omega_error_flow(
     injected: jax.Array,
-    sigma_prime: jax.Array,
-    S: jax.Array,
+    jacobian: StepJacobian,
     *,
     tol: float,
     max_lag: int | None = None,
@@ -79,8 +76,7 @@ def adaptive_omega_error_flow(
 
     Args:
         injected: P, shape (T, m, d).
-        sigma_prime: σ'(Z), shape (T, m, d).
-        S: recurrent weights (d, d).
+        jacobian: the one-step Jacobians Ω(i+1, i).
         tol: ε ≥ 0, the relative size below which the fill stops (see module docs).
         max_lag: at most this many diagonals (K-step truncation); all T−1 if None.
 
@@ -102,7 +98,8 @@ def adaptive_omega_error_flow(
         # Full-length rows (T): rows i ≥ T−1−k of the new diagonal are zero because the
         # shifted-in row is zero, so a fixed shape serves every k.
         shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
-        new = (shifted @ S) * sigma_prime  # G(i+k+1, i) = (G(i+k+1, i+1) S) ⊙ σ'(Z_i)
+        # G(i+k+1, i) = G(i+k+1, i+1) Ω(i+1, i)
+        new = jacobian.pull(shifted, jacobian.per_step)
         delta = delta + new
         size = _frobenius(new)
         relative = jnp.where(size == 0, jnp.zeros_like(size), size / _frobenius(delta))
@@ -113,63 +110,3 @@ def adaptive_omega_error_flow(
     )
     relative = jnp.where(k == 0, jnp.zeros_like(relative), relative)
     return AdaptiveErrorFlow(delta, useful, k * T, k, relative)
-
-
-class ToleranceReport(NamedTuple):
-    """What `tol` did in one layer's backward.
-
-    Attributes:
-        diagonals: K_eff, diagonals added (k ≥ 1).
-        max_diagonals: what the exact (or truncated) fill would add: min(T−1, max_lag).
-        last_relative_size: relative Frobenius size of the last diagonal added.
-    """
-
-    diagonals: jax.Array
-    max_diagonals: int
-    last_relative_size: jax.Array
-
-
-def tolerance_report(
-    params: LayerParams,
-    xs: jax.Array,
-    hs_bar: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    tol: float,
-    activation: str = "tanh",
-    truncation: int | None = None,
-) -> ToleranceReport:
-    """Runs the backward of `rnn_layer(..., method="omega", tol=tol)` and reports it.
-
-    Args:
-        params: `LayerParams(W (d, n), S (d, d), b (d,))`.
-        xs: inputs (T, m, n).
-        hs_bar: the cotangent of the layer's output hs (T, m, d), e.g. ∂C/∂hs from
-            `jax.vjp` or, for the top layer, `∂C/∂outputs @ readout.W`.
-        h0: initial state (m, d); zeros if None.
-        tol: as in `rnn_layer`.
-        activation: "tanh", "sigmoid" or "relu".
-        truncation: as in `rnn_layer`.
-
-    Returns:
-        `ToleranceReport`.
-
-    Example:
-        >>> layer = init_layer(jax.random.key(0), 2, 4)
-        >>> xs = jnp.ones((9, 1, 2))
-        >>> report = tolerance_report(layer, xs, jnp.ones((9, 1, 4)), tol=1e-3)
-        >>> int(report.max_diagonals)
-        8
-    """
-    from .layer import check_gradient_options  # the options are validated in one place
-
-    T, m, d, h0 = check_layer_inputs(params, xs, h0, activation=activation)
-    check_gradient_options("omega", truncation, tol, require_tol=True)
-    check_shape("hs_bar", hs_bar, (T, m, d), "(T, m, d) = (time, batch, hidden)")
-    hs = hoisted_layer(params, xs, h0, activation=activation)
-    sigma_prime = get_activation(activation).derivative_from_output(hs)
-    flow = adaptive_omega_error_flow(
-        hs_bar * sigma_prime, sigma_prime, params.S, tol=tol, max_lag=truncation
-    )
-    max_diagonals = T - 1 if truncation is None else min(truncation, T - 1)
-    return ToleranceReport(flow.diagonals, max_diagonals, flow.last_relative_size)

@@ -1,6 +1,7 @@
-r"""The Ω dynamic programme (seed 000, corrected as in DESIGN.md §3).
+r"""The Ω dynamic programme: the error-flow triangle filled diagonal by diagonal.
 
-For one recurrent layer, `Ω(j, i) = ∂Z_j/∂Z_i` is the state transition of the DP:
+For one recurrent layer, `Ω(j, i) = ∂Z_j/∂Z_i` is the state transition of the DP
+(docs/theory.md#the-omega-dynamic-programme):
 
 .. math::
 
@@ -12,7 +13,7 @@ step j), which obeys the same transition applied to a row vector:
 
 .. math::
 
-    G(i, i) = P_i, \qquad G(j, i) = (G(j, i+1)\, S) ⊙ σ'(Z_i), \qquad
+    G(i, i) = P_i, \qquad G(j, i) = G(j, i+1)\, Ω(i+1, i), \qquad
     Δ_i = \sum_{j \ge i} G(j, i).
 
 Diagonal k holds `G(i+k, i)` for `i = 0 … T-1-k`; each diagonal is ONE batched
@@ -25,15 +26,17 @@ to avoid multiplying the empty part, diagonals are processed in *phases*, each a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._model.activations import get_activation
-from .._model.forward import hoisted_layer
-from .._model.params import LayerParams
-from .._validation import check_layer_inputs
+from .adaptive import adaptive_omega_error_flow
+from .base import GradientAlgorithm, check_block, check_tol, check_truncation, set_option
+from .blocked import blocked_closed_form, blocked_error_flow
 from .error_flow import ErrorFlow
+from .jacobian import StepJacobian
 
 # Each phase's slice is at most 1/PHASE_SHRINK times longer than the shortest diagonal
 # it holds, so at least (1 + PHASE_SHRINK) / 2 ≈ 90% of the rows multiplied are useful.
@@ -66,14 +69,13 @@ def diagonal_phases(T: int, max_lag: int | None = None) -> tuple[tuple[int, int,
 
 
 def omega_error_flow(
-    injected: jax.Array, sigma_prime: jax.Array, S: jax.Array, *, max_lag: int | None = None
+    injected: jax.Array, jacobian: StepJacobian, *, max_lag: int | None = None
 ) -> ErrorFlow:
-    """Δ by filling the error-flow triangle diagonal by diagonal (DESIGN.md §4, "omega").
+    """Δ by filling the error-flow triangle diagonal by diagonal.
 
     Args:
         injected: P, shape (T, m, d): errors injected at each step from above (Ψ).
-        sigma_prime: σ'(Z), shape (T, m, d), evaluated once per step.
-        S: recurrent weights (d, d).
+        jacobian: the one-step Jacobians Ω(i+1, i) (e.g. `ElmanJacobian(S, σ')`).
         max_lag: fill only diagonals k ≤ max_lag (K-step truncation); all if None.
 
     Returns:
@@ -85,14 +87,15 @@ def omega_error_flow(
     if not phases:
         return ErrorFlow(injected, count, count)
     # Row r of a phase holds G(j, j-k) for the LATER step j = first + r, whatever the
-    # diagonal k: moving to the next diagonal is then `diagonal @ S` in place, with no
-    # shifted copy of the diagonal. The shift moves to σ' and to the accumulation into Δ,
-    # which read and write at row j - k through fused dynamic slices. `pad` zero rows in
-    # front give σ'(Z_i) = 0 and a discarded Δ_i for i < 0, so rows j < k (outside the
-    # triangle) are exactly zero and never reach Δ.
+    # diagonal k: moving to the next diagonal is then one `pull` in place, with no
+    # shifted copy of the diagonal. The shift moves to the Jacobians' data and to the
+    # accumulation into Δ, which read and write at row j - k through fused dynamic
+    # slices. `pad` rows of zero data in front stand for steps i < 0: rows j < k lie
+    # outside the triangle, are only ever multiplied into themselves (each row is pulled
+    # on its own) and accumulate into the discarded padding of Δ, so they never reach Δ.
     pad = max(stop - 1 - first for first, stop, _ in phases)
+    padded = jacobian.padded(pad)
     zeros = jnp.zeros((pad, m, d), injected.dtype)
-    sigma_padded = jnp.concatenate([zeros, sigma_prime])
     # Diagonal 0 is P itself: G(i, i) = P_i.
     carry = (injected, jnp.concatenate([zeros, injected]), count, count)
     held = 0  # the first step j held by the carried diagonal
@@ -105,8 +108,8 @@ def omega_error_flow(
         def fill(k, state, first=first, rows=rows):
             diagonal, delta_padded, useful, performed = state
             start = pad + first - k  # padded row of i = j - k for j = first
-            # G(j, j-k) = (G(j, j-k+1) S) ⊙ σ'(Z_{j-k}): one batched product per diagonal.
-            new = (diagonal @ S) * lax.dynamic_slice_in_dim(sigma_padded, start, rows)
+            # G(j, j-k) = G(j, j-k+1) Ω(j-k+1, j-k): one batched product per diagonal.
+            new = padded.pull(diagonal, padded.steps(start, rows))
             # Δ_i += G(i+k, i); the update is in place inside the loop.
             accumulated = lax.dynamic_slice_in_dim(delta_padded, start, rows) + new
             delta_padded = lax.dynamic_update_slice_in_dim(delta_padded, accumulated, start, 0)
@@ -117,51 +120,62 @@ def omega_error_flow(
     return ErrorFlow(delta_padded[pad:], useful, performed)
 
 
-def omega_matrix(
-    layer_params: LayerParams,
-    xs: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    activation: str = "tanh",
-) -> jax.Array:
-    """The Jacobian triangle Ω(j, i) = ∂Z_j/∂Z_i of one recurrent layer.
+@dataclasses.dataclass(frozen=True)
+class Omega(GradientAlgorithm):
+    """The Ω dynamic programme (docs/theory.md#the-omega-dynamic-programme).
 
-    Filled diagonal by diagonal with the state transition
-    `Ω(j, i) = Ω(j, i+1) · Ω(i+1, i)`, `Ω(i+1, i) = S · diag(σ'(Z_i))`. Memory is
-    O(T²·m·d²): a diagnostic for small models, not part of any backward pass.
+    Fills the error-flow triangle diagonal by diagonal: T−1 sequential steps, each one
+    batched product parallel across time; T(T−1)/2 products, O(T·m·d) memory.
 
     Args:
-        layer_params: `LayerParams(W (d, n), S (d, d), b (d,))`.
-        xs: inputs (T, m, n).
-        h0: initial state (m, d); zeros if None.
-        activation: "tanh", "sigmoid" or "relu".
+        truncation: K ≥ 0: keep only lags j − i ≤ K (the K-step truncated gradient,
+            docs/theory.md#truncation); None for the exact gradient.
+        tol: ε ≥ 0: stop filling once the newest diagonal's Frobenius norm is ≤ ε times
+            the accumulated error's (docs/theory.md#adaptive-tolerance); exact when the
+            network is contractive enough, a heuristic otherwise. Combines with
+            `truncation` (at most K diagonals).
+        block: B ≥ 1: Ω triangles of B steps chained by the BPTT recurrence
+            (docs/theory.md#blocked-omega); 1 is BPTT, ≥ T the full triangle. Exact;
+            excludes `truncation` and `tol`.
 
-    Returns:
-        Array (T, T, m, d, d): `[j, i, v]` is Ω(j, i) for sample v; zero above the
-        diagonal (j < i) and the identity on it.
+    Raises:
+        ValueError: an option of the wrong type or range, or `block` with
+            `truncation`/`tol`.
 
     Example:
-        >>> omega = omega_matrix(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
-        >>> omega.shape
-        (4, 4, 1, 3, 3)
+        >>> Omega(truncation=32)
+        Omega(truncation=32, tol=None, block=None)
     """
-    T, m, d, h0 = check_layer_inputs(layer_params, xs, h0, activation=activation)
-    hs = hoisted_layer(layer_params, xs, h0, activation=activation)
-    sigma_prime = get_activation(activation).derivative_from_output(hs)
-    # One step: Ω(i+1, i)[a, b] = S[a, b] σ'(Z_i)[b], for every i and sample.
-    one_step = layer_params.S * sigma_prime[..., None, :]  # (T, m, d, d)
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=hs.dtype), (T, m, d, d))
-    triangle = jnp.zeros((T, T, m, d, d), hs.dtype)
-    steps = jnp.arange(T)
-    triangle = triangle.at[steps, steps].set(eye)
 
-    def fill(k, state):
-        triangle, diagonal = state  # diagonal[i] = Ω(i+k-1, i)
-        shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
-        diagonal = shifted @ one_step  # Ω(i+k, i) = Ω(i+k, i+1) Ω(i+1, i)
-        # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
-        triangle = triangle.at[steps + k, steps].set(diagonal, mode="drop")
-        return triangle, diagonal
+    truncation: int | None = None
+    tol: float | None = None
+    block: int | None = None
 
-    triangle, _ = lax.fori_loop(1, T, fill, (triangle, eye))
-    return triangle
+    name = "omega"
+
+    def __post_init__(self):
+        set_option(self, "truncation", check_truncation(self.truncation))
+        set_option(self, "tol", check_tol(self.tol))
+        set_option(self, "block", check_block(self.block))
+        if self.block is not None and (self.truncation is not None or self.tol is not None):
+            raise ValueError(
+                f"block cannot be combined with truncation or tol, got block={self.block!r}, "
+                f"truncation={self.truncation!r}, tol={self.tol!r}; pick one of them."
+            )
+
+    def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
+        if self.block is not None:
+            return blocked_error_flow(injected, jacobian, block=self.block, fill=omega_error_flow)
+        if self.tol is not None:
+            return adaptive_omega_error_flow(
+                injected, jacobian, tol=self.tol, max_lag=self.truncation
+            )
+        return omega_error_flow(injected, jacobian, max_lag=self.truncation)
+
+    def closed_form_products(self, T: int) -> int | None:
+        if self.tol is not None:
+            return None  # how many diagonals are filled depends on the data
+        if self.block is not None:
+            return blocked_closed_form(T, self.block)
+        lags = T - 1 if self.truncation is None else min(self.truncation, T - 1)
+        return lags * T - lags * (lags + 1) // 2

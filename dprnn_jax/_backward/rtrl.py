@@ -1,4 +1,6 @@
-r"""Real-time recurrent learning (seed 002): forward-mode sensitivities ∂h_t/∂θ.
+r"""Real-time recurrent learning: forward-mode sensitivities ∂h_t/∂θ (docs/theory.md#rtrl;
+Williams & Zipser, "A learning algorithm for continually running fully recurrent neural
+networks").
 
 For `h_t = σ(Z_t)`, `Z_t = x_t Wᵀ + h_{t−1} Sᵀ + b`, the sensitivity of the state to a
 parameter θ obeys a FORWARD recurrence (per sample, row a of h):
@@ -21,11 +23,18 @@ costs ~10¹⁰ flops.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from .._model.params import LayerParams
+from .base import GradientAlgorithm
+from .bptt import bptt_error_flow
+from .error_flow import ErrorFlow
+from .gradients import Residuals, injected_and_jacobian
+from .jacobian import StepJacobian
 
 
 def through_recurrence(S: jax.Array, sensitivity: jax.Array) -> jax.Array:
@@ -123,3 +132,51 @@ def rtrl_layer_gradients(
         step, carry, (xs, hs_previous, sigma_prime, hs_bar)
     )
     return gradient, state_gradient
+
+
+def sensitivity_products(d: int, n: int) -> int:
+    """(m, d) × (d, d) products of one RTRL step: one per column of the sensitivities of
+    W (d·n), S (d·d), b (d) and h0 (d)."""
+    return d * (n + d + 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class RTRL(GradientAlgorithm):
+    """Real-time recurrent learning: parameter and h0 gradients accumulated FORWARD in
+    time through the sensitivities ∂h_t/∂θ (docs/theory.md#rtrl).
+
+    O(m·d⁴) work per step (for n ≈ d) and O(m·d·|θ|) memory: practical for d up to a
+    few tens. The input cotangent Δ_t W (for the layer below, or a gradient w.r.t. xs)
+    needs the future of step t, so it comes from the BPTT recurrence; under `jit` that
+    scan is dead code unless something uses it. Does not take integer token inputs.
+
+    Example:
+        >>> RTRL().closed_form_products(5)  # a (T, 1, 1) problem: 4 columns per step
+        20
+    """
+
+    name = "rtrl"
+    takes_token_inputs = False
+
+    def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
+        # Δ itself (what the layer below receives) by the BPTT recurrence.
+        return bptt_error_flow(injected, jacobian)
+
+    def layer_cotangents(self, residuals: Residuals, hs_bar: jax.Array, activation: str):
+        params, xs, h0, hs = residuals
+        injected, jacobian = injected_and_jacobian(residuals, hs_bar, activation)
+        grad_params, grad_h0 = rtrl_layer_gradients(
+            params, xs, h0, hs, hs_bar, jacobian.sigma_prime
+        )
+        delta = self.error_flow(injected, jacobian).delta
+        return grad_params, delta @ params.W, grad_h0
+
+    def count_products(self, T: int) -> ErrorFlow:
+        # The sensitivity recurrence of a (T, 1, 1) layer with one input: its scan runs T
+        # steps of `sensitivity_products(1, 1)` products each.
+        products = jnp.asarray(T * sensitivity_products(1, 1), jnp.int32)
+        ones = jnp.ones((T, 1, 1), jnp.float32)
+        return ErrorFlow(ones, products, products)
+
+    def closed_form_products(self, T: int) -> int:
+        return T * sensitivity_products(1, 1)

@@ -1,4 +1,4 @@
-"""Online learning with RTRL (seed 002): the gradient of the cost so far, step by step.
+"""Online learning with RTRL (docs/theory.md#rtrl): the gradient of the cost so far, step by step.
 
 For streaming data the future is not available, so back-propagation through time is
 not an option; real-time recurrent learning carries the sensitivities of every
@@ -200,7 +200,8 @@ def rtrl_gradient(
         targets: (T, m) classes or (T, m, k) floats, as in `sequence_loss`.
         mask: optional (T, m).
         h0s: initial states (constants), or None for zeros.
-        loss, activation: as in `sequence_loss`.
+        loss: as in `sequence_loss`.
+        activation: as in `sequence_loss`.
 
     Returns:
         `(C, ∂C/∂params)`, equal to `jax.value_and_grad(sequence_loss)`.

@@ -1,60 +1,74 @@
-"""How many (m, d) × (d, d) products each backward algorithm performs.
+"""How many (m, d) × (d, d) products each backward algorithm performs
+(docs/algorithms.md#counting-products).
 
 The counts are read from counters that the algorithms increment inside their own loops
 (`ErrorFlow.products_*`), so they describe the code, not a formula; the closed forms
-below are what they are checked against.
+(`GradientAlgorithm.closed_form_products`) are what they are checked against.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax.numpy as jnp
-
-from .._backward.layer import ERROR_FLOWS
-from .._validation import check_choice, check_positive_int
+from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
+from .._validation import check_positive_int
 
 
 class ProductCount(NamedTuple):
-    """Counted and closed-form numbers of (m, d) × (d, d) products for one layer."""
+    """Counted and closed-form numbers of (m, d) × (d, d) products for one layer.
+
+    Attributes:
+        method: the algorithm, as `str(algorithm)` (e.g. "Omega(truncation=4)"), or the
+            name it was given as.
+        T: sequence length.
+        useful: products the algorithm needs.
+        performed: products executed, including padding rows of fixed-shape batches.
+        closed_form: the closed form at T, or None when it depends on the data (`tol`).
+    """
 
     method: str
     T: int
     useful: int
     performed: int
-    closed_form: int
+    closed_form: int | None
 
 
-def closed_form_products(method: str, T: int) -> int:
-    """T−1 for "bptt", T(T−1)/2 for "omega", (T³−T)/6 for "naive"."""
-    check_choice("method", method, ERROR_FLOWS)
-    return {"bptt": T - 1, "omega": T * (T - 1) // 2, "naive": (T**3 - T) // 6}[method]
+def closed_form_products(method: str | GradientAlgorithm, T: int) -> int | None:
+    """The closed-form product count of `method` at length T: T−1 for BPTT, T(T−1)/2 for
+    Ω, (T³−T)/6 for the naive expansion, …; None when it depends on the data.
+
+    Example:
+        >>> closed_form_products("omega", 8)
+        28
+    """
+    return resolve_method(method).closed_form_products(check_positive_int("T", T))
 
 
-def count_products(method: str, T: int) -> ProductCount:
+def count_products(method: str | GradientAlgorithm, T: int) -> ProductCount:
     """Runs `method`'s backward on a (T, 1, 1) problem and reads its product counters.
 
     Args:
-        method: "omega", "bptt" or "naive".
+        method: a `GradientAlgorithm` (e.g. `Omega(block=4)`) or a name in `METHODS`.
         T: sequence length.
 
     Returns:
         `ProductCount`: `useful` is the number the algorithm needs (equal to
-        `closed_form`), `performed` includes the padding rows of `omega`'s
+        `closed_form`), `performed` includes the padding rows of `Omega`'s
         fixed-length phases.
 
     Example:
         >>> count_products("omega", 8).useful
         28
     """
-    check_choice("method", method, ERROR_FLOWS)
+    algorithm = resolve_method(method)
     T = check_positive_int("T", T)
-    ones = jnp.ones((T, 1, 1), jnp.float32)
-    flow = ERROR_FLOWS[method](ones, ones, jnp.ones((1, 1), jnp.float32))
+    flow = algorithm.count_products(T)
+    label = method if isinstance(method, str) else str(algorithm)
     return ProductCount(
-        method,
+        label,
         T,
         int(flow.products_useful),
         int(flow.products_performed),
-        closed_form_products(method, T),
+        algorithm.closed_form_products(T),
     )

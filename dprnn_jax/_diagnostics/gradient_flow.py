@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._backward.jacobian import ElmanJacobian
 from .._model.forward import hoisted_layer
 from .._model.loss import per_step_losses
 from .._model.network import check_rnn_params
@@ -52,6 +53,7 @@ def error_flow_norms(
     check_same_dtype("sigma_prime", sigma_prime, injected.dtype, "injected")
     check_same_dtype("S", S, injected.dtype, "injected")
     last = check_max_lag(max_lag, T)
+    jacobian = ElmanJacobian(S, sigma_prime)
     steps = jnp.arange(T)
 
     def block_norms(blocks):
@@ -62,7 +64,8 @@ def error_flow_norms(
     def fill(k, state):
         norms, diagonal = state  # diagonal[i] = G(i+k-1, i)
         shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
-        diagonal = (shifted @ S) * sigma_prime  # G(i+k, i): one batched product
+        # G(i+k, i) = G(i+k, i+1) Ω(i+1, i): the DP's step, one batched product.
+        diagonal = jacobian.pull(shifted, jacobian.per_step)
         # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
         norms = norms.at[steps + k, steps].set(block_norms(diagonal), mode="drop")
         return norms, diagonal
@@ -128,7 +131,9 @@ def gradient_flow(
     Args:
         params: `RNNParams`.
         xs: inputs (T, m, n).
-        targets, mask, loss: as for `sequence_loss`.
+        targets: as for `sequence_loss`.
+        mask: as for `sequence_loss`.
+        loss: as for `sequence_loss`.
         layer: which recurrent layer (default −1, the top one).
         activation: recurrent activation.
         max_lag: fill only lags j − i ≤ max_lag (all T − 1 if None).

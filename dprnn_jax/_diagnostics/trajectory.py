@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._backward.jacobian import ElmanJacobian
 from .._model.activations import ACTIVATIONS, get_activation
 from .._model.forward import hoisted_layer
 from .._model.network import check_rnn_params
@@ -82,4 +83,5 @@ def layer_trajectory(
 
 def one_step_jacobians(trajectory: Trajectory) -> jax.Array:
     """Ω(i+1, i) = S · diag(σ'(Z_i)) for every step and sample: (T, m, d, d)."""
-    return trajectory.params.S * trajectory.sigma_prime[..., None, :]
+    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
+    return jacobian.matrices(jacobian.per_step)

@@ -1,4 +1,4 @@
-"""Bidirectional recurrent layers (seed 003): a forward and a time-reversed Elman layer.
+"""Bidirectional recurrent layers: a forward and a time-reversed Elman layer.
 
     h→_t = σ(x_t W→ᵀ + h→_{t−1} S→ᵀ + b→)        (t = 0 … L−1)
     h←_t = σ(x_t W←ᵀ + h←_{t+1} S←ᵀ + b←)        (t = L−1 … 0)
@@ -8,7 +8,8 @@ with separate weights. The backward direction is `rnn_layer` run on the sequence
 reversed *within its own length* L (right padding stays at the end), so it starts at
 the last valid step of every sequence, and each direction keeps whichever gradient
 `method` (and options) the caller picked: its custom backward sees an ordinary
-sequence. The reversal is a gather, differentiated by JAX.
+sequence. The reversal is a gather, differentiated by JAX
+(docs/theory.md#lengths-and-bidirectional).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.layer import rnn_layer
+from .._backward.base import GradientAlgorithm
+from .layer import rnn_layer
 from .params import LayerParams, init_layer
 
 
@@ -69,7 +71,7 @@ def bidirectional_layer(
     *,
     lengths: jax.Array | None = None,
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     **options,
 ) -> jax.Array:
     """Runs a bidirectional layer; outputs `[h→_t, h←_t]`, shape (T, m, d→ + d←).
@@ -81,7 +83,8 @@ def bidirectional_layer(
             before the backward direction's first step, i.e. after the last valid one.
         lengths: valid steps per sequence (m,), or None for all T.
         activation: "tanh", "sigmoid" or "relu".
-        method: gradient method of both directions (see `rnn_layer`).
+        method: gradient algorithm of both directions, an object or its name (see
+            `rnn_layer`).
         **options: `truncation`, `tol`, `block`, passed to `rnn_layer`.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Per-step losses and the sequence cost C = (1/m) Σ_t Σ_rows loss (DESIGN.md §1).
+"""Per-step losses and the sequence cost C = (1/m) Σ_t Σ_rows loss (docs/theory.md#model).
 
 Two shapes of task: many-to-many (`sequence_loss`, a target at every step, padded
 steps masked) and many-to-one (`many_to_one_loss`, one target per sequence read from
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._backward.base import GradientAlgorithm
 from .._validation import check_choice, check_floating, check_rank, check_shape
 from .network import mask_from_lengths, rnn_forward
 from .params import RNNParams
@@ -30,7 +31,7 @@ def _sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.
 
 
 def _mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    # ½‖ŷ − y‖², so that ∂loss/∂ŷ = ŷ − y as in seed 000's Δ^L = A^L − Y.
+    # ½‖ŷ − y‖², so that ∂loss/∂ŷ = ŷ − y, the readout error of docs/theory.md#psi-and-omega.
     return 0.5 * jnp.sum((outputs - targets) ** 2, axis=-1)
 
 
@@ -78,7 +79,7 @@ def sequence_loss(
     *,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     block: int | None = None,
     truncation: int | None = None,
     tol: float | None = None,
@@ -101,10 +102,11 @@ def sequence_loss(
             (logistic readout, summed over the k outputs) or "mse" (identity readout,
             ½‖ŷ − y‖²).
         activation: recurrent activation.
-        method: gradient method of the recurrent layers (see `rnn_layer`).
-        block: Ω triangle size for `method="omega"` (see `rnn_layer`).
-        truncation: K-step truncated gradient (see `rnn_layer`).
-        tol: adaptive Ω tolerance (see `rnn_layer`).
+        method: gradient algorithm of the recurrent layer(s): a `GradientAlgorithm`
+            (`Omega(truncation=32)`, `BPTT()`, …) or its name (see `rnn_layer`).
+        block: with the name "omega": Ω triangle size (see `rnn_layer`).
+        truncation: with the names "omega", "bptt": K-step truncation (see `rnn_layer`).
+        tol: with the name "omega": adaptive Ω tolerance (see `rnn_layer`).
         lengths: valid steps per sequence (m,); steps t ≥ lengths[v] are masked. Give
             `mask` or `lengths`, not both.
         h0s: initial states, one per layer (see `rnn_forward`), or None for zeros.
@@ -151,7 +153,7 @@ def many_to_one_loss(
     *,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     block: int | None = None,
     truncation: int | None = None,
     tol: float | None = None,
@@ -168,7 +170,13 @@ def many_to_one_loss(
         targets: one per sequence: integer classes (m,) for "softmax_cross_entropy",
             floats (m, k) for "sigmoid_binary_cross_entropy" and "mse".
         lengths: valid steps per sequence (m,), or None for all T.
-        loss, activation, method, block, truncation, tol, h0s: as in `sequence_loss`.
+        loss: as in `sequence_loss`.
+        activation: as in `sequence_loss`.
+        method: as in `sequence_loss`.
+        block: as in `sequence_loss`.
+        truncation: as in `sequence_loss`.
+        tol: as in `sequence_loss`.
+        h0s: as in `sequence_loss`.
 
     Returns:
         A scalar.

@@ -1,4 +1,4 @@
-"""A stack of recurrent layers and a linear readout (DESIGN.md §1), with right-padded
+"""A stack of recurrent layers and a linear readout (docs/theory.md#model), with right-padded
 variable-length batches, bidirectional layers and integer token inputs.
 
 Variable lengths. A batch of sequences of lengths L_v ≤ T is right-padded to T steps.
@@ -7,7 +7,7 @@ layer reads them (so whatever the padding holds, even NaN, cannot reach a valid
 step), the backward direction of a bidirectional layer is reversed within each
 length, and the final state of every sequence is taken at its own last valid step.
 The loss masks padded steps, so their injected error is exactly zero and every
-gradient method stays exact with no special Jacobians (DESIGN.md §4).
+gradient method stays exact with no special Jacobians (docs/theory.md#lengths-and-bidirectional).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._backward.layer import rnn_layer
+from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
 from .._validation import (
     check_layer_params,
     check_rank,
@@ -28,6 +29,7 @@ from .._validation import (
     check_shape,
 )
 from .bidirectional import BidirectionalParams, bidirectional_layer
+from .layer import rnn_layer
 from .params import RNNParams
 from .tokens import is_token_input
 
@@ -198,7 +200,7 @@ def rnn_forward(
     *,
     lengths: jax.Array | None = None,
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     block: int | None = None,
     truncation: int | None = None,
     tol: float | None = None,
@@ -215,10 +217,11 @@ def rnn_forward(
             or None for zeros), or None.
         lengths: valid steps per sequence (m,) integers in [0, T]; None: all T.
         activation: recurrent activation, "tanh", "sigmoid" or "relu".
-        method: gradient method of every recurrent layer (see `rnn_layer`).
-        block: Ω triangle size for `method="omega"` (see `rnn_layer`).
-        truncation: K-step truncation of every layer (see `rnn_layer`).
-        tol: adaptive Ω tolerance of every layer (see `rnn_layer`).
+        method: gradient algorithm of every recurrent layer(s): a `GradientAlgorithm`
+            (`Omega(truncation=32)`, `BPTT()`, …) or its name (see `rnn_layer`).
+        block: with the name "omega": Ω triangle size (see `rnn_layer`).
+        truncation: with the names "omega", "bptt": K-step truncation (see `rnn_layer`).
+        tol: with the name "omega": adaptive Ω tolerance (see `rnn_layer`).
 
     Returns:
         `RNNOutput(outputs (T, m, k), final_states)`.
@@ -241,9 +244,9 @@ def rnn_forward(
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)
         valid = mask_from_lengths(lengths, T)
-    options = dict(
-        activation=activation, method=method, block=block, truncation=truncation, tol=tol
-    )
+    # Resolved once, so a bad option fails here, and every layer gets the same object.
+    algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)
+    options = dict(activation=activation, method=algorithm)
     hs, finals = xs, []
     for layer, h0 in zip(layers, h0s):
         if valid is not None:
@@ -276,7 +279,7 @@ def rnn_apply(
     h0s: Sequence | None = None,
     *,
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     block: int | None = None,
     truncation: int | None = None,
     tol: float | None = None,
@@ -291,10 +294,11 @@ def rnn_apply(
         xs: inputs (T, m, n), time-major, or integer tokens (T, m).
         h0s: one initial state (m, d_l) per layer (or None for zeros), or None.
         activation: recurrent activation, "tanh", "sigmoid" or "relu".
-        method: gradient method of every recurrent layer (see `rnn_layer`).
-        block: Ω triangle size for `method="omega"` (see `rnn_layer`); None for one.
-        truncation: K-step truncation (see `rnn_layer`).
-        tol: adaptive Ω tolerance (see `rnn_layer`).
+        method: gradient algorithm of every recurrent layer(s): a `GradientAlgorithm`
+            (`Omega(truncation=32)`, `BPTT()`, …) or its name (see `rnn_layer`).
+        block: with the name "omega": Ω triangle size (see `rnn_layer`).
+        truncation: with the names "omega", "bptt": K-step truncation (see `rnn_layer`).
+        tol: with the name "omega": adaptive Ω tolerance (see `rnn_layer`).
         lengths: valid steps per sequence (m,), or None.
 
     Returns:

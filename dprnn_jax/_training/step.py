@@ -3,7 +3,7 @@
     train_step :: (params, opt_state, batch) -> (params, opt_state, StepMetrics)
 
 The gradient comes from any `method` (the recurrent layers' custom backward), is clipped
-by global norm (Pascanu et al. 2013, the seeds' remedy for exploding gradients) and fed
+by global norm (the remedy for exploding gradients of Pascanu, Mikolov & Bengio 2013) and fed
 to any optax optimiser. A step whose loss or gradient is not finite leaves the
 parameters and the optimiser state untouched and says so in its metrics.
 """
@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._backward.layer import METHODS
+from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
 from .._model.loss import per_step_losses
 from .._model.network import rnn_apply
 from .._model.params import RNNParams
-from .._validation import check_choice
 from .tasks import Batch
 
 # An adding-problem prediction counts as correct within this distance of the target.
@@ -51,7 +51,7 @@ def batch_metrics(
     *,
     loss: str,
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
 ) -> Metrics:
     """Loss and accuracy of a batch, averaged over its supervised steps.
 
@@ -100,7 +100,7 @@ def make_train_step(
     *,
     loss: str,
     activation: str = "tanh",
-    method: str = "omega",
+    method: str | GradientAlgorithm = "omega",
     max_grad_norm: float | None = 1.0,
 ) -> Callable[[RNNParams, optax.OptState, Batch], tuple[RNNParams, optax.OptState, StepMetrics]]:
     """Builds the jit-compiled training step for any optax optimiser and gradient method.
@@ -110,8 +110,8 @@ def make_train_step(
             `optimizer.init(params)`).
         loss: a name in `LOSSES`, e.g. a task's `task.loss`.
         activation: recurrent activation.
-        method: gradient method of the recurrent layers, any name in `METHODS`
-            ("omega", "bptt", "naive", "autodiff", …).
+        method: gradient algorithm of the recurrent layers: a `GradientAlgorithm`
+            (`Omega(truncation=32)`, `BPTT()`, …) or a name in `METHODS`.
         max_grad_norm: clip the gradient to this global norm before the optimiser
             (`optax.clip_by_global_norm`); None disables clipping.
 
@@ -130,7 +130,7 @@ def make_train_step(
         >>> opt_state = optimizer.init(params)
         >>> params, opt_state, metrics = step(params, opt_state, batch)
     """
-    check_choice("method", method, METHODS)
+    method = resolve_method(method)
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}.")
     clip = optax.identity() if max_grad_norm is None else optax.clip_by_global_norm(max_grad_norm)

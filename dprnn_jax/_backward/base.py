@@ -1,0 +1,144 @@
+"""Gradient algorithms as values: the protocol every backward algorithm implements.
+
+An algorithm is a frozen dataclass holding only its own options (compared by value,
+hashable, so it is the static configuration of the layer's `jax.custom_vjp` and keys the
+compiled program). It computes the total errors Δ from the injected errors P and the
+layer's one-step Jacobians (`error_flow`), and says how many products that costs. The
+layer's custom backward (`vjp.py`) turns Δ into every gradient (`gradients.py`); an
+algorithm that computes the gradients another way (RTRL) overrides `layer_cotangents`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .error_flow import ErrorFlow
+from .gradients import Residuals, cotangents_from_delta, injected_and_jacobian
+from .jacobian import ElmanJacobian, StepJacobian
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientAlgorithm(abc.ABC):
+    """Base class of the gradient algorithms (`Omega`, `BPTT`, `Naive`, `ParallelScan`,
+    `RTRL`, `Autodiff`).
+
+    Subclasses set `name` (the string that selects them, e.g. `method="omega"`) and
+    implement `error_flow`; their dataclass fields are their options, validated in
+    `__post_init__`.
+    """
+
+    name: ClassVar[str]
+    # False for `Autodiff`: the layer is the plain scan and `jax.grad` differentiates it.
+    uses_custom_vjp: ClassVar[bool] = True
+    # Whether the layer's integer token inputs are supported (RTRL: no).
+    takes_token_inputs: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
+        """Δ_i = P_i + Σ_{j>i} P_j Ω(j, i) (up to the options), with product counters.
+
+        Args:
+            injected: P, shape (T, m, d): the errors injected at each step (Ψ).
+            jacobian: the one-step Jacobians Ω(i+1, i) of the layer.
+
+        Returns:
+            `ErrorFlow` with Δ of shape (T, m, d).
+        """
+
+    def closed_form_products(self, T: int) -> int | None:
+        """The number of (m, d) × (d, d) products `error_flow` needs at length T, or None
+        when it depends on the data (`Omega(tol=…)`)."""
+        return None
+
+    def layer_cotangents(self, residuals: Residuals, hs_bar: jax.Array, activation: str):
+        """The layer's cotangents `(params, xs, h0)` from the cotangent of its states.
+
+        The default computes Δ with `error_flow` and contracts it
+        (docs/theory.md#gradients-from-delta).
+        """
+        injected, jacobian = injected_and_jacobian(residuals, hs_bar, activation)
+        delta = self.error_flow(injected, jacobian).delta
+        return cotangents_from_delta(residuals, delta)
+
+    def count_products(self, T: int) -> ErrorFlow:
+        """Runs the backward on a (T, 1, 1) problem of ones; its counters are the count."""
+        ones = jnp.ones((T, 1, 1), jnp.float32)
+        return self.error_flow(ones, ElmanJacobian(jnp.ones((1, 1), jnp.float32), ones))
+
+    def options(self) -> dict[str, object]:
+        """The options that differ from their defaults, e.g. `{"truncation": 32}`."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != field.default
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        """`{"name": …, **every option}`: what `metrics.json` and checkpoints record;
+        `dprnn_jax.backward.resolve_method(**d)` rebuilds the algorithm."""
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {"name": self.name, **fields}
+
+    def __str__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in self.options().items())
+        return f"{type(self).__name__}({options})"
+
+
+# ---------------------------------------------------------------------------------------
+# Option checks, shared by the algorithms that take the option. They run at
+# construction, so a bad option fails where the user wrote it.
+
+
+def check_truncation(truncation: object) -> int | None:
+    """`truncation`: None or a non-negative Python int K, the largest lag kept."""
+    if truncation is None:
+        return None
+    if (
+        not isinstance(truncation, int | np.integer)
+        or isinstance(truncation, bool)
+        or truncation < 0
+    ):
+        raise ValueError(
+            f"truncation must be a non-negative Python int K (the largest lag kept) or "
+            f"None, got {truncation!r}."
+        )
+    return int(truncation)
+
+
+def check_tol(tol: object) -> float | None:
+    """`tol`: None or a finite Python float ε ≥ 0 (static, not a traced array)."""
+    if tol is None:
+        return None
+    if not isinstance(tol, float | int | np.floating | np.integer) or isinstance(tol, bool):
+        raise ValueError(
+            f"tol must be a non-negative Python float (static, not a traced array), got "
+            f"{type(tol).__name__} {tol!r}."
+        )
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite float ≥ 0, got {tol!r}.")
+    return float(tol)
+
+
+def check_block(block: object) -> int | None:
+    """`block`: None or a positive Python int (a static size, never a traced value)."""
+    if block is None:
+        return None
+    if isinstance(block, jax.Array):
+        raise TypeError(
+            "block must be a static Python int (it sets the compiled loop shapes), got a "
+            f"JAX array {block!r}; pass e.g. block=16."
+        )
+    if not isinstance(block, int | np.integer) or isinstance(block, bool) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}.")
+    return int(block)
+
+
+def set_option(algorithm: GradientAlgorithm, name: str, value: object) -> None:
+    """Stores a validated option on a frozen dataclass (inside `__post_init__`)."""
+    object.__setattr__(algorithm, name, value)

@@ -1,0 +1,96 @@
+"""One recurrent layer, differentiable by any gradient algorithm.
+
+The forward is here (`rnn_layer` validates and runs the layer); the backward lives in
+`_backward/` (the custom VJP in `_backward/vjp.py`, one module per algorithm).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
+from .._backward.vjp import elman_layer
+from .._validation import check_layer_inputs
+from .forward import scan_layer
+from .params import LayerParams
+from .tokens import check_token_inputs, is_token_input, token_scan_layer
+
+
+def rnn_layer(
+    params: LayerParams,
+    xs: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    activation: str = "tanh",
+    method: str | GradientAlgorithm = "omega",
+    block: int | None = None,
+    truncation: int | None = None,
+    tol: float | None = None,
+) -> jax.Array:
+    """Runs one Elman layer over a time-major batch; differentiable by `method`.
+
+    `h_t = σ(x_t Wᵀ + h_{t-1} Sᵀ + b)`. The value is the same for every method; the
+    gradient (w.r.t. `params`, `xs` and `h0`) is computed by the algorithm `method`
+    names (docs/algorithms.md):
+
+    * `Omega()` / `"omega"`: the error-flow triangle filled diagonal by diagonal (Ω DP),
+    * `BPTT()` / `"bptt"`: the O(T) reverse recurrence,
+    * `Naive()` / `"naive"`: the O(T³) direct expansion (comparison only),
+    * `ParallelScan()` / `"scan"`: Ω by doubling, a `lax.associative_scan` of depth
+      O(log T) and O(T·m·d³) work,
+    * `RTRL()` / `"rtrl"`: forward-mode sensitivities, O(m·d⁴) work per step; the
+      input cotangent (for the layer below) comes from the BPTT recurrence,
+    * `Autodiff()` / `"autodiff"`: `jax.grad` through a plain `lax.scan` (the reference).
+
+    With `truncation=K` the gradient is K-step truncated BPTT: the loss at step t
+    back-propagates through Z_t, …, Z_{t−K} of this layer only, i.e. it is the exact
+    gradient of a model in which h_t is recomputed from `stop_gradient(h_{t−K−1})`
+    (from h0 itself, which stays differentiable, when t−K−1 < 0). In a stack every
+    layer truncates the cotangent it receives on its own.
+
+    Args:
+        params: `LayerParams(W (d, n), S (d, d), b (d,))`.
+        xs: inputs, shape (T, m, n), time-major, floating, same dtype as params; or
+            integer token indices (T, m) into a vocabulary of n = W.shape[1] words, read
+            as one-hot vectors without building them (`W x_t` is a column lookup).
+        h0: initial state (m, d); zeros if None.
+        activation: "tanh", "sigmoid" or "relu".
+        method: a `GradientAlgorithm` (`Omega(truncation=32)`, `BPTT()`, …) or its name
+            ("omega", "bptt", "naive", "scan", "rtrl", "autodiff").
+        block: with the name "omega" only: `Omega(block=block)`.
+        truncation: with the names "omega" and "bptt": K ≥ 0, keep only lags j − i ≤ K;
+            None for the exact gradient.
+        tol: with the name "omega" only: `Omega(tol=tol)`, the adaptive fill.
+
+    Returns:
+        hs, shape (T, m, d): the state after every step.
+
+    Raises:
+        ValueError: unknown `method`/`activation`, an option the method does not take
+            (or an option keyword next to an algorithm object), an invalid option,
+            wrong ranks or sizes, T = 0.
+        TypeError: non-floating, non-integer `xs` or mixed dtypes.
+
+    Example:
+        >>> layer = init_layer(jax.random.key(0), input_size=3, hidden_size=8)
+        >>> xs = jnp.ones((5, 2, 3))
+        >>> rnn_layer(layer, xs, method=Omega(truncation=2)).shape
+        (5, 2, 8)
+    """
+    algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    tokens = is_token_input(xs)
+    if tokens:
+        if not algorithm.takes_token_inputs:
+            raise ValueError(
+                f"method={algorithm} does not take integer token inputs: its sensitivity to "
+                "W would hold m·d·d·V numbers per step (V the vocabulary size). Use "
+                "method='bptt' or 'omega' for token inputs, or embed the tokens first."
+            )
+        _, _, _, h0 = check_token_inputs(params, xs, h0, activation=activation)
+    else:
+        _, _, _, h0 = check_layer_inputs(params, xs, h0, activation=activation)
+    if not algorithm.uses_custom_vjp:
+        forward = token_scan_layer if tokens else scan_layer
+        return forward(params, xs, h0, activation=activation)
+    return elman_layer(algorithm, activation, params, xs, h0)

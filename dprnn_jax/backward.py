@@ -1,0 +1,52 @@
+"""Gradient algorithms as values, and the protocol they implement.
+
+Pass one as `method=` anywhere (`rnn_layer`, `rnn_apply`, `sequence_loss`,
+`make_train_step`, `TrainConfig`, …):
+
+    >>> import dprnn_jax as dj
+    >>> algorithm = dj.Omega(truncation=32)
+    >>> algorithm == dj.backward.resolve_method("omega", truncation=32)
+    True
+
+Every name here except the protocol classes is also available at the top level.
+"""
+
+from ._backward.autodiff import Autodiff as Autodiff
+from ._backward.base import GradientAlgorithm as GradientAlgorithm
+from ._backward.bptt import BPTT as BPTT
+from ._backward.error_flow import ErrorFlow as ErrorFlow
+from ._backward.jacobian import ElmanJacobian as ElmanJacobian
+from ._backward.jacobian import StepJacobian as StepJacobian
+from ._backward.naive import Naive as Naive
+from ._backward.omega import Omega as Omega
+from ._backward.parallel_scan import ParallelScan as ParallelScan
+from ._backward.registry import ALGORITHMS as ALGORITHMS
+from ._backward.registry import METHODS as METHODS
+from ._backward.registry import algorithm_from_dict as algorithm_from_dict
+from ._backward.registry import resolve_method as resolve_method
+from ._backward.rtrl import RTRL as RTRL
+from ._backward.rtrl_online import RTRLState as RTRLState
+from ._backward.rtrl_online import rtrl_gradient as rtrl_gradient
+from ._backward.rtrl_online import rtrl_init as rtrl_init
+from ._backward.rtrl_online import rtrl_step as rtrl_step
+
+__all__ = [
+    "ALGORITHMS",
+    "BPTT",
+    "METHODS",
+    "RTRL",
+    "Autodiff",
+    "ElmanJacobian",
+    "ErrorFlow",
+    "GradientAlgorithm",
+    "Naive",
+    "Omega",
+    "ParallelScan",
+    "RTRLState",
+    "StepJacobian",
+    "algorithm_from_dict",
+    "resolve_method",
+    "rtrl_gradient",
+    "rtrl_init",
+    "rtrl_step",
+]
