@@ -49,14 +49,15 @@ class StepJacobian(abc.ABC):
         of one step, e.g. the rows of a matrix).
         """
 
-    def matrices(self, per_step: PerStep) -> jax.Array:
-        """The explicit Jacobians (…, m, d, d), `x Ω = x @ matrices`: for the parallel
-        scan and the diagnostics, which compose them as matrices."""
-        d = jax.tree.leaves(per_step)[0].shape[-1]
-        eye = jnp.eye(d, dtype=jax.tree.leaves(per_step)[0].dtype)
-        # Row a of the matrix is e_a Ω: pull every basis row at once.
-        basis = eye.reshape((d,) + (1,) * (jax.tree.leaves(per_step)[0].ndim - 1) + (d,))
-        rows = self.pull(basis, per_step)  # (d, …, m, d)
+    def matrices(self, per_step: PerStep, like: jax.Array) -> jax.Array:
+        """The explicit Jacobians (…, m, d, d), `x Ω = x @ matrices`, for cotangents shaped
+        and typed like `like` (…, m, d): for the parallel scan and the diagnostics, which
+        compose them as matrices."""
+        d = like.shape[-1]
+        # Row a of the matrix is e_a Ω: pull every basis row, one vmapped vjp.
+        rows = jax.vmap(lambda e: self.pull(jnp.broadcast_to(e, like.shape), per_step))(
+            jnp.eye(d, dtype=like.dtype)
+        )  # (d, …, m, d)
         return jnp.moveaxis(rows, 0, -2)
 
     @property
@@ -102,6 +103,7 @@ class ElmanJacobian(StepJacobian, NamedTuple("_Elman", [("S", Any), ("sigma_prim
         # One step of the DP for every row at once: G(j, i) = (G(j, i+1) S) ⊙ σ'(Z_i).
         return (cotangent @ self.S) * per_step
 
-    def matrices(self, per_step: jax.Array) -> jax.Array:
+    def matrices(self, per_step: jax.Array, like: jax.Array) -> jax.Array:
+        del like
         # Ω(i+1, i)[a, b] = S[a, b] σ'(Z_i)[b]: no products needed.
         return self.S * per_step[..., None, :]

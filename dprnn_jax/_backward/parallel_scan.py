@@ -43,7 +43,7 @@ def scan_error_flow(injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
         matrix-matrix product (d units) plus a vector-matrix product (1 unit) each.
     """
     d = injected.shape[-1]
-    one_step = jacobian.matrices(jacobian.per_step)  # A_i, (T, m, d, d)
+    one_step = jacobian.matrices(jacobian.per_step, injected)  # A_i, (T, m, d, d)
     compositions = []  # static leading sizes of every batched combine, read at trace time
 
     def compose(later, earlier):

@@ -84,4 +84,4 @@ def layer_trajectory(
 def one_step_jacobians(trajectory: Trajectory) -> jax.Array:
     """Ω(i+1, i) = S · diag(σ'(Z_i)) for every step and sample: (T, m, d, d)."""
     jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
-    return jacobian.matrices(jacobian.per_step)
+    return jacobian.matrices(jacobian.per_step, trajectory.sigma_prime)
