@@ -1,4 +1,4 @@
-"""Reproduces seed 000's operation-count table: products, XLA flops and wall time over T.
+"""Reproduces the Ω note's operation-count table: products, XLA flops and wall time over T.
 
     python scripts/complexity.py [--out results] [--T 8 16 ... 512] [--m 8] [--d 32]
 

@@ -6,15 +6,16 @@ one-step Jacobians `Ω(t+1, t) = S diag(σ'(Z_t))`. Two ways to measure its grow
 * **Decay along the diagonals of Ω** (`lyapunov_exponent`): the mean over start steps
   i and samples of `log‖Ω(i+k, i)‖₂` grows like `λ₁ k + c` (Oseledets), so its slope in
   k estimates the largest Lyapunov exponent λ₁ (Pascanu, Mikolov & Bengio 2013 view
-  vanishing/exploding gradients exactly this way). The seed's per-lag estimate
+  vanishing/exploding gradients exactly this way). The per-lag estimate
   `(1/k) log‖Ω(i+k, i)‖₂` has the same limit but carries the offset c/k.
 * **QR re-orthonormalisation** (`lyapunov_qr`), the textbook algorithm (Benettin et
   al. 1980; Eckmann & Ruelle 1985): propagate an orthonormal frame through the
   Jacobians, re-orthonormalise it with a QR factorisation at every step and average
   `log|R_kk|`. It never forms Ω, so it is an independent check of the diagonal fill.
 
-Seed 001 §6 bounds the same product by `‖Ω(i+k, i)‖ ≤ γ^k`, `γ = ‖S‖₂ · max σ'`
-(`decay_bound`): γ < 1 guarantees vanishing gradients; γ > 1 only allows explosion.
+A derivation of BPTT (docs/references.md#bptt-derivation, its section 6) bounds the same
+product by `‖Ω(i+k, i)‖ ≤ γ^k`, `γ = ‖S‖₂ · max σ'` (`decay_bound`): γ < 1 guarantees
+vanishing gradients; γ > 1 only allows explosion.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .._validation import check_sequence
 from .omega_norms import check_max_lag, omega_log_norms_from_jacobians
 from .trajectory import layer_trajectory, one_step_jacobians
 
-# sup_z σ'(z) of each activation: the a-priori ξ of seed 001 §6.
+# sup_z σ'(z) of each activation: the a-priori ξ of that derivation's bound.
 SIGMA_PRIME_SUP: dict[str, float] = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
 
 
@@ -40,7 +41,7 @@ class LyapunovEstimate(NamedTuple):
         exponent: λ₁, the least-squares slope of `mean_log_norm` over lags k ≥ `min_lag`.
         lags: the lags k = 1 … K, shape (K,).
         mean_log_norm: mean over i and samples of log‖Ω(i+k, i)‖₂, shape (K,).
-        per_lag: the seed-style estimate `mean_log_norm / k`, shape (K,).
+        per_lag: the per-lag estimate `mean_log_norm / k`, shape (K,).
     """
 
     exponent: jax.Array
@@ -50,7 +51,7 @@ class LyapunovEstimate(NamedTuple):
 
 
 class DecayBound(NamedTuple):
-    """Seed 001 §6: ‖Ω(i+k, i)‖₂ ≤ γ^k with γ = ‖S‖₂ · max σ'.
+    """The decay bound ‖Ω(i+k, i)‖₂ ≤ γ^k, γ = ‖S‖₂ · max σ' (docs/diagnostics.md#lyapunov).
 
     Attributes:
         gamma: γ with the largest σ' observed on this trajectory (the tighter bound).
@@ -214,7 +215,7 @@ def decay_bound(
     activation: str = "tanh",
     layer: int = -1,
 ) -> DecayBound:
-    """γ of seed 001 §6, `‖Ω(i+k, i)‖₂ ≤ γ^k` (hence `‖G(i+k, i)‖ ≤ ‖P_{i+k}‖ γ^k`).
+    """γ of the decay bound `‖Ω(i+k, i)‖₂ ≤ γ^k` (hence `‖G(i+k, i)‖ ≤ ‖P_{i+k}‖ γ^k`).
 
     Each factor obeys `‖S diag(σ'(Z_t))‖₂ ≤ ‖S‖₂ max σ'(Z_t)`, and the norm of a
     product is at most the product of the norms. With the observed max σ' the bound

@@ -95,7 +95,7 @@ def plot_decay(
     ax=None,
     title: str = "",
 ):
-    """Per-lag decay of ‖Ω(i+k, i)‖₂, with the seed's bound γ^k and the Lyapunov fits.
+    """Per-lag decay of ‖Ω(i+k, i)‖₂, with the bound γ^k of `decay_bound` and the Lyapunov fits.
 
     Args:
         mean_log_norm: (K,) mean over i and samples of log‖Ω(i+k, i)‖₂ for k = 1 … K

@@ -9,7 +9,7 @@ from .params import LayerParams
 
 
 def cell(params: LayerParams, h: jax.Array, x: jax.Array, *, activation: str = "tanh") -> jax.Array:
-    """One recurrent step `h_t = σ(x_t Wᵀ + h_{t-1} Sᵀ + b)` (DESIGN.md §1).
+    """One recurrent step `h_t = σ(x_t Wᵀ + h_{t-1} Sᵀ + b)` (docs/theory.md#model).
 
     Args:
         params: the layer's `LayerParams(W (d, n), S (d, d), b (d,))`.

@@ -1,7 +1,8 @@
 """Parameter pytrees and their initialisers.
 
-Names follow seed 000: `W` input weights, `S` recurrent ("memory") weights, `b` bias.
-Seeds 001/003/004 call them U (input), W (recurrent) and V (output); see the README.
+Names follow the Ω note (docs/theory.md#model): `W` input weights, `S` recurrent
+("memory") weights, `b` bias. Other derivations of BPTT call them U or W_in (input),
+W or W_rec (recurrent) and V or W_out (output).
 """
 
 from __future__ import annotations

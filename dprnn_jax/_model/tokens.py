@@ -1,4 +1,4 @@
-"""Integer token inputs: `x_t W ᵀ` for a one-hot `x_t` is a column lookup (seed 004).
+"""Integer token inputs: `x_t W ᵀ` for a one-hot `x_t` is a column lookup of `W`.
 
 A first layer fed with tokens `(T, m)` from a vocabulary of V words has `W` of shape
 (d, V), exactly as if it were fed one-hot vectors; the one-hot vectors are never built:
@@ -8,7 +8,7 @@ A first layer fed with tokens `(T, m)` from a vocabulary of V words has `W` of s
 
 Tokens outside [0, V) cannot be caught at trace time; their step's pre-activation is
 NaN, so the outputs and the loss of that sequence are NaN rather than a wrong number,
-and they add nothing to ∂C/∂W.
+and they add nothing to ∂C/∂W. (docs/theory.md#gradients-from-delta.)
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ of a PRNG key.
 
 Every batch is time-major and carries a `(T, m)` mask of supervised steps, so a
 many-to-one task is a many-to-many task whose mask selects the last step: the masked
-steps inject zero error and the gradient stays exact (DESIGN.md §4, variable lengths).
+steps inject zero error and the gradient stays exact (docs/theory.md#lengths-and-bidirectional).
 """
 
 from __future__ import annotations
