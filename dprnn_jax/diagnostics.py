@@ -4,6 +4,8 @@ exponents, the products each algorithm performs, and their plots.
 Every name here is also available at the top level (`dprnn_jax.omega_norms`, …).
 """
 
+from ._diagnostics.hlo_flops import HloFlops as HloFlops
+from ._diagnostics.hlo_flops import hlo_dot_flops as hlo_dot_flops
 from ._diagnostics.counts import ProductCount as ProductCount
 from ._diagnostics.counts import closed_form_products as closed_form_products
 from ._diagnostics.counts import count_products as count_products
@@ -26,6 +28,7 @@ from ._diagnostics.tolerance import tolerance_report as tolerance_report
 
 __all__ = [
     "DecayBound",
+    "HloFlops",
     "LyapunovEstimate",
     "OmegaNorms",
     "ProductCount",
@@ -35,6 +38,7 @@ __all__ = [
     "decay_bound",
     "error_flow_norms",
     "gradient_flow",
+    "hlo_dot_flops",
     "lyapunov_exponent",
     "lyapunov_qr",
     "omega_matrix",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 import dprnn_jax as dj
-from dprnn_jax._app.complexity import loglog_slope, write_complexity_report
-from dprnn_jax._app.hlo_flops import hlo_dot_flops
 from dprnn_jax.backward import ElmanJacobian
 
 T, M, D = 40, 2, 4
@@ -31,7 +31,7 @@ def test_hlo_flops_equal_the_in_loop_counters(method):
     P = jnp.ones((T, M, D), jnp.float32)
     compiled = jax.jit(error_flow(FLOWS[method])).lower(P, P, jnp.eye(D)).compile()
     flow = compiled(P, P, jnp.eye(D))
-    flops = hlo_dot_flops(compiled.as_text())
+    flops = dj.diagnostics.hlo_dot_flops(compiled.as_text())
     assert flops.exact
     assert flops.flops == int(flow.products_performed) * 2 * M * D * D
     assert int(flow.products_performed) > 0
@@ -41,23 +41,22 @@ def test_hlo_flops_flag_unknown_trip_counts():
     """naive's inner loops depend on the outer index: the count is a lower bound."""
     P = jnp.ones((6, M, D), jnp.float32)
     compiled = jax.jit(error_flow(dj.Naive())).lower(P, P, jnp.eye(D)).compile()
-    flops = hlo_dot_flops(compiled.as_text())
+    flops = dj.diagnostics.hlo_dot_flops(compiled.as_text())
     assert not flops.exact
     assert 0 < flops.flops < (6**3 - 6) // 6 * 2 * M * D * D
 
 
-def test_loglog_slope():
-    Ts = [8, 16, 32, 64]
-    assert loglog_slope(Ts, [T**2 for T in Ts]) == pytest.approx(2.0)
-    assert loglog_slope(Ts, [3 * T for T in Ts], points=2) == pytest.approx(1.0)
-    assert loglog_slope(Ts, [None, None, None, 5.0]) != loglog_slope(Ts, [1, 2, 4, 8])
-
-
 def test_report_files(tmp_path):
-    paths = write_complexity_report(
-        str(tmp_path), (3, 6), m=1, d=2, repeats=1, naive_max_T=6, log=lambda line: None
-    )
-    assert [p.rsplit(".", 1)[1] for p in paths] == ["md", "png", "json"]
+    """`dprnn-jax complexity` writes the table, the plot and the JSON it is made from."""
+    command = [sys.executable, "-m", "dprnn_jax", "complexity", "--out", str(tmp_path)]
+    command += ["--T", "3", "6", "--m", "1", "--d", "2", "--repeats", "1", "--naive-max-T", "6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "complexity.json",
+        "complexity.md",
+        "complexity.png",
+    ]
     report = json.loads((tmp_path / "complexity.json").read_text())
     rows = {(row["method"], row["T"]): row for row in report["rows"]}
     assert rows[("naive", 6)]["products_useful"] == (6**3 - 6) // 6

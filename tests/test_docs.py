@@ -25,9 +25,7 @@ CITING_DIRS = ("dprnn_jax", "docs", "scripts", "notebooks", "results")
 CITING_FILES = ("README.md", "mkdocs.yml", "pyproject.toml")
 TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".yml", ".yaml", ".toml", ".js", ".json", ".txt"}
 # Directories whose citations are still being rewritten by their owner.
-CITATION_EXCLUSIONS = (
-    "dprnn_jax/_backward",  # TODO(lead): _backward citations
-)
+CITATION_EXCLUSIONS: tuple[str, ...] = ()
 FORBIDDEN_CITATIONS = re.compile(r"DESIGN\.md|seed 00\d", re.IGNORECASE)
 # `docs/<page>.md#<anchor>` as code and docs cite the manual.
 DOC_CITATION = re.compile(r"docs/([\w/-]+)\.md#([\w-]+)")

@@ -36,7 +36,7 @@ from .._backward.bptt import BPTT
 from .._backward.jacobian import ElmanJacobian
 from .._backward.naive import Naive
 from .._backward.omega import Omega
-from .hlo_flops import hlo_dot_flops
+from .._diagnostics.hlo_flops import hlo_dot_flops
 
 DEFAULT_TS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
 BLOCK = 16

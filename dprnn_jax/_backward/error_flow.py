@@ -1,6 +1,7 @@
 """What every backward algorithm returns, and the per-step quantities they share.
 
-All custom backward passes of a recurrent layer solve the same problem (DESIGN.md §3):
+All custom backward passes of a recurrent layer solve the same problem
+(docs/theory.md#psi-and-omega):
 given the injected errors `P_t = ∂C/∂h_t|_direct ⊙ σ'(Z_t)` (the Ψ term) and the
 stored derivatives `σ'(Z_t)`, find the total errors
 
