@@ -139,6 +139,36 @@ def check_block(block: object) -> int | None:
     return int(block)
 
 
+def check_checkpoint(checkpoint: object) -> int | str | None:
+    """`checkpoint`: None, a positive Python int k (the segment length) or "sqrt"."""
+    if checkpoint is None or checkpoint == "sqrt":
+        return checkpoint
+    if (
+        not isinstance(checkpoint, int | np.integer)
+        or isinstance(checkpoint, bool)
+        or checkpoint < 1
+    ):
+        raise ValueError(
+            f'checkpoint must be a positive int k (segment length) or "sqrt" (k = ⌈√T⌉), '
+            f"got {checkpoint!r}."
+        )
+    return int(checkpoint)
+
+
+def check_exclusive(algorithm: GradientAlgorithm, option: str, others: tuple[str, ...]) -> None:
+    """`option` cannot be combined with any of `others` (all None but one)."""
+    if getattr(algorithm, option) is None:
+        return
+    given = {name: getattr(algorithm, name) for name in others if getattr(algorithm, name)}
+    given = {name: value for name, value in given.items() if value is not None}
+    if given:
+        settings = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise ValueError(
+            f"{option} cannot be combined with {' or '.join(others)}, got "
+            f"{option}={getattr(algorithm, option)!r}, {settings}; pick one of them."
+        )
+
+
 def set_option(algorithm: GradientAlgorithm, name: str, value: object) -> None:
     """Stores a validated option on a frozen dataclass (inside `__post_init__`)."""
     object.__setattr__(algorithm, name, value)

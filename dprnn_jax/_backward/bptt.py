@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import GradientAlgorithm, check_truncation, set_option
+from .base import (
+    GradientAlgorithm,
+    check_checkpoint,
+    check_exclusive,
+    check_truncation,
+    set_option,
+)
 from .error_flow import ErrorFlow
 from .jacobian import StepJacobian
 from .truncated_bptt import truncated_bptt_error_flow
@@ -57,9 +63,15 @@ class BPTT(GradientAlgorithm):
         truncation: K ≥ 0: keep only lags j − i ≤ K (K-step truncated BPTT,
             docs/theory.md#truncation), by a reverse scan over a window of K+1 lags;
             None for the exact gradient.
+        checkpoint: k ≥ 1 or "sqrt" (k = ⌈√T⌉): with a fused loss (`sequence_loss`,
+            `many_to_one_loss`, `make_train_step`), keep only every k-th state and
+            recompute one segment at a time in the backward: O(√T) memory for one
+            extra forward (docs/algorithms.md#checkpoint). Exact; excludes
+            `truncation`. A layer on its own (`rnn_layer`) is unaffected: its states
+            are its output.
 
     Raises:
-        ValueError: `truncation` is not None or a non-negative int.
+        ValueError: an option of the wrong type or range, or both options.
 
     Example:
         >>> BPTT(truncation=8).options()
@@ -67,11 +79,14 @@ class BPTT(GradientAlgorithm):
     """
 
     truncation: int | None = None
+    checkpoint: int | str | None = None
 
     name = "bptt"
 
     def __post_init__(self):
         set_option(self, "truncation", check_truncation(self.truncation))
+        set_option(self, "checkpoint", check_checkpoint(self.checkpoint))
+        check_exclusive(self, "checkpoint", ("truncation",))
 
     def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
         if self.truncation is not None:

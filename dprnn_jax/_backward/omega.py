@@ -33,8 +33,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from .adaptive import adaptive_omega_error_flow
-from .base import GradientAlgorithm, check_block, check_tol, check_truncation, set_option
+from .base import (
+    GradientAlgorithm,
+    check_block,
+    check_checkpoint,
+    check_exclusive,
+    check_tol,
+    check_truncation,
+    set_option,
+)
 from .blocked import blocked_closed_form, blocked_error_flow
+from .checkpointed import segment_length
 from .error_flow import ErrorFlow
 from .jacobian import StepJacobian
 
@@ -137,6 +146,12 @@ class Omega(GradientAlgorithm):
         block: B ≥ 1: Ω triangles of B steps chained by the BPTT recurrence
             (docs/theory.md#blocked-omega); 1 is BPTT, ≥ T the full triangle. Exact;
             excludes `truncation` and `tol`.
+        checkpoint: k ≥ 1 or "sqrt" (k = ⌈√T⌉): with a fused loss (`sequence_loss`,
+            `many_to_one_loss`, `make_train_step`), keep only every k-th state and, in
+            the backward, recompute one segment at a time and fill its Ω triangle,
+            segments chained by one BPTT step (the blocked Ω DP with recomputation,
+            docs/algorithms.md#checkpoint): O(√T) memory. Exact; excludes the other
+            options. A layer on its own (`rnn_layer`) computes `Omega(block=k)`.
 
     Raises:
         ValueError: an option of the wrong type or range, or `block` with
@@ -150,6 +165,7 @@ class Omega(GradientAlgorithm):
     truncation: int | None = None
     tol: float | None = None
     block: int | None = None
+    checkpoint: int | str | None = None
 
     name = "omega"
 
@@ -157,15 +173,23 @@ class Omega(GradientAlgorithm):
         set_option(self, "truncation", check_truncation(self.truncation))
         set_option(self, "tol", check_tol(self.tol))
         set_option(self, "block", check_block(self.block))
+        set_option(self, "checkpoint", check_checkpoint(self.checkpoint))
+        check_exclusive(self, "checkpoint", ("truncation", "tol", "block"))
         if self.block is not None and (self.truncation is not None or self.tol is not None):
             raise ValueError(
                 f"block cannot be combined with truncation or tol, got block={self.block!r}, "
                 f"truncation={self.truncation!r}, tol={self.tol!r}; pick one of them."
             )
 
+    def _block(self, T: int) -> int | None:
+        if self.checkpoint is not None:
+            return segment_length(self.checkpoint, T)
+        return self.block
+
     def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
-        if self.block is not None:
-            return blocked_error_flow(injected, jacobian, block=self.block, fill=omega_error_flow)
+        block = self._block(injected.shape[0])
+        if block is not None:
+            return blocked_error_flow(injected, jacobian, block=block, fill=omega_error_flow)
         if self.tol is not None:
             return adaptive_omega_error_flow(
                 injected, jacobian, tol=self.tol, max_lag=self.truncation
@@ -175,7 +199,7 @@ class Omega(GradientAlgorithm):
     def closed_form_products(self, T: int) -> int | None:
         if self.tol is not None:
             return None  # how many diagonals are filled depends on the data
-        if self.block is not None:
-            return blocked_closed_form(T, self.block)
+        if self._block(T) is not None:
+            return blocked_closed_form(T, self._block(T))
         lags = T - 1 if self.truncation is None else min(self.truncation, T - 1)
         return lags * T - lags * (lags + 1) // 2

@@ -7,68 +7,21 @@ the readout of its last valid state).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
-import optax
 
 from .._backward.base import GradientAlgorithm
-from .._validation import check_choice, check_floating, check_rank, check_shape
+from .._backward.registry import resolve_method
+from .._validation import check_choice, check_shape
+from .checkpointed_loss import (
+    checkpointed_many_to_one_loss,
+    checkpointed_sequence_loss,
+    uses_checkpoint,
+)
 from .network import mask_from_lengths, rnn_forward
 from .params import RNNParams
-
-
-def _softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    k = logits.shape[-1]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    # An out-of-range class cannot be caught at trace time: make it NaN, not a number.
-    return jnp.where((targets >= 0) & (targets < k), loss, jnp.nan)
-
-
-def _sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1)
-
-
-def _mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    # ½‖ŷ − y‖², so that ∂loss/∂ŷ = ŷ − y, the readout error of docs/theory.md#psi-and-omega.
-    return 0.5 * jnp.sum((outputs - targets) ** 2, axis=-1)
-
-
-LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "softmax_cross_entropy": _softmax_cross_entropy,
-    "sigmoid_binary_cross_entropy": _sigmoid_binary_cross_entropy,
-    "mse": _mean_squared_error,
-}
-
-
-def check_targets(loss: str, targets: object, outputs_shape: tuple[int, int, int]) -> None:
-    T, m, k = outputs_shape
-    if loss == "softmax_cross_entropy":
-        check_shape("targets", targets, (T, m), "(T, m) integer class indices")
-        if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-            raise TypeError(
-                f"targets for softmax_cross_entropy must be integer class indices, got dtype "
-                f"{jnp.result_type(targets)}."
-            )
-    else:
-        check_shape("targets", targets, (T, m, k), "(T, m, k)")
-        check_floating("targets", targets)
-
-
-def per_step_losses(
-    outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *, loss: str
-) -> jax.Array:
-    """Loss of every (step, sequence) pair, shape (T, m); masked entries are exactly 0."""
-    check_choice("loss", loss, LOSSES)
-    check_rank("outputs", outputs, 3, "(T, m, k)")
-    check_targets(loss, targets, outputs.shape)
-    losses = LOSSES[loss](outputs, targets)
-    if mask is None:
-        return losses
-    check_shape("mask", mask, outputs.shape[:2], "(T, m)")
-    # `where`, not a product: a NaN/inf loss at a padded step must not leak into C.
-    return jnp.where(jnp.asarray(mask) != 0, losses, 0)
+from .per_step_loss import LOSSES as LOSSES
+from .per_step_loss import per_step_losses as per_step_losses
 
 
 def sequence_loss(
@@ -128,16 +81,22 @@ def sequence_loss(
             "sequence_loss takes mask or lengths, not both: lengths already defines the "
             "mask (steps t < lengths[v] are valid)."
         )
+    algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)
+    if uses_checkpoint(algorithm):
+        # Readout and loss fused into the segments: O(√T) memory.
+        return checkpointed_sequence_loss(
+            params,
+            xs,
+            targets,
+            algorithm=algorithm,
+            loss=loss,
+            activation=activation,
+            mask=mask,
+            lengths=lengths,
+            h0s=h0s,
+        )[0]
     outputs = rnn_forward(
-        params,
-        xs,
-        h0s,
-        lengths=lengths,
-        activation=activation,
-        method=method,
-        block=block,
-        truncation=truncation,
-        tol=tol,
+        params, xs, h0s, lengths=lengths, activation=activation, method=algorithm
     ).outputs
     if lengths is not None:
         mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
@@ -187,16 +146,20 @@ def many_to_one_loss(
         >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, jnp.array([5, 2]))
     """
     check_choice("loss", loss, LOSSES)
+    algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)
+    if uses_checkpoint(algorithm):
+        return checkpointed_many_to_one_loss(
+            params,
+            xs,
+            targets,
+            algorithm=algorithm,
+            loss=loss,
+            activation=activation,
+            lengths=lengths,
+            h0s=h0s,
+        )
     final = rnn_forward(
-        params,
-        xs,
-        h0s,
-        lengths=lengths,
-        activation=activation,
-        method=method,
-        block=block,
-        truncation=truncation,
-        tol=tol,
+        params, xs, h0s, lengths=lengths, activation=activation, method=algorithm
     ).final_states[-1]
     outputs = final @ params.readout.W.T + params.readout.b
     m, k = outputs.shape

@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
@@ -30,6 +29,8 @@ from .._validation import (
 )
 from .bidirectional import BidirectionalParams, bidirectional_layer
 from .layer import rnn_layer
+from .padding import check_lengths as check_lengths
+from .padding import mask_from_lengths as mask_from_lengths
 from .params import RNNParams
 from .tokens import is_token_input
 
@@ -143,29 +144,10 @@ def check_initial_states(
     return h0s
 
 
-def check_lengths(lengths: object, T: int, m: int) -> jax.Array:
-    """Checks `lengths` (m,) integer; concrete values must lie in [0, T]."""
-    check_shape("lengths", lengths, (m,), "(m,) = valid steps per sequence")
-    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
-        raise TypeError(f"lengths must be integers, got dtype {jnp.result_type(lengths)}.")
-    try:
-        values = np.asarray(lengths)
-    except jax.errors.TracerArrayConversionError:
-        values = None  # traced: out-of-range values give NaN states (see `_final_state`)
-    if values is not None and values.size and (values.min() < 0 or values.max() > T):
-        raise ValueError(
-            f"lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
-            f"{values.max()}."
-        )
-    return jnp.asarray(lengths)
-
-
-def mask_from_lengths(lengths: jax.Array, T: int) -> jax.Array:
-    """(T, m) boolean mask, True at the valid steps t < lengths[v]."""
-    return jnp.arange(T)[:, None] < lengths[None, :]
-
-
-def _check_inputs(xs: object, n: int, dtype, shape: tuple[int, ...]) -> tuple[int, int]:
+def check_network_inputs(
+    xs: object, n: int, dtype, shape: tuple[int, ...]
+) -> tuple[int, int]:
+    """Checks the network inputs (floats (T, m, n) or tokens (T, m)); returns (T, m)."""
     if is_token_input(xs):
         T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
         if T == 0:
@@ -191,6 +173,37 @@ def _final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
     final = jnp.where((lengths == 0)[:, None], start, last)
     # Lengths outside [0, T] (only possible under jit) give NaN, not a wrong state.
     return jnp.where(((lengths < 0) | (lengths > T))[:, None], jnp.nan, final)
+
+
+def apply_layer(
+    layer,
+    hs: jax.Array,
+    h0,
+    *,
+    lengths: jax.Array | None,
+    activation: str,
+    method: GradientAlgorithm,
+) -> tuple[jax.Array, jax.Array]:
+    """One layer of the stack as `rnn_forward` runs it: `(outputs, final state)`.
+
+    `h0` is the layer's initial state (a pair for a bidirectional layer) or None. With
+    `lengths` the layer zeroes its padded inputs itself, so NaN or inf padding stays out
+    of the states and of the backward products.
+    """
+    options = dict(lengths=lengths, activation=activation, method=method)
+    if not isinstance(layer, BidirectionalParams):
+        out = rnn_layer(layer, hs, h0, **options)
+        return out, _final_state(out, h0, lengths)
+    h0_backward = None if h0 is None else h0[1]
+    out = bidirectional_layer(layer, hs, h0, **options)
+    d = layer.forward.S.shape[0]
+    forward_final = _final_state(out[..., :d], None if h0 is None else h0[0], lengths)
+    # The backward direction ends at t = 0 (or starts from h0← if L = 0).
+    backward_final = out[0, :, d:]
+    if lengths is not None:
+        start = jnp.zeros_like(backward_final) if h0_backward is None else h0_backward
+        backward_final = jnp.where((lengths == 0)[:, None], start, backward_final)
+    return out, jnp.concatenate([forward_final, backward_final], axis=-1)
 
 
 def rnn_forward(
@@ -238,36 +251,18 @@ def rnn_forward(
     sizes = check_rnn_params(params)
     layers = tuple(params.layers)
     first = _first_weight(layers[0])
-    T, m = _check_inputs(xs, sizes[0], first.dtype, first.shape)
+    T, m = check_network_inputs(xs, sizes[0], first.dtype, first.shape)
     h0s = check_initial_states(h0s, layers, m)
-    valid = None
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)
-        valid = mask_from_lengths(lengths, T)
     # Resolved once, so a bad option fails here, and every layer gets the same object.
     algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)
-    options = dict(activation=activation, method=algorithm)
     hs, finals = xs, []
     for layer, h0 in zip(layers, h0s):
-        if valid is not None:
-            # Padded inputs never influence a valid step; zeroing them keeps NaN or inf
-            # padding out of the states and of the backward products.
-            hs = jnp.where(valid if hs.ndim == 2 else valid[..., None], hs, jnp.zeros_like(hs))
-        if isinstance(layer, BidirectionalParams):
-            h0_forward, h0_backward = (None, None) if h0 is None else h0
-            out = bidirectional_layer(layer, hs, h0, lengths=lengths, **options)
-            d = layer.forward.S.shape[0]
-            forward_final = _final_state(out[..., :d], h0_forward, lengths)
-            # The backward direction ends at t = 0 (or starts from h0← if L = 0).
-            backward_final = out[0, :, d:]
-            if lengths is not None:
-                start = jnp.zeros_like(backward_final) if h0_backward is None else h0_backward
-                backward_final = jnp.where((lengths == 0)[:, None], start, backward_final)
-            finals.append(jnp.concatenate([forward_final, backward_final], axis=-1))
-        else:
-            out = rnn_layer(layer, hs, h0, **options)
-            finals.append(_final_state(out, h0, lengths))
-        hs = out
+        hs, final = apply_layer(
+            layer, hs, h0, lengths=lengths, activation=activation, method=algorithm
+        )
+        finals.append(final)
     # The readout is time-parallel: one product for all steps.
     outputs = hs @ params.readout.W.T + params.readout.b
     return RNNOutput(outputs, tuple(finals))

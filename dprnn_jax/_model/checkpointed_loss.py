@@ -1,0 +1,173 @@
+"""The sequence loss with the readout and the loss fused into a checkpointed backward.
+
+`sequence_loss`, `many_to_one_loss` and the training step call this when the algorithm
+has `checkpoint=k` (docs/algorithms.md#checkpoint): the network, the readout and the
+per-step losses run one segment at a time (`_backward/checkpointed.py`), so neither the
+(T, m, d) states nor the (T, m, k) outputs are ever all alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from .._backward.base import GradientAlgorithm
+from .._backward.checkpointed import checkpointed_loss
+from .._validation import check_shape
+from .bidirectional import BidirectionalParams
+from .network import (
+    check_initial_states,
+    check_lengths,
+    check_network_inputs,
+    check_rnn_params,
+    mask_from_lengths,
+)
+from .params import RNNParams
+from .per_step_loss import LOSSES, check_targets, per_step_hits
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentLoss:
+    """Σ w·loss and Σ w·hit over one segment's outputs (hashable: part of the program)."""
+
+    loss: str
+
+    def __call__(self, outputs, targets, weights):
+        supervised = weights != 0
+        # `where`, not a product: a NaN/inf loss at an unsupervised step stays out.
+        losses = jnp.where(supervised, LOSSES[self.loss](outputs, targets), 0)
+        hits = jnp.where(supervised, per_step_hits(outputs, targets, loss=self.loss), False)
+        return jnp.sum(losses * weights), jnp.sum(hits * weights)
+
+
+def uses_checkpoint(algorithm: GradientAlgorithm) -> bool:
+    return getattr(algorithm, "checkpoint", None) is not None
+
+
+def _prepare(params, xs, lengths, h0s, algorithm):
+    """Validates a checkpointed loss's network arguments as `rnn_forward` does; returns
+    (layers, T, m, xs with padded inputs zeroed, valid (T, m) or None, filled h0s)."""
+    sizes = check_rnn_params(params)
+    layers = tuple(params.layers)
+    for l, layer in enumerate(layers):
+        if isinstance(layer, BidirectionalParams):
+            raise ValueError(
+                f"method={algorithm} fuses the loss into segments run forward in time, so it "
+                f"takes unidirectional layers only; params.layers[{l}] is bidirectional. Use "
+                "the algorithm without checkpoint for bidirectional models."
+            )
+    T, m = check_network_inputs(xs, sizes[0], layers[0].W.dtype, layers[0].W.shape)
+    h0s = check_initial_states(h0s, layers, m)
+    h0s = tuple(
+        jnp.zeros((m, layer.S.shape[0]), layer.W.dtype) if h0 is None else h0
+        for h0, layer in zip(h0s, layers)
+    )
+    valid = None
+    if lengths is not None:
+        valid = mask_from_lengths(check_lengths(lengths, T, m), T)
+        # As `rnn_forward`: padded inputs never reach a valid step.
+        xs = jnp.where(valid if xs.ndim == 2 else valid[..., None], xs, jnp.zeros_like(xs))
+    return layers, T, m, xs, valid, h0s
+
+
+def checkpointed_sequence_loss(
+    params: RNNParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    *,
+    algorithm: GradientAlgorithm,
+    loss: str,
+    activation: str,
+    mask: jax.Array | None = None,
+    lengths: jax.Array | None = None,
+    h0s=None,
+    normalise: str = "batch",
+) -> tuple[jax.Array, jax.Array]:
+    """`(loss, accuracy)` of a many-to-many batch, differentiable in O(√T) memory.
+
+    Args:
+        params: an `RNNParams` of unidirectional layers.
+        xs, targets, mask, lengths, h0s: as in `sequence_loss` (mask or lengths).
+        algorithm: `BPTT(checkpoint=…)` or `Omega(checkpoint=…)`.
+        loss: a name in `LOSSES`.
+        activation: the recurrent activation.
+        normalise: "batch": `Σ mask·loss / m` (as `sequence_loss`); "supervised":
+            `Σ mask·loss / Σ mask` (as the training step's metrics).
+
+    Returns:
+        The loss (differentiable w.r.t. params, xs and h0s) and the weighted hit rate
+        (not differentiable).
+
+    Raises:
+        ValueError: a bidirectional layer (its backward direction needs the whole
+            sequence's future), and as `rnn_forward`/`per_step_losses`.
+    """
+    layers, T, m, xs, valid, h0s = _prepare(params, xs, lengths, h0s, algorithm)
+    check_targets(loss, targets, (T, m, params.readout.W.shape[0]))
+    if mask is not None:
+        check_shape("mask", mask, (T, m), "(T, m)")
+    if valid is not None:
+        mask = valid
+    dtype = layers[0].W.dtype
+    weights = jnp.ones((T, m), dtype) if mask is None else (jnp.asarray(mask) != 0).astype(dtype)
+    total = jnp.sum(weights)
+    scale = m if normalise == "batch" else total
+    loss_value, hits = checkpointed_loss(
+        algorithm,
+        params,
+        xs,
+        targets,
+        weights / scale,
+        valid,
+        h0s,
+        activation=activation,
+        segment_loss=SegmentLoss(loss),
+    )
+    return loss_value, hits * scale / total
+
+
+def checkpointed_many_to_one_loss(
+    params: RNNParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    *,
+    algorithm: GradientAlgorithm,
+    loss: str,
+    activation: str,
+    lengths: jax.Array | None = None,
+    h0s=None,
+) -> jax.Array:
+    """`many_to_one_loss` in O(√T) memory: the loss read at each sequence's last valid
+    step, fused into the segments (a weight of 1/m there, 0 elsewhere).
+
+    A sequence of length 0 has no valid step: as in `many_to_one_loss`, its loss is
+    read from its initial top-layer state, outside the segments.
+    """
+    layers, T, m, xs, valid, h0s = _prepare(params, xs, lengths, h0s, algorithm)
+    k = params.readout.W.shape[0]
+    if loss == "softmax_cross_entropy":
+        check_shape("targets", targets, (m,), "(m,) = one class index per sequence")
+    else:
+        check_shape("targets", targets, (m, k), "(m, k) = one target per sequence")
+    targets = jnp.asarray(targets)
+    lengths = jnp.full((m,), T) if lengths is None else jnp.asarray(lengths)
+    dtype = layers[0].W.dtype
+    last = (jnp.arange(T)[:, None] == lengths[None, :] - 1).astype(dtype)
+    tiled = jnp.broadcast_to(targets[None], (T, *targets.shape))
+    check_targets(loss, tiled, (T, m, k))
+    fused, _ = checkpointed_loss(
+        algorithm,
+        params,
+        xs,
+        tiled,
+        last / m,
+        valid,
+        h0s,
+        activation=activation,
+        segment_loss=SegmentLoss(loss),
+    )
+    initial = h0s[-1] @ params.readout.W.T + params.readout.b
+    empty = jnp.where(lengths == 0, LOSSES[loss](initial, targets), 0)
+    return fused + jnp.sum(empty) / m

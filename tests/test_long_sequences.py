@@ -1,0 +1,155 @@
+"""`BPTT(checkpoint=k)` and `Omega(checkpoint=k)`: the fused, segment-recomputed loss is
+exactly the gradient of the plain loss (docs/algorithms.md#checkpoint).
+
+The oracle is `jax.grad` through the plain scan (`method="autodiff"`), in float64 to
+1e-10 and float32 to 1e-4, with T not a multiple of k, k = 1, k ≥ T and "sqrt".
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import dprnn_jax as dj
+
+N_IN, N_OUT, M = 3, 4, 2
+RTOL = {"float32": 1e-4, "float64": 1e-10}
+CHECKPOINTED = [dj.BPTT, dj.Omega]
+
+
+def assert_close(tree, reference, dtype):
+    """Leaf-wise error relative to the leaf's largest entry."""
+    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
+        scale = float(jnp.max(jnp.abs(expected))) or 1.0
+        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+
+
+def network(T, sizes, dtype, *, tokens=False, seed=0):
+    n = 5 if tokens else N_IN
+    params = dj.init_rnn(jax.random.key(seed), n, sizes, N_OUT, dtype=dtype)
+    if tokens:
+        xs = jax.random.randint(jax.random.key(seed + 1), (T, M), 0, n)
+    else:
+        xs = jax.random.normal(jax.random.key(seed + 1), (T, M, N_IN), dtype)
+    h0s = tuple(
+        0.5 * jax.random.normal(jax.random.key(seed + 2 + l), (M, d), dtype)
+        for l, d in enumerate(sizes)
+    )
+    return params, xs, h0s
+
+
+def gradients(loss_fn, method, params, xs, h0s, tokens):
+    argnums = (0, 2) if tokens else (0, 1, 2)
+    return jax.jit(jax.value_and_grad(lambda p, x, h: loss_fn(p, x, h, method), argnums))(
+        params, xs, h0s
+    )
+
+
+@pytest.mark.parametrize(
+    ("T", "sizes", "checkpoint", "tokens", "ragged", "dtype"),
+    [
+        (7, (4,), 3, False, False, "float32"),  # T not a multiple of k
+        (7, (4,), 3, False, False, "float64"),
+        (7, (4, 5), 1, False, True, "float64"),  # k = 1, two layers, lengths
+        (9, (4,), 20, True, False, "float64"),  # k ≥ T, token inputs
+        (10, (3, 4, 3), "sqrt", False, True, "float64"),  # three layers, k = ⌈√T⌉ = 4
+        (1, (4,), "sqrt", False, False, "float64"),  # T = 1
+    ],
+)
+def test_sequence_loss_matches_the_oracle(T, sizes, checkpoint, tokens, ragged, dtype, x64):
+    params, xs, h0s = network(T, sizes, dtype, tokens=tokens, seed=T)
+    ys = jax.random.randint(jax.random.key(9), (T, M), 0, N_OUT)
+    lengths = jnp.array([T, max(T - 3, 1)]) if ragged else None
+
+    def loss(p, x, h, method):
+        return dj.sequence_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
+
+    value, reference = gradients(loss, "autodiff", params, xs, h0s, tokens)
+    for algorithm in CHECKPOINTED:
+        method = algorithm(checkpoint=checkpoint)
+        got_value, got = gradients(loss, method, params, xs, h0s, tokens)
+        assert_close((got_value, got), (value, reference), dtype)
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "sigmoid_binary_cross_entropy"])
+def test_other_losses_and_a_mask(loss_name, x64):
+    T = 11
+    params, xs, h0s = network(T, (4,), "float64")
+    ys = jax.random.uniform(jax.random.key(5), (T, M, N_OUT), jnp.float64)
+    mask = jnp.ones((T, M)).at[3:6, 0].set(0)
+
+    def loss(p, x, h, method):
+        return dj.sequence_loss(p, x, ys, mask=mask, loss=loss_name, method=method, h0s=h)
+
+    value, reference = gradients(loss, "autodiff", params, xs, h0s, False)
+    got = gradients(loss, dj.BPTT(checkpoint=4), params, xs, h0s, False)
+    assert_close(got, (value, reference), "float64")
+
+
+def test_many_to_one_loss_matches_the_oracle(x64):
+    """Including a sequence of length 0, whose loss is read from its initial state."""
+    T = 10
+    params, xs, h0s = network(T, (4, 3), "float64")
+    ys = jnp.array([1, 3])
+    for lengths in (jnp.array([7, 0]),):
+
+        def loss(p, x, h, method, lengths=lengths):
+            return dj.many_to_one_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
+
+        value, reference = gradients(loss, "autodiff", params, xs, h0s, False)
+        for algorithm in CHECKPOINTED:
+            got = gradients(loss, algorithm(checkpoint=3), params, xs, h0s, False)
+            assert_close(got, (value, reference), "float64")
+
+
+def test_checkpoint_bounds_the_memory():
+    """XLA's temporaries of the fused gradient stay O(√T) while the plain one is O(T)."""
+    params, xs, _ = network(1024, (32,), "float32")
+    ys = jnp.zeros((1024, M), jnp.int32)
+
+    def temporaries(method):
+        def loss(p):
+            return dj.sequence_loss(p, xs, ys, method=method)
+
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    plain, fused = temporaries(dj.BPTT()), temporaries(dj.BPTT(checkpoint="sqrt"))
+    # States alone are T·m·d·4 bytes = 256 KiB here; the fused loss keeps ~√T of them.
+    assert fused * 8 < plain, (fused, plain)
+
+
+def test_options_and_errors():
+    assert dj.BPTT(checkpoint="sqrt").checkpoint == "sqrt"
+    with pytest.raises(ValueError, match="checkpoint must be a positive int"):
+        dj.BPTT(checkpoint=0)
+    with pytest.raises(ValueError, match="checkpoint cannot be combined with truncation"):
+        dj.BPTT(checkpoint=4, truncation=2)
+    with pytest.raises(ValueError, match="checkpoint cannot be combined"):
+        dj.Omega(checkpoint=4, block=2)
+    bidirectional = dj.RNNParams(
+        (dj.init_bidirectional_layer(jax.random.key(0), 3, 4),),
+        dj.init_rnn(jax.random.key(1), 3, (8,), 2).readout,
+    )
+    with pytest.raises(ValueError, match="unidirectional layers only"):
+        dj.sequence_loss(
+            bidirectional,
+            jnp.ones((5, 2, 3)),
+            jnp.zeros((5, 2), jnp.int32),
+            method=dj.BPTT(checkpoint=2),
+        )
+
+
+def test_a_layer_alone_is_unaffected(x64):
+    """`rnn_layer` has no loss to fuse: checkpoint changes nothing in its gradient."""
+    layer = dj.init_layer(jax.random.key(0), 3, 4, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (9, 2, 3), jnp.float64)
+
+    def loss(p, method):
+        return jnp.sum(jnp.sin(dj.rnn_layer(p, xs, method=method)))
+
+    reference = jax.grad(loss)(layer, "autodiff")
+    for method in (dj.BPTT(checkpoint=4), dj.Omega(checkpoint="sqrt")):
+        assert_close(jax.grad(loss)(layer, method), reference, "float64")
