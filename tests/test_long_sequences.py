@@ -153,3 +153,27 @@ def test_a_layer_alone_is_unaffected(x64):
     reference = jax.grad(loss)(layer, "autodiff")
     for method in (dj.BPTT(checkpoint=4), dj.Omega(checkpoint="sqrt")):
         assert_close(jax.grad(loss)(layer, method), reference, "float64")
+
+
+def test_training_step_with_checkpoint(x64):
+    """The optax step with a fused, checkpointed loss follows the plain step's trajectory."""
+    import optax
+
+    task = dj.make_task("adding", 12)
+    params = dj.init_rnn(jax.random.key(0), task.input_size, (6,), task.output_size)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    batch = jax.tree.map(
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        task.sample(jax.random.key(1), 4),
+    )
+    optimizer = optax.adam(1e-2)
+    results = []
+    for method in (dj.BPTT(), dj.BPTT(checkpoint=5), dj.Omega(checkpoint="sqrt")):
+        step = dj.make_train_step(optimizer, loss=task.loss, method=method)
+        state, current, history = optimizer.init(params), params, []
+        for _ in range(3):
+            current, state, metrics = step(current, state, batch)
+            history.append(metrics)
+        results.append((current, history))
+    for current, history in results[1:]:
+        assert_close((current, history), results[0], "float64")

@@ -19,13 +19,12 @@ import optax
 
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
+from .._model.checkpointed_loss import checkpointed_sequence_loss, uses_checkpoint
 from .._model.loss import per_step_losses
 from .._model.network import rnn_apply
 from .._model.params import RNNParams
+from .._model.per_step_loss import per_step_hits
 from .tasks import Batch
-
-# An adding-problem prediction counts as correct within this distance of the target.
-ADDING_TOLERANCE = 0.04
 
 
 class Metrics(NamedTuple):
@@ -72,15 +71,25 @@ def batch_metrics(
     Returns:
         `Metrics(loss, accuracy)`, scalars; differentiable in `params` by `method`.
     """
-    outputs = rnn_apply(params, batch.inputs, activation=activation, method=method)
+    algorithm = resolve_method(method)
+    if uses_checkpoint(algorithm):
+        # Readout and loss fused into the recomputed segments: O(√T) memory.
+        return Metrics(
+            *checkpointed_sequence_loss(
+                params,
+                batch.inputs,
+                batch.targets,
+                algorithm=algorithm,
+                loss=loss,
+                activation=activation,
+                mask=batch.mask,
+                normalise="supervised",
+            )
+        )
+    outputs = rnn_apply(params, batch.inputs, activation=activation, method=algorithm)
     losses = per_step_losses(outputs, batch.targets, batch.mask, loss=loss)
     weight = jnp.sum(batch.mask)
-    if loss == "softmax_cross_entropy":
-        hits = jnp.argmax(outputs, axis=-1) == batch.targets
-    elif loss == "sigmoid_binary_cross_entropy":
-        hits = jnp.all((outputs > 0) == (batch.targets > 0.5), axis=-1)
-    else:
-        hits = jnp.all(jnp.abs(outputs - batch.targets) < ADDING_TOLERANCE, axis=-1)
+    hits = per_step_hits(outputs, batch.targets, loss=loss)
     accuracy = jnp.sum(jnp.where(batch.mask != 0, hits, False)) / weight
     return Metrics(jnp.sum(losses) / weight, accuracy)
 
