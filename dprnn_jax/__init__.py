@@ -56,8 +56,11 @@ from ._model.params import init_rnn as init_rnn
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.loop import ResumeError as ResumeError
+from ._training.loop import SavedRun as SavedRun
 from ._training.loop import TrainConfig as TrainConfig
 from ._training.loop import TrainResult as TrainResult
+from ._training.loop import load_run as load_run
 from ._training.loop import train as train
 from ._training.sharding import batch_mesh as batch_mesh
 from ._training.sharding import replicate as replicate
@@ -70,6 +73,7 @@ from ._training.step import make_train_step as make_train_step
 from ._training.tasks import TASKS as TASKS
 from ._training.tasks import Batch as Batch
 from ._training.tasks import Task as Task
+from ._training.tasks import bundled_text as bundled_text
 from ._training.tasks import make_task as make_task
 from ._training.tasks import sample_text as sample_text
 
@@ -98,6 +102,8 @@ __all__ = [
     "RNNParams",
     "RTRLState",
     "ReadoutParams",
+    "ResumeError",
+    "SavedRun",
     "StepMetrics",
     "TASKS",
     "Task",
@@ -107,6 +113,7 @@ __all__ = [
     "batch_mesh",
     "batch_metrics",
     "bidirectional_layer",
+    "bundled_text",
     "cell",
     "closed_form_products",
     "count_products",
@@ -117,6 +124,7 @@ __all__ = [
     "init_layer",
     "init_rnn",
     "load_checkpoint",
+    "load_run",
     "lyapunov_exponent",
     "lyapunov_qr",
     "make_eval_step",

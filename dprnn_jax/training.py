@@ -7,8 +7,11 @@ Every name here is also available at the top level (`dprnn_jax.train`, …).
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.loop import ResumeError as ResumeError
+from ._training.loop import SavedRun as SavedRun
 from ._training.loop import TrainConfig as TrainConfig
 from ._training.loop import TrainResult as TrainResult
+from ._training.loop import load_run as load_run
 from ._training.loop import train as train
 from ._training.sharding import batch_mesh as batch_mesh
 from ._training.sharding import replicate as replicate
@@ -21,6 +24,7 @@ from ._training.step import make_train_step as make_train_step
 from ._training.tasks import TASKS as TASKS
 from ._training.tasks import Batch as Batch
 from ._training.tasks import Task as Task
+from ._training.tasks import bundled_text as bundled_text
 from ._training.tasks import make_task as make_task
 from ._training.tasks import sample_text as sample_text
 
@@ -29,13 +33,17 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "Metrics",
+    "ResumeError",
+    "SavedRun",
     "StepMetrics",
     "Task",
     "TrainConfig",
     "TrainResult",
     "batch_mesh",
     "batch_metrics",
+    "bundled_text",
     "load_checkpoint",
+    "load_run",
     "make_eval_step",
     "make_task",
     "make_train_step",

@@ -16,14 +16,16 @@ import numpy as np
 import optax
 import pytest
 
-from dprnn_jax._model.params import init_rnn
-from dprnn_jax._training.checkpoint import (
+from dprnn_jax import init_rnn
+from dprnn_jax.training import (
     CheckpointError,
+    ResumeError,
+    TrainConfig,
     load_checkpoint,
-    read_metadata,
+    load_run,
     save_checkpoint,
+    train,
 )
-from dprnn_jax._training.loop import ResumeError, TrainConfig, train
 
 
 def _state(seed=0):
@@ -48,7 +50,6 @@ def test_round_trip_is_exact(tmp_path):
     restored, metadata = load_checkpoint(path, _state(seed=1))
     _assert_bitwise_equal(restored, state)
     assert metadata == {"step": 7, "history": {"loss": [0.1, 1 / 3]}}
-    assert read_metadata(path)["step"] == 7
     assert os.listdir(tmp_path) == ["checkpoint.npz"]  # no temporary file left behind
 
 
@@ -74,7 +75,7 @@ def test_sigkill_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
     script = textwrap.dedent(
         """
         import sys, numpy as np
-        from dprnn_jax._training.checkpoint import save_checkpoint
+        from dprnn_jax import save_checkpoint
         path = sys.argv[1]
         print("ready", flush=True)
         for step in range(10**9):
@@ -150,15 +151,12 @@ def test_resume_after_a_kill_ends_bitwise_like_an_uninterrupted_run(tmp_path):
     # Killed after step 5: the last checkpoint is from step 3, steps 4 and 5 are lost.
     interrupted = str(tmp_path / "interrupted")
     train(CONFIG, interrupted, progress=False, log=lambda _: None, stop_at=5)
-    assert read_metadata(os.path.join(interrupted, "checkpoint.npz"))["step"] == 3
+    assert load_run(interrupted).metadata["step"] == 3
     resumed = train(CONFIG, interrupted, resume=True, progress=False, log=lambda _: None)
     _assert_bitwise_equal(resumed.params, straight.params)
     for key in ("steps_done", "validation", "train_loss_last", "skipped_steps"):
         assert resumed.metrics[key] == straight.metrics[key]
-    histories = [
-        read_metadata(os.path.join(run, "checkpoint.npz"))["history"]
-        for run in (interrupted, str(tmp_path / "straight"))
-    ]
+    histories = [load_run(run).metadata["history"] for run in (interrupted, tmp_path / "straight")]
     assert histories[0] == histories[1]
 
 
@@ -167,7 +165,7 @@ def test_resume_refuses_other_options_and_fresh_runs_refuse_to_overwrite(tmp_pat
     train(CONFIG, out, progress=False, log=lambda _: None, stop_at=4)
     before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
 
-    with pytest.raises(ResumeError, match="learning_rate: saved 0.01, now 0.02"):
+    with pytest.raises(ResumeError, match="learning_rate: checkpoint 0.01, now 0.02"):
         train(dataclasses.replace(CONFIG, learning_rate=2e-2), out, resume=True, progress=False)
     with pytest.raises(ResumeError, match="already holds a checkpoint"):
         train(CONFIG, out, progress=False)

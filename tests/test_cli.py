@@ -3,7 +3,6 @@ saved is lost, and a tiny run writes its files and resumes across processes."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,10 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-import dprnn_jax._app.demo
-from dprnn_jax._app.cli import main
-from dprnn_jax._app.demo import DEMO_CONFIG, train_demo
-from dprnn_jax._training.checkpoint import read_metadata
+import dprnn_jax as dj
+from dprnn_jax.cli import main
 
 # Start JAX's backend now, so that `--devices N` cannot re-split this test process's CPU
 # (the CLI may only do that before JAX first runs; here it must report the shortfall).
@@ -74,6 +71,38 @@ def test_unknown_choices_exit_2(tmp_path, capsys, options):
     assert "error: argument" in _error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--method", "bptt", "--block", "4"], "--method bptt --block 4: block=4 applies only to"),
+        (["--tol", "0.1", "--block", "2"], "--method omega --tol 0.1 --block 2: block cannot be"),
+        (["--method", "autodiff", "--truncation", "3"], "truncation is an option of methods"),
+        (["--truncation", "-1"], "truncation must be a non-negative"),
+        (["--tol", "nan"], "tol must be a finite float"),
+    ],
+)
+def test_invalid_method_options_exit_2_with_one_line(tmp_path, capsys, options, message):
+    assert main([*TINY, "--out", str(tmp_path / "out"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dprnn-jax: error: ") and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_method_options_reach_training_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "2", "--truncation", "3", "--out", str(out)]) == 0
+    recorded = dj.Omega(truncation=3).to_dict()
+    assert json.loads((out / "metrics.json").read_text())["config"]["method"] == recorded
+    run = dj.load_run(out)
+    assert run.metadata["config"]["method"] == recorded
+    assert run.config.method == dj.Omega(truncation=3)
+    # Resuming with another algorithm is refused, naming both.
+    saved = (out / "checkpoint.npz").read_bytes()
+    assert main([*TINY, "--steps", "4", "--method", "bptt", "--resume", "--out", str(out)]) == 2
+    assert "checkpoint Omega(truncation=3), now BPTT()" in _error_line(capsys)
+    assert (out / "checkpoint.npz").read_bytes() == saved
+
+
 def test_unwritable_out_exits_2(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -98,7 +127,7 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
     assert "already holds a checkpoint" in _error_line(capsys)
     # Resuming with other options: refused.
     assert main([*TINY, "--steps", "8", "--out", str(out), "--resume", "--hidden", "5"]) == 2
-    assert "hidden_size: saved 4, now 5" in _error_line(capsys)
+    assert "hidden_size: checkpoint 4, now 5" in _error_line(capsys)
     assert (out / "checkpoint.npz").read_bytes() == saved
 
     # Resume in a new process (a fresh compilation) to 8 steps; compare with an
@@ -115,7 +144,7 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
         assert resumed.files == expected.files
         for name in expected.files:
             np.testing.assert_array_equal(resumed[name], expected[name])
-    assert read_metadata(out / "checkpoint.npz")["step"] == 8
+    assert dj.load_run(out).metadata["step"] == 8
 
 
 def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsys):
@@ -128,25 +157,24 @@ def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsy
     assert (out / "checkpoint.npz").read_bytes() == b"PK\x03\x04 truncated"
 
 
-def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys, monkeypatch):
+def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     # Two methods and a small model keep the compile time small; the wiring is the same.
-    monkeypatch.setattr(dprnn_jax._app.demo, "METHODS", ("omega", "autodiff"))
-    small_model = dataclasses.replace(DEMO_CONFIG, hidden_size=8, seq_len=8)
-    monkeypatch.setattr(dprnn_jax._app.demo, "DEMO_CONFIG", small_model)
     out = tmp_path / "demo"
     small = ["--T", "3", "--batch", "2", "--hidden", "4", "--naive-T", "3", "--repeats", "1"]
+    small += ["--methods", "omega", "autodiff", "--train-hidden", "8", "--train-seq-len", "8"]
     assert main(["demo", *small, "--train-steps", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for method in ("omega", "autodiff"):
         assert f"\n{method} " in printed
+    assert "\nbptt " not in printed
     assert "sample:\nThe " in printed and "validation at step 2" in printed
     assert sorted(os.listdir(out)) == [
         "checkpoint.npz", "loss_curve.png", "metrics.json", "sample.txt"
     ]  # fmt: skip
     # Running the demo again replaces its own run; another run's folder is refused
     # (before the gradient check starts).
-    train_demo(str(out), steps=1, progress=False)
-    assert read_metadata(out / "checkpoint.npz")["step"] == 1
+    assert main(["demo", *small, "--train-steps", "1", "--out", str(out)]) == 0
+    assert dj.load_run(out).metadata["step"] == 1
     capsys.readouterr()
     other = tmp_path / "other"
     assert main([*TINY, "--steps", "2", "--out", str(other)]) == 0

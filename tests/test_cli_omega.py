@@ -7,8 +7,10 @@ import math
 
 import pytest
 
-from dprnn_jax._app.cli import main
-from dprnn_jax._app.omega_report import REPORT_FILES
+import dprnn_jax as dj
+from dprnn_jax.cli import main
+
+REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,24 +34,54 @@ def test_omega_command_on_a_fresh_model(tmp_path, capsys):
     summary = _check_report(out)
     assert (summary["T"], summary["batch"], summary["hidden"], summary["layer"]) == (12, 2, 4, 0)
     assert math.isclose(summary["spectral_norm_S"], 1.5, rel_tol=1e-5)
-    assert "Lyapunov" in capsys.readouterr().out
+    # Without a method flag the exact Ω backward is compared with jax.grad: float32 round-off.
+    assert summary["method"] == dj.Omega().to_dict()
+    assert summary["method_gradient_relative_error"] < 1e-4
+    assert summary["method_products_per_layer"] == 12 * 11 // 2
+    printed = capsys.readouterr()
+    assert "Lyapunov" in printed.out and "Omega(): gradient relative error" in printed.out
+    # A line per stage on stderr, so a long report is never silent.
+    assert "computing ‖Ω‖" in printed.err and "plotting" in printed.err
+
+
+def test_omega_command_compares_the_chosen_algorithm_with_the_exact_gradient(tmp_path, capsys):
+    out = tmp_path / "truncated"
+    argv = ["omega", "--out", str(out), "--T", "12", "--batch", "2", "--hidden", "4"]
+    assert main([*argv, "--gain", "1.5", "--truncation", "2"]) == 0
+    summary = _check_report(out)
+    assert summary["method"] == dj.Omega(truncation=2).to_dict()
+    # An expanding network (gain 1.5) carries credit beyond two steps: truncating at
+    # K = 2 must show a real error, far above float32 round-off.
+    assert summary["method_gradient_relative_error"] > 1e-2
+    assert "Omega(truncation=2): gradient relative error" in capsys.readouterr().out
 
 
 def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
-    from dprnn_jax._training.loop import CHECKPOINT
-
     run = tmp_path / "run"
     train = ["train", "--task", "adding", "--seq-len", "8", "--steps", "2", "--hidden", "4"]
     train += ["--batch-size", "4", "--eval-every", "2", "--no-progress", "--out", str(run)]
+    train += ["--method", "bptt", "--truncation", "3"]
     assert main(train) == 0
     out = tmp_path / "omega"
     assert (
-        main(["omega", "--checkpoint", str(run / CHECKPOINT), "--batch", "3", "--out", str(out)])
+        main(
+            [
+                "omega",
+                "--checkpoint",
+                str(run / "checkpoint.npz"),
+                "--batch",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
         == 0
     )
     summary = _check_report(out)
     assert (summary["T"], summary["batch"], summary["hidden"]) == (8, 3, 4)
-    assert "adding after 2 steps" in capsys.readouterr().out
+    # The checkpoint's own algorithm is the one compared, unless a flag names another.
+    assert summary["method"] == dj.BPTT(truncation=3).to_dict()
+    assert "adding after 2 steps (BPTT(truncation=3))" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -60,9 +92,15 @@ def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
         (["--max-lag", "1"], "--max-lag must be >= 2"),
         (["--layer", "3"], "layer must be an int in [-1, 1)"),
         (["--checkpoint", "missing.npz"], "no checkpoint at missing.npz"),
+        (["--method", "bptt", "--block", "4"], "--method bptt --block 4: block=4 applies only to"),
+        (["--tol", "0.1", "--block", "2"], "block cannot be combined with truncation or tol"),
+        (["--truncation", "-1"], "truncation must be a non-negative"),
     ],
 )
 def test_omega_command_reports_mistakes_in_one_line(tmp_path, capsys, extra, message):
     assert main(["omega", "--out", str(tmp_path), "--T", "8", *extra]) == 2
     error = capsys.readouterr().err
-    assert message in error and error.count("\n") == 1, error
+    # One error line, last; what comes before it are the stages' progress lines.
+    *progress, last = error.splitlines()
+    assert last.startswith("dprnn-jax: error: ") and message in last, error
+    assert not any("error" in line or "Traceback" in line for line in progress), error

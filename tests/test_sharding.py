@@ -16,13 +16,11 @@ from helpers import RTOL
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json
     import jax, optax
     import numpy as np
-    from dprnn_jax._model.params import init_rnn
-    from dprnn_jax._training.sharding import batch_mesh, replicate, shard_batch
-    from dprnn_jax._training.tasks import make_task
-    from dprnn_jax._training.step import make_train_step
+    from dprnn_jax.training import batch_mesh, make_task, make_train_step, replicate, shard_batch
+    from dprnn_jax import init_rnn
 
     assert len(jax.devices()) == 4, jax.devices()
     task = make_task("charlm", 12)
@@ -47,11 +45,6 @@ SCRIPT = textwrap.dedent(
     moved = error(single[0].layers[0].S, params.layers[0].S)
     devices = len(sharded[0].layers[0].S.sharding.device_set)
 
-    # The command line's --devices on the same 4 devices.
-    from dprnn_jax._app.cli import main
-    assert main(["train", "--task", "adding", "--seq-len", "6", "--hidden", "4",
-                 "--batch-size", "8", "--steps", "2", "--devices", "4", "--no-progress",
-                 "--out", sys.argv[1]]) == 0
     print(json.dumps(dict(rows=rows, losses=losses, error=max(errors), moved=moved,
                           devices=devices)))
     """
@@ -65,26 +58,22 @@ def _run(command, **env):
     return done.stdout
 
 
-def test_sharded_step_equals_single_device_step(tmp_path):
+def test_sharded_step_equals_single_device_step():
     flags = "--xla_force_host_platform_device_count=4"
-    command = [sys.executable, "-c", SCRIPT, str(tmp_path / "run")]
-    report = json.loads(_run(command, XLA_FLAGS=flags).splitlines()[-1])
+    report = json.loads(_run([sys.executable, "-c", SCRIPT], XLA_FLAGS=flags).splitlines()[-1])
     assert report["rows"] == [[4, 4, 4, 4]] * 3  # 16 sequences, 4 per device
     assert report["devices"] == 4  # parameters stay replicated on all devices
     assert report["moved"] > 1e-3  # three steps changed the parameters
     assert report["error"] <= RTOL[jnp.dtype("float32")], report
     for single, sharded in report["losses"]:
         assert abs(single - sharded) <= 1e-5 * abs(single)
+
+
+def test_cli_splits_the_host_cpu_into_devices_itself(tmp_path):
+    # `dprnn-jax train --devices 3` in a process without XLA_FLAGS: the command line
+    # asks JAX for 3 CPU devices before its backend starts, and trains on all three.
+    command = [sys.executable, "-m", "dprnn_jax", "train", "--task", "adding", "--seq-len", "6"]
+    command += ["--hidden", "4", "--batch-size", "6", "--steps", "2", "--devices", "3"]
+    _run([*command, "--no-progress", "--out", str(tmp_path / "run")], XLA_FLAGS="")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["config"]["devices"] == 4 and metrics["device_count"] == 4
-
-
-def test_cli_splits_the_host_cpu_when_jax_has_not_started():
-    # What `dprnn-jax train --devices 3` does first, in a process without XLA_FLAGS.
-    script = (
-        "from dprnn_jax._app.cli import _request_cpu_devices\n"
-        "_request_cpu_devices(3)\n"
-        "import jax\n"
-        "print(len(jax.devices()))"
-    )
-    assert _run([sys.executable, "-c", script], XLA_FLAGS="").split()[-1] == "3"
+    assert metrics["config"]["devices"] == 3 and metrics["device_count"] == 3

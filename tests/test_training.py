@@ -8,12 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import RTOL, assert_trees_close
+from helpers import RTOL, assert_trees_close, max_relative_error
 
-from dprnn_jax._model.network import rnn_apply
-from dprnn_jax._model.params import init_rnn
-from dprnn_jax._training.step import batch_metrics, make_eval_step, make_train_step
-from dprnn_jax._training.tasks import make_task
+import dprnn_jax as dj
+from dprnn_jax import batch_metrics, init_rnn, make_eval_step, make_task, make_train_step, rnn_apply
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +126,28 @@ def test_bad_options_are_rejected():
         make_train_step(optax.sgd(0.1), loss="mse", method="magic")
     with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
         make_train_step(optax.sgd(0.1), loss="mse", max_grad_norm=0.0)
+
+
+def test_train_config_takes_an_algorithm_or_its_name_and_its_options_reach_training(tmp_path):
+    assert dj.TrainConfig().method == dj.TrainConfig(method="omega").method == dj.Omega()
+    assert dj.TrainConfig(method="bptt").method == dj.BPTT()
+    with pytest.raises(ValueError, match="method must be one of"):
+        dj.TrainConfig(method="magic")
+    options = dict(task="adding", seq_len=6, hidden_size=4, batch_size=4, steps=2, eval_every=2)
+    params = {
+        name: dj.train(
+            dj.TrainConfig(method=method, learning_rate=0.1, **options),
+            str(tmp_path / name),
+            progress=False,
+            log=lambda _: None,
+        ).params
+        for name, method in [
+            ("omega K=1", dj.Omega(truncation=1)),
+            ("bptt K=1", dj.BPTT(truncation=1)),
+            ("exact", "omega"),
+        ]
+    }
+    # Two algorithms with the same truncation train the same model; the exact gradient
+    # trains another: the option reached the step.
+    assert_trees_close(params["omega K=1"], params["bptt K=1"], rtol=RTOL[jnp.dtype("float32")])
+    assert max_relative_error(params["omega K=1"], params["exact"]) > 1e-3

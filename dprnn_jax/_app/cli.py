@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 
 def _add_demo(subparsers) -> None:
+    from .._backward.registry import METHODS
+
     parser = subparsers.add_parser(
         "demo", help="check every gradient method against jax.grad and time it (default)"
     )
@@ -31,6 +33,20 @@ def _add_demo(subparsers) -> None:
         "on 2 CPU cores; 0 skips it)",
     )
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        metavar="METHOD",
+        help=f"the methods to check (default all: {' '.join(METHODS)})",
+    )
+    parser.add_argument(
+        "--train-hidden", type=int, default=None, help="hidden units of the char-LM (128)"
+    )
+    parser.add_argument(
+        "--train-seq-len", type=int, default=None, help="window length T of the char-LM (64)"
+    )
+    parser.add_argument(
         "--out", default="runs/demo", help="where the demo run's files go (default runs/demo)"
     )
     parser.set_defaults(command=_command_demo)
@@ -43,6 +59,9 @@ def _command_demo(args: argparse.Namespace) -> int:
 
     for name in ("T", "batch", "hidden", "naive_T", "repeats"):
         if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("train_hidden", "train_seq_len"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.train_steps is not None and args.train_steps < 0:
         raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
@@ -62,7 +81,12 @@ def _command_demo(args: argparse.Namespace) -> int:
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
     print(f"dprnn_jax gradient check on {device}, float32")
     reports = gradient_check_table(
-        T=args.T, m=args.batch, d=args.hidden, naive_T=args.naive_T, repeats=args.repeats
+        T=args.T,
+        m=args.batch,
+        d=args.hidden,
+        naive_T=args.naive_T,
+        repeats=args.repeats,
+        methods=tuple(dict.fromkeys(args.methods)),
     )
     print(format_table(reports))
     if args.train_steps != 0:
@@ -75,18 +99,17 @@ def _demo_training(args: argparse.Namespace) -> None:
 
     from .._training.checkpoint import CheckpointError
     from .._training.loop import ResumeError
-    from .demo import DEMO_CONFIG, train_demo
+    from .demo import demo_config, train_demo
 
-    config = DEMO_CONFIG
-    steps = config.steps if args.train_steps is None else args.train_steps
+    config = demo_config(args.train_steps, args.train_hidden, args.train_seq_len)
     print(
         f"\nTraining a character-level language model on the bundled pydoc text: "
         f'method="omega", T={config.seq_len}, m={config.batch_size}, '
-        f"d={config.hidden_size}, {steps} Adam steps"
+        f"d={config.hidden_size}, {config.steps} Adam steps"
     )
     started = time.perf_counter()
     try:
-        result = train_demo(args.out, steps=steps, progress=sys.stderr.isatty())
+        result = train_demo(args.out, config, progress=sys.stderr.isatty())
     except (CheckpointError, ResumeError, ValueError) as error:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
@@ -99,8 +122,54 @@ class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
 
 
-def _add_train(subparsers) -> None:
+# The options of the gradient algorithms that have a flag (`--truncation K`, …).
+ALGORITHM_OPTIONS = ("truncation", "tol", "block")
+
+
+def _add_method_options(parser, method_help: str) -> None:
     from .._backward.registry import METHODS
+
+    parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
+    parser.add_argument(
+        "--truncation",
+        type=int,
+        default=None,
+        metavar="K",
+        help="omega, bptt: keep only lags <= K (K-step truncated gradient)",
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="omega: stop the triangle once a diagonal is <= EPS relative (adaptive)",
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        metavar="B",
+        help="omega: triangles of B steps chained by BPTT (exact)",
+    )
+
+
+def _algorithm(args: argparse.Namespace):
+    """The gradient algorithm that `--method` and its option flags ask for (`--method`
+    defaults to omega when only an option is given); None when no such flag is given."""
+    from .._backward.registry import resolve_method
+
+    options = {name: getattr(args, name) for name in ALGORITHM_OPTIONS}
+    if args.method is None and all(value is None for value in options.values()):
+        return None
+    name = "omega" if args.method is None else args.method
+    try:
+        return resolve_method(name, **options)
+    except ValueError as error:
+        flags = "".join(f" --{key} {value}" for key, value in options.items() if value is not None)
+        raise UsageError(f"--method {name}{flags}: {str(error).rstrip('.')}") from None
+
+
+def _add_train(subparsers) -> None:
     from .._training.loop import OPTIMIZERS, TrainConfig
     from .._training.tasks import TASKS
 
@@ -114,9 +183,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument(
         "--task", choices=TASKS, default=defaults.task, help="what to learn (default charlm)"
     )
-    parser.add_argument(
-        "--method", choices=METHODS, default=defaults.method, help="gradient method (default omega)"
-    )
+    _add_method_options(parser, "gradient method (default omega)")
     parser.add_argument(
         "--steps", type=int, default=defaults.steps, help="optimiser steps (default 1000)"
     )
@@ -191,9 +258,10 @@ def _command_train(args: argparse.Namespace) -> int:
     from .._training.checkpoint import CheckpointError
     from .._training.loop import ResumeError, TrainConfig, train
 
+    method = _algorithm(args)
     config = TrainConfig(
         task=args.task,
-        method=args.method,
+        method="omega" if method is None else method,
         steps=args.steps,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -223,6 +291,11 @@ def _command_train(args: argparse.Namespace) -> int:
         return 130
     print_run_summary(result.metrics, args.out)
     return 0
+
+
+def _progress_line(line: str) -> None:
+    # Stage lines of a long command go to stderr, so that stdout keeps only the results.
+    print(line, file=sys.stderr, flush=True)
 
 
 def _request_cpu_devices(count: int) -> None:
@@ -286,6 +359,10 @@ def _add_omega(subparsers) -> None:
     parser.add_argument(
         "--max-lag", type=int, default=None, help="largest lag of the Lyapunov fit (T/2)"
     )
+    _add_method_options(
+        parser,
+        "compare this method's gradient with jax.grad's (default: the checkpoint's, or omega)",
+    )
     parser.set_defaults(command=_command_omega)
 
 
@@ -298,6 +375,9 @@ def _command_omega(args: argparse.Namespace) -> int:
     if args.max_lag is not None and args.max_lag < 2:
         raise UsageError(f"--max-lag must be >= 2 (a slope needs two lags), got {args.max_lag}")
 
+    method = _algorithm(args)
+
+    from .._backward.registry import algorithm_from_dict
     from .._training.checkpoint import CheckpointError
     from .omega_report import fresh_model, omega_report, trained_model
 
@@ -327,6 +407,8 @@ def _command_omega(args: argparse.Namespace) -> int:
             layer=args.layer,
             max_lag=args.max_lag,
             title=model.title,
+            method=method or model.method or "omega",
+            log=_progress_line,
         )
     except (CheckpointError, ValueError, TypeError) as error:
         raise UsageError(str(error).rstrip(".")) from None
@@ -337,6 +419,13 @@ def _command_omega(args: argparse.Namespace) -> int:
         f"(a priori {summary['gamma_a_priori']:.4g}), "
         f"Lyapunov λ1 = {summary['lyapunov_diagonal_decay']:.4g} (diagonal decay), "
         f"{summary['lyapunov_qr']:.4g} (QR)"
+    )
+    products = summary["method_products_per_layer"]
+    print(
+        f"{algorithm_from_dict(summary['method'])}: gradient relative error vs jax.grad "
+        f"{summary['method_gradient_relative_error']:.3g}, "
+        + ("products depend on the data" if products is None else f"{products} products")
+        + " per layer"
     )
     print("wrote " + ", ".join(summary["files"]))
     return 0

@@ -9,7 +9,7 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from .._backward.registry import METHODS
 from .._model.loss import sequence_loss
 from .._model.params import init_rnn
-from .._training.checkpoint import CheckpointError, read_metadata
-from .._training.loop import CHECKPOINT, ResumeError, TrainConfig, train
+from .._training.checkpoint import CheckpointError
+from .._training.loop import CHECKPOINT, ResumeError, TrainConfig, saved_config, train
 
 
 class MethodReport(NamedTuple):
@@ -86,11 +86,13 @@ def gradient_check_table(
     naive_T: int = 128,
     rtrl_d: int = 16,
     repeats: int = 5,
+    methods: Sequence[str] = METHODS,
 ) -> list[MethodReport]:
-    """Every method at (T, m, d); the O(T³) naive method at the shorter `naive_T`, and
-    RTRL (O(T·d⁴) time, O(m·d³) memory) at `naive_T` with the narrower `rtrl_d`."""
+    """Every method in `methods` at (T, m, d); the O(T³) naive method at the shorter
+    `naive_T`, and RTRL (O(T·d⁴) time, O(m·d³) memory) at `naive_T` with the narrower
+    `rtrl_d`."""
     reports = []
-    for method in METHODS:
+    for method in methods:
         length = naive_T if method in ("naive", "rtrl") else T
         width = rtrl_d if method == "rtrl" else d
         reports.append(check_method(method, T=length, m=m, d=width, repeats=repeats))
@@ -129,9 +131,22 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
-def check_demo_dir(out: str, config: TrainConfig | None = None) -> None:
-    """Refuses an `out` that holds a checkpoint not written by the demo (`DEMO_CONFIG`
-    when `config` is None; only `steps` may differ).
+# What the demo's options may change; a run that differs from DEMO_CONFIG in anything
+# else is not the demo's.
+_DEMO_VARIABLES = ("steps", "hidden_size", "seq_len")
+
+
+def demo_config(
+    steps: int | None = None, hidden_size: int | None = None, seq_len: int | None = None
+) -> TrainConfig:
+    """`DEMO_CONFIG` with the given steps, hidden size and window length (None: as is)."""
+    given = {"steps": steps, "hidden_size": hidden_size, "seq_len": seq_len}
+    return dataclasses.replace(DEMO_CONFIG, **{k: v for k, v in given.items() if v is not None})
+
+
+def check_demo_dir(out: str) -> None:
+    """Refuses an `out` that holds a checkpoint not written by the demo (one that differs
+    from `DEMO_CONFIG` in more than steps, hidden size and window length).
 
     Raises:
         ResumeError: `out/checkpoint.npz` exists and is not a demo checkpoint.
@@ -140,19 +155,23 @@ def check_demo_dir(out: str, config: TrainConfig | None = None) -> None:
     if not os.path.exists(path):
         return
     try:
-        saved = read_metadata(path).get("config", {})
+        saved, _ = saved_config(path)
     except CheckpointError:
-        saved = {}
-    mine = dataclasses.asdict(DEMO_CONFIG if config is None else config)
-    if any(saved.get(key) != mine[key] for key in mine if key != "steps"):
+        saved = None
+    if saved is None or any(
+        getattr(saved, field.name) != getattr(DEMO_CONFIG, field.name)
+        for field in dataclasses.fields(TrainConfig)
+        if field.name not in _DEMO_VARIABLES
+    ):
         raise ResumeError(
             f"{out} holds a checkpoint that is not from the demo; choose another --out "
             "(nothing was overwritten)"
         )
 
 
-def train_demo(out: str = "runs/demo", *, steps: int | None = None, progress: bool = True):
-    """Trains the demo char-LM from scratch into `out`; returns the `TrainResult`.
+def train_demo(out: str = "runs/demo", config: TrainConfig = DEMO_CONFIG, *, progress: bool = True):
+    """Trains the demo char-LM (`config`, from `demo_config`) from scratch into `out`;
+    returns the `TrainResult`.
 
     A previous demo run in `out` is replaced; any other checkpoint there is refused, so a
     mistyped `--out` can never overwrite a real training run.
@@ -160,8 +179,7 @@ def train_demo(out: str = "runs/demo", *, steps: int | None = None, progress: bo
     Raises:
         ResumeError: `out` holds a checkpoint that is not from the demo.
     """
-    config = DEMO_CONFIG if steps is None else dataclasses.replace(DEMO_CONFIG, steps=steps)
-    check_demo_dir(out, config)
+    check_demo_dir(out)
     path = os.path.join(out, CHECKPOINT)
     if os.path.exists(path):
         os.remove(path)

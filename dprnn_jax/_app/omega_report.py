@@ -5,19 +5,22 @@ Used by `dprnn-jax omega`; also callable from a script or notebook.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
 from .._diagnostics.gradient_flow import gradient_flow
 from .._diagnostics.lyapunov import decay_bound, lyapunov_exponent, lyapunov_qr
 from .._diagnostics.omega_norms import omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
+from .._model.loss import sequence_loss
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_sequence
 
@@ -30,11 +33,25 @@ def _report_arrays(params, xs, targets, mask, *, loss, activation, layer, fit_la
     logs = omega_norms(params, xs, activation=activation, layer=layer, log=True)
     # Geometric mean over the batch: the natural average for a log-scale heat map.
     mean_spectral = jnp.exp(logs.spectral.mean(axis=-1))
-    flow = gradient_flow(params, xs, targets, mask, layer=layer, loss=loss, activation=activation)
+    flow = gradient_flow(
+        params, xs, targets, mask=mask, layer=layer, loss=loss, activation=activation
+    )
     estimate = lyapunov_exponent(params, xs, activation=activation, layer=layer, max_lag=fit_lag)
     qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=burn_in)
     bound = decay_bound(params, xs, activation=activation, layer=layer)
     return mean_spectral, flow, estimate, qr, bound
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "activation", "method"))
+def _gradient_error(params, xs, targets, mask, *, loss, activation, method):
+    # max over leaves of max|g − g_exact| / max|g_exact|, the exact gradient by jax.grad.
+    def gradient(method):
+        return jax.grad(sequence_loss)(
+            params, xs, targets, mask, loss=loss, activation=activation, method=method
+        )
+
+    pairs = zip(jax.tree.leaves(gradient(method)), jax.tree.leaves(gradient("autodiff")))
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(a - e)) / jnp.max(jnp.abs(e)) for a, e in pairs]))
 
 
 def omega_report(
@@ -49,6 +66,8 @@ def omega_report(
     layer: int = -1,
     max_lag: int | None = None,
     title: str = "",
+    method: GradientAlgorithm | str = "omega",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Computes the Ω diagnostics of one layer of `params` and writes them to `out_dir`.
 
@@ -63,18 +82,29 @@ def omega_report(
         layer: which recurrent layer (default the top one).
         max_lag: the largest lag of the Lyapunov fit (default about T/2).
         title: figure title.
+        method: a gradient algorithm whose gradient of the sequence loss on this batch
+            is compared with the exact one (`jax.grad`), e.g. `Omega(truncation=8)` to
+            see what the truncation drops on this model.
+        log: where a line per stage goes (None: silent).
 
     Raises:
         ValueError, TypeError: T < 4, and the errors of the diagnostics.
 
     Returns:
         A JSON-ready dict: sizes, γ (observed and a priori), ‖S‖₂, λ₁ from the diagonal
-        decay and from QR, and the files written.
+        decay and from QR, the method with its gradient's relative error and its
+        products per layer, and the files written.
     """
+    say = log if log is not None else (lambda line: None)
+    method = resolve_method(method)
     T = check_sequence("xs", xs)[0]
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     fit_lag = max(2, T // 2) if max_lag is None else max_lag
+    say(
+        f"computing ‖Ω‖, the gradient flow and the Lyapunov exponents (T = {T}, "
+        f"batch {xs.shape[1]}; the first call compiles) …"
+    )
     mean_spectral, flow, estimate, qr, bound = _report_arrays(
         params,
         xs,
@@ -86,6 +116,11 @@ def omega_report(
         fit_lag=fit_lag,
         burn_in=T // 8,
     )
+    say(f"comparing the gradient of {method} with jax.grad's …")
+    gradient_error = float(
+        _gradient_error(params, xs, targets, mask, loss=loss, activation=activation, method=method)
+    )
+    say(f"plotting into {out_dir} …")
     out_dir = Path(out_dir)
     heading = title or f"layer {layer}, {activation}, T = {T}"
     save_figure(
@@ -115,6 +150,9 @@ def omega_report(
         "lyapunov_diagonal_decay": float(estimate.exponent),
         "lyapunov_qr": float(qr[0]),
         "fit_max_lag": int(fit_lag),
+        "method": method.to_dict(),
+        "method_gradient_relative_error": gradient_error,
+        "method_products_per_layer": method.closed_form_products(T),
         "files": [str(out_dir / name) for name in REPORT_FILES],
     }
     (out_dir / REPORT_FILES[2]).write_text(json.dumps(summary, indent=2) + "\n")
@@ -122,7 +160,8 @@ def omega_report(
 
 
 class ModelAndData(NamedTuple):
-    """What the report looks at: parameters, one batch, its loss and activation."""
+    """What the report looks at: parameters, one batch, its loss and activation, and
+    the gradient algorithm the model was trained with (None for a fresh model)."""
 
     params: RNNParams
     xs: jax.Array
@@ -131,6 +170,7 @@ class ModelAndData(NamedTuple):
     loss: str
     activation: str
     title: str
+    method: GradientAlgorithm | None = None
 
 
 def fresh_model(
@@ -159,40 +199,31 @@ def fresh_model(
 
 
 def trained_model(checkpoint: str | Path, *, batch: int) -> ModelAndData:
-    """The model of a `dprnn-jax train` checkpoint, on the first `batch` held-out
-    sequences of its task (the task, sizes and activation come from the checkpoint).
+    """The model of a `dprnn-jax train` checkpoint (or run folder), on the first `batch`
+    held-out sequences of its task (the task, sizes and activation come from the
+    checkpoint).
 
     Raises:
         CheckpointError: a missing or corrupt checkpoint, or one that does not match the
             configuration it records.
     """
-    from .._training.checkpoint import CheckpointError, load_checkpoint, read_metadata
-    from .._training.loop import OPTIMIZERS, TrainConfig
+    from .._training.loop import load_run
     from .._training.tasks import make_task
 
-    metadata = read_metadata(checkpoint)
-    if "config" not in metadata:
-        raise CheckpointError(f"{checkpoint} holds no training configuration: not from `train`")
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in metadata["config"].items() if k in fields})
+    run = load_run(checkpoint)
+    config = run.config
     task = make_task(config.task, config.seq_len)
-    # The checkpoint holds (params, optimiser state); a freshly built pair of the same
-    # configuration is the template whose structure, shapes and dtypes it must match.
-    like = init_rnn(
-        jax.random.key(0), task.input_size, (config.hidden_size,) * config.layers, task.output_size
-    )
-    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
-    (params, _), metadata = load_checkpoint(checkpoint, (like, optimizer.init(like)))
     held_out = task.validation
     m = min(batch, held_out.inputs.shape[1])
-    title = f"{config.task} after {metadata.get('step', '?')} steps ({config.method}), "
+    title = f"{config.task} after {run.metadata.get('step', '?')} steps ({config.method}), "
     title += f"{config.activation}, T = {held_out.inputs.shape[0]}"
     return ModelAndData(
-        params,
+        run.params,
         held_out.inputs[:, :m],
         held_out.targets[:, :m],
         held_out.mask[:, :m],
         task.loss,
         config.activation,
         title,
+        config.method,
     )

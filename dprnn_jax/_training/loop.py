@@ -31,12 +31,15 @@ import jax
 import numpy as np
 import optax
 
+from .._backward.base import GradientAlgorithm
+from .._backward.omega import Omega
+from .._backward.registry import algorithm_from_dict, resolve_method
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_choice, check_positive_int
-from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
-from .tasks import Task, make_task, sample_text
+from .tasks import DEFAULT_SEQ_LEN, Task, make_task, sample_text
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -50,16 +53,24 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "sgd": lambda learning_rate: optax.sgd(learning_rate, momentum=0.9),
 }
 
-# Options that may differ between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+# Options that may differ between a run and its resumption: they change how long the run
+# goes and what it records, not its trajectory (a different device count changes only
+# the order of the gradient's sums, so the result agrees to round-off, not bitwise).
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "devices")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run (the `dprnn-jax train` options)."""
+    """Everything that determines a training run (the `dprnn-jax train` options).
+
+    `method` is a gradient algorithm (`Omega(truncation=32)`, `BPTT()`, …) or its name
+    ("omega"); a name is turned into the algorithm with its default options, so
+    `TrainConfig(method="bptt").method == BPTT()`. `seq_len=None` becomes the task's
+    default length.
+    """
 
     task: str = "charlm"
-    method: str = "omega"
+    method: GradientAlgorithm | str = Omega()
     steps: int = 1000
     seed: int = 0
     batch_size: int = 32
@@ -73,6 +84,39 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     devices: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", resolve_method(self.method))
+        if self.seq_len is None and self.task in DEFAULT_SEQ_LEN:
+            object.__setattr__(self, "seq_len", DEFAULT_SEQ_LEN[self.task])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values, the algorithm as its `to_dict()`; what
+        `metrics.json` and checkpoints record."""
+        record = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        record["method"] = self.method.to_dict()
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> TrainConfig:
+        """Rebuilds a configuration from `to_dict()` (unknown keys are ignored; a method
+        recorded as a bare name, as older runs did, means its default options)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        options = {key: value for key, value in record.items() if key in names}
+        if isinstance(options.get("method"), dict):
+            options["method"] = algorithm_from_dict(options["method"])
+        return cls(**options)
+
+
+def config_differences(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The fields of `config` that change the trajectory of `saved` (all but
+    `RESUMABLE_CHANGES`), in declaration order."""
+    return [
+        field.name
+        for field in dataclasses.fields(TrainConfig)
+        if field.name not in RESUMABLE_CHANGES
+        and getattr(saved, field.name) != getattr(config, field.name)
+    ]
 
 
 class TrainResult(NamedTuple):
@@ -148,32 +192,95 @@ def _programs(
     return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
 
 
+def _fresh_state(config: TrainConfig, task: Task, optimizer, key: jax.Array):
+    sizes = (config.hidden_size,) * config.layers
+    params = init_rnn(key, task.input_size, sizes, task.output_size)
+    return params, optimizer.init(params)
+
+
 def _initial_state(config: TrainConfig, programs: _Programs):
     init_key, data_key = jax.random.split(jax.random.key(config.seed))
-    task = programs.task
-    params = init_rnn(
-        init_key, task.input_size, (config.hidden_size,) * config.layers, task.output_size
-    )
-    return params, programs.optimizer.init(params), data_key
+    params, opt_state = _fresh_state(config, programs.task, programs.optimizer, init_key)
+    return params, opt_state, data_key
+
+
+def saved_config(path: str) -> tuple[TrainConfig, dict]:
+    """The configuration and metadata recorded in the checkpoint at `path`.
+
+    Raises:
+        CheckpointError: a missing or corrupt file, or one without a readable
+            configuration (not written by `train`).
+    """
+    metadata = read_metadata(path)
+    if not isinstance(metadata.get("config"), dict):
+        raise CheckpointError(f"{path} holds no training configuration: not written by train")
+    try:
+        return TrainConfig.from_dict(metadata["config"]), metadata
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds an unreadable configuration ({error})") from None
+
+
+class SavedRun(NamedTuple):
+    """A `train` run read back from its checkpoint: the parameters and optimiser state at
+    `metadata["step"]`, the run's configuration, and the checkpoint's metadata (step,
+    configuration as recorded, history of losses and evaluations)."""
+
+    params: RNNParams
+    opt_state: optax.OptState
+    config: TrainConfig
+    metadata: dict
+
+
+def load_run(path: str | os.PathLike) -> SavedRun:
+    """Reads a run written by `train` (or `dprnn-jax train`).
+
+    Args:
+        path: the run's output folder (`--out`) or its `checkpoint.npz`.
+
+    Returns:
+        `SavedRun(params, opt_state, config, metadata)`.
+
+    Raises:
+        CheckpointError: no checkpoint, a corrupt one, or one whose arrays do not match
+            the configuration it records.
+        ImportError: a "digits" run without scikit-learn (the task gives the sizes).
+
+    Example:
+        >>> run = load_run("runs/charlm")
+        >>> sample_text(run.params, "The ", 100, jax.random.key(0),
+        ...             activation=run.config.activation)
+    """
+    path = os.fspath(path)
+    checkpoint = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+    config, _ = saved_config(checkpoint)
+    task = make_task(config.task, config.seq_len)
+    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+    # A freshly built state of the same configuration is the template whose structure,
+    # shapes and dtypes the checkpoint must match.
+    like = _fresh_state(config, task, optimizer, jax.random.key(0))
+    (params, opt_state), metadata = load_checkpoint(checkpoint, like)
+    return SavedRun(params, opt_state, config, metadata)
+
+
+def _show(value: object) -> str:
+    # Algorithms read best as written in Python, `Omega(truncation=32)`; values as repr.
+    return str(value) if isinstance(value, GradientAlgorithm) else repr(value)
 
 
 def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
     path = os.path.join(out, CHECKPOINT)
     if not os.path.exists(path):
         raise ResumeError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
-    metadata = read_metadata(path)
-    saved = metadata.get("config", {})
-    mine = dataclasses.asdict(config)
-    changed = sorted(
-        key for key in mine if key not in _RESUMABLE_CHANGES and saved.get(key) != mine[key]
-    )
+    saved, metadata = saved_config(path)
+    changed = config_differences(saved, config)
     if changed:
         details = ", ".join(
-            f"{key}: saved {saved.get(key)!r}, now {mine[key]!r}" for key in changed
+            f"{key}: checkpoint {_show(getattr(saved, key))}, now {_show(getattr(config, key))}"
+            for key in changed
         )
         raise ResumeError(
-            f"--resume: {path} was written with different options ({details}); "
-            "use the same options (only --steps and --checkpoint-every may change)"
+            f"--resume: {path} was written with other options ({details}); use the "
+            f"checkpoint's options (only {', '.join(RESUMABLE_CHANGES)} may change)"
         )
     if metadata["step"] > config.steps:
         raise ResumeError(
@@ -187,7 +294,7 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     last = history["evaluations"][-1] if history["evaluations"] else None
     window = history["loss"][-max(1, len(history["loss"]) // 10) :]
     metrics = {
-        "config": dataclasses.asdict(config),
+        "config": config.to_dict(),
         "steps_done": step,
         "train_loss_last": history["loss"][-1] if history["loss"] else None,
         "train_loss_mean_last_10pct": float(np.mean(window)) if window else None,
@@ -251,8 +358,9 @@ def train(
     Args:
         config: the run's options.
         out: output directory (created if needed).
-        resume: continue from `out/checkpoint.npz`; the options must be the same except
-            `steps` and `checkpoint_every`.
+        resume: continue from `out/checkpoint.npz`; the options must be the checkpoint's
+            except those in `RESUMABLE_CHANGES` (steps, eval_every, checkpoint_every,
+            devices).
         progress: show a tqdm progress bar with loss and accuracy.
         log: where evaluation lines go.
         stop_at: stop after this many steps without writing anything more, as a kill
@@ -306,7 +414,7 @@ def train(
         validation = replicate(validation, mesh)
 
     def save(step):
-        metadata = {"step": step, "config": dataclasses.asdict(config), "history": history}
+        metadata = {"step": step, "config": config.to_dict(), "history": history}
         save_checkpoint(checkpoint, (params, opt_state), metadata)
 
     start, started = step, time.perf_counter()
