@@ -53,9 +53,11 @@ from ._model.params import ReadoutParams as ReadoutParams
 from ._model.params import RNNParams as RNNParams
 from ._model.params import init_layer as init_layer
 from ._model.params import init_rnn as init_rnn
+from ._model.scan_cell import scan_cell as scan_cell
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.lock import RunLockedError as RunLockedError
 from ._training.loop import ResumeError as ResumeError
 from ._training.loop import SavedRun as SavedRun
 from ._training.loop import TrainConfig as TrainConfig
@@ -103,6 +105,7 @@ __all__ = [
     "RTRLState",
     "ReadoutParams",
     "ResumeError",
+    "RunLockedError",
     "SavedRun",
     "StepMetrics",
     "TASKS",
@@ -147,6 +150,7 @@ __all__ = [
     "rtrl_step",
     "sample_text",
     "save_checkpoint",
+    "scan_cell",
     "scan_layer",
     "sequence_loss",
     "shard_batch",

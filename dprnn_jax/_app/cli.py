@@ -98,6 +98,7 @@ def _demo_training(args: argparse.Namespace) -> None:
     import time
 
     from .._training.checkpoint import CheckpointError
+    from .._training.lock import RunLockedError
     from .._training.loop import ResumeError
     from .demo import demo_config, train_demo
 
@@ -110,7 +111,7 @@ def _demo_training(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     try:
         result = train_demo(args.out, config, progress=sys.stderr.isatty())
-    except (CheckpointError, ResumeError, ValueError) as error:
+    except (CheckpointError, ResumeError, RunLockedError, ValueError) as error:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
@@ -256,6 +257,7 @@ def _command_train(args: argparse.Namespace) -> int:
         _request_cpu_devices(args.devices)
 
     from .._training.checkpoint import CheckpointError
+    from .._training.lock import RunLockedError
     from .._training.loop import ResumeError, TrainConfig, train
 
     method = _algorithm(args)
@@ -279,7 +281,7 @@ def _command_train(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         result = train(config, args.out, resume=args.resume, progress=progress)
-    except (CheckpointError, ResumeError, ValueError, ImportError) as error:
+    except (CheckpointError, ResumeError, RunLockedError, ValueError, ImportError) as error:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None

@@ -37,6 +37,7 @@ from .._backward.registry import algorithm_from_dict, resolve_method
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_choice, check_positive_int
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from .lock import run_lock
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
 from .tasks import DEFAULT_SEQ_LEN, Task, make_task, sample_text
@@ -372,12 +373,13 @@ def train(
     Raises:
         ResumeError: `resume` without a checkpoint, a checkpoint from other options, or a
             fresh run into a directory that already holds a checkpoint.
+        RunLockedError: another run holds `out` (its lock file `out/train.lock` names
+            its pid and host); a lock left by a dead process on this host is taken over
+            with a warning on `log`.
         CheckpointError: a corrupt checkpoint (the file is left as it is).
         OSError: an unwritable `out`.
         ValueError, ImportError: bad options (from the task, the mesh, the step).
     """
-    from tqdm import tqdm
-
     _check_config(config)
     programs = _programs(
         config.task,
@@ -388,13 +390,20 @@ def train(
         config.method,
         config.max_grad_norm,
     )
-    task = programs.task
     if config.batch_size % config.devices:
         raise ValueError(
             f"batch_size={config.batch_size} must be a multiple of devices={config.devices}"
         )
     mesh = batch_mesh(config.devices) if config.devices > 1 else None
     check_output_dir(out)
+    with run_lock(out, log=log):
+        return _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, stop_at)
+
+
+def _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, stop_at):
+    from tqdm import tqdm
+
+    task = programs.task
     params, opt_state, data_key = _initial_state(config, programs)
     step, history = 0, _history()
     checkpoint = os.path.join(out, CHECKPOINT)
