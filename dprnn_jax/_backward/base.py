@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .cell_gradients import CellResiduals
+from .cell_gradients import cotangents_from_delta as cell_cotangents_from_delta
+from .cell_gradients import injected_and_jacobian as cell_injected_and_jacobian
 from .error_flow import ErrorFlow
 from .gradients import Residuals, cotangents_from_delta, injected_and_jacobian
 from .jacobian import ElmanJacobian, StepJacobian
@@ -65,6 +68,16 @@ class GradientAlgorithm(abc.ABC):
         injected, jacobian = injected_and_jacobian(residuals, hs_bar, activation)
         delta = self.error_flow(injected, jacobian).delta
         return cotangents_from_delta(residuals, delta)
+
+    def cell_cotangents(self, step, residuals: CellResiduals, carries_bar):
+        """A cell scan's cotangents `(params, xs, carry0)` from those of its carries.
+
+        The default computes Δ with `error_flow` on the cell's linearised Jacobians and
+        contracts it with one vmapped vjp (docs/theory.md#any-cell).
+        """
+        injected, jacobian, layout = cell_injected_and_jacobian(step, residuals, carries_bar)
+        delta = self.error_flow(injected, jacobian).delta
+        return cell_cotangents_from_delta(step, residuals, delta, layout)
 
     def count_products(self, T: int) -> ErrorFlow:
         """Runs the backward on a (T, 1, 1) problem of ones; its counters are the count."""

@@ -28,10 +28,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from .._model.params import LayerParams
 from .base import GradientAlgorithm
 from .bptt import bptt_error_flow
+from .cell_gradients import CellResiduals, previous_carries
+from .cell_gradients import cotangents_from_delta as cell_cotangents_from_delta
+from .cell_gradients import injected_and_jacobian as cell_injected_and_jacobian
+from .cell_jacobian import CarryLayout
 from .error_flow import ErrorFlow
 from .gradients import Residuals, injected_and_jacobian
 from .jacobian import StepJacobian
@@ -134,6 +139,64 @@ def rtrl_layer_gradients(
     return gradient, state_gradient
 
 
+def rtrl_cell_gradients(step, residuals: CellResiduals, carries_bar, layout: CarryLayout):
+    """RTRL for any cell: `M_t = ∂carry_t/∂θ = J_t M_{t−1} + ∂step/∂θ|_t`, forward in time.
+
+    scan :: (M_{t−1}, N_{t−1} = ∂carry_{t−1}/∂carry0, gradients so far) over t.
+
+    Each column of the sensitivities (one per entry of θ, one per carry unit for
+    carry0) is one forward-mode product (`jax.jvp`) of the cell per step: O(|θ|) cell
+    evaluations per step, O(m·D·|θ|) memory (docs/theory.md#rtrl).
+
+    Returns:
+        `(∂C/∂params, ∂C/∂carry0)`.
+    """
+    params, xs, carry0, _ = residuals
+    flat_params, unravel = ravel_pytree(params)
+    before = previous_carries(residuals)
+    bars = layout.flatten(carries_bar, batch_dims=2)  # (T, m, D)
+    width = layout.width
+    m = bars.shape[1]
+
+    def push(carry, x, flat_tangent, carry_tangent):
+        # d carry_t for one column: tangents of θ and of carry_{t−1} pushed through.
+        _, tangent = jax.jvp(
+            lambda p, c: step(unravel(p), c, x),
+            (flat_params, carry),
+            (flat_tangent, layout.unflatten(carry_tangent)),
+        )
+        return layout.flatten(tangent)
+
+    def one_step(state, inputs):
+        sensitivity, state_sensitivity, gradient, state_gradient = state
+        carry, x, bar = inputs
+        carry = layout.unflatten(carry)
+        eye_params = jnp.eye(flat_params.size, dtype=flat_params.dtype)
+        sensitivity = jax.vmap(push, in_axes=(None, None, 0, 0))(
+            carry, x, eye_params, sensitivity
+        )
+        zeros = jnp.zeros_like(flat_params)
+        state_sensitivity = jax.vmap(push, in_axes=(None, None, None, 0))(
+            carry, x, zeros, state_sensitivity
+        )
+        gradient = gradient + jnp.einsum("vb,pvb->p", bar, sensitivity)
+        state_gradient = state_gradient + jnp.einsum("vb,avb->va", bar, state_sensitivity)
+        return (sensitivity, state_sensitivity, gradient, state_gradient), None
+
+    dtype = bars.dtype
+    initial = (
+        jnp.zeros((flat_params.size, m, width), dtype),
+        # ∂carry_{−1}/∂carry0 = I, per sample: column a is e_a in every row.
+        jnp.broadcast_to(jnp.eye(width, dtype=dtype)[:, None, :], (width, m, width)),
+        jnp.zeros_like(flat_params),
+        jnp.zeros((m, width), dtype),
+    )
+    inputs = (layout.flatten(before, batch_dims=2), xs, bars)
+    (_, _, gradient, state_gradient), _ = lax.scan(one_step, initial, inputs)
+    del carry0
+    return unravel(gradient), layout.unflatten(state_gradient)
+
+
 def sensitivity_products(d: int, n: int) -> int:
     """(m, d) × (d, d) products of one RTRL step: one per column of the sensitivities of
     W (d·n), S (d·d), b (d) and h0 (d)."""
@@ -170,6 +233,14 @@ class RTRL(GradientAlgorithm):
         )
         delta = self.error_flow(injected, jacobian).delta
         return grad_params, delta @ params.W, grad_h0
+
+    def cell_cotangents(self, step, residuals: CellResiduals, carries_bar):
+        injected, jacobian, layout = cell_injected_and_jacobian(step, residuals, carries_bar)
+        params_bar, carry0_bar = rtrl_cell_gradients(step, residuals, carries_bar, layout)
+        # The inputs' cotangents need the future of each step: from Δ by BPTT.
+        delta = self.error_flow(injected, jacobian).delta
+        _, xs_bar, _ = cell_cotangents_from_delta(step, residuals, delta, layout)
+        return params_bar, xs_bar, carry0_bar
 
     def count_products(self, T: int) -> ErrorFlow:
         # The sensitivity recurrence of a (T, 1, 1) layer with one input: its scan runs T

@@ -1,0 +1,112 @@
+"""Any recurrent cell, differentiable by any gradient algorithm (docs/theory.md#any-cell)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._backward.base import GradientAlgorithm
+from .._backward.cell_vjp import cell_scan, plain_scan
+from .._backward.registry import resolve_method
+
+
+def _describe(tree) -> str:
+    return str(jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", tree))
+
+
+def check_cell(step: Callable, params, xs, carry0) -> None:
+    """`carry0` a pytree of (m, …) floating arrays of one dtype; `xs` (T, m, …) with
+    T ≥ 1; `step(params, carry, x)` returns a carry of the same structure, shapes and
+    dtypes."""
+    if not callable(step):
+        raise TypeError(f"step must be a function step(params, carry, x) -> carry, got {step!r}.")
+    leaves = jax.tree.leaves(carry0)
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        raise TypeError(
+            f"carry0 must be a pytree of (m, …) arrays, got {type(carry0).__name__} {carry0!r}."
+        )
+    if not hasattr(xs, "shape") or xs.ndim < 2 or xs.shape[0] == 0:
+        raise ValueError(
+            f"xs must be an array (T, m, …) with T ≥ 1, got shape {getattr(xs, 'shape', None)}."
+        )
+    m = xs.shape[1]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(carry0):
+        where = "carry0" + jax.tree_util.keystr(path)
+        if leaf.ndim < 1 or leaf.shape[0] != m:
+            raise ValueError(
+                f"{where} must lead with the batch axis m = {m} (xs has shape {xs.shape}), "
+                f"got shape {leaf.shape}."
+            )
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"{where} must be floating, got dtype {leaf.dtype}.")
+    if len({leaf.dtype for leaf in leaves}) > 1:
+        raise TypeError(f"carry0's leaves must share one dtype, got {_describe(carry0)}.")
+    out = jax.eval_shape(step, params, carry0, xs[0])
+    expected = jax.eval_shape(lambda c: c, carry0)
+    if jax.tree.structure(out) != jax.tree.structure(expected) or any(
+        (a.shape, a.dtype) != (b.shape, b.dtype)
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(expected))
+    ):
+        raise ValueError(
+            "step(params, carry, x) must return a carry of the same structure, shapes and "
+            f"dtypes as carry0: carry0 is {_describe(expected)} but step returned "
+            f"{_describe(out)}."
+        )
+
+
+def scan_cell(
+    step: Callable[[Any, Any, jax.Array], Any],
+    params: Any,
+    xs: jax.Array,
+    carry0: Any,
+    *,
+    method: str | GradientAlgorithm = "omega",
+    truncation: int | None = None,
+    tol: float | None = None,
+    block: int | None = None,
+) -> Any:
+    """Runs any recurrent cell over a time-major batch; differentiable by `method`.
+
+    `carry_t = step(params, carry_{t−1}, x_t)` for t = 0 … T−1, with `carry_{−1} =
+    carry0`. The gradient w.r.t. `params`, `xs` and `carry0` comes from the chosen
+    algorithm applied to the cell's one-step Jacobians `∂carry_{t+1}/∂carry_t`, which
+    are linearised once per backward pass (docs/theory.md#any-cell). `Autodiff()` is
+    `jax.grad` through the plain `lax.scan`.
+
+    Args:
+        step: a pure function `step(params, carry, x) -> carry`, batched over the rows of
+            `carry` and `x` (e.g. an Equinox or Flax cell's call, or the library's own).
+        params: the cell's parameters, any pytree of arrays.
+        xs: inputs (T, m, …), time-major; integer inputs (tokens) have no gradient.
+        carry0: the initial carry, a pytree of (m, …) floating arrays of one dtype:
+            `h` (m, d), or `(h, c)` for an LSTM.
+        method: a `GradientAlgorithm` or its name (see `rnn_layer`).
+        truncation: with the names "omega" and "bptt": keep lags ≤ K.
+        tol: with the name "omega": the adaptive fill.
+        block: with the name "omega": Ω triangles of `block` steps.
+
+    Returns:
+        The carries stacked over T: the same pytree as `carry0`, each leaf (T, m, …).
+
+    Raises:
+        ValueError: a `step` whose output carry differs from `carry0` in structure,
+            shape or dtype (both are named), T = 0, a carry not batched like `xs`, and
+            the errors of `resolve_method`.
+        TypeError: a non-callable `step`, a non-floating or mixed-dtype carry.
+
+    Example:
+        >>> def step(params, h, x):
+        ...     return jnp.tanh(x @ params["W"].T + h @ params["S"].T)
+        >>> params = {"W": jnp.ones((4, 3)) * 0.1, "S": jnp.eye(4) * 0.5}
+        >>> carries = scan_cell(step, params, jnp.ones((6, 2, 3)), jnp.zeros((2, 4)))
+        >>> carries.shape
+        (6, 2, 4)
+    """
+    algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    check_cell(step, params, xs, carry0)
+    if not algorithm.uses_custom_vjp:
+        return plain_scan(step, params, xs, carry0)
+    return cell_scan(algorithm, step, params, xs, carry0)

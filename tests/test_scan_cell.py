@@ -1,0 +1,140 @@
+"""`scan_cell`: any cell `carry_t = step(θ, carry_{t−1}, x_t)` under every algorithm.
+
+The oracle is `jax.grad` through the plain `lax.scan` (`method="autodiff"`); the cell
+has a two-part carry, like an LSTM, so the one-step Jacobian is a (2d × 2d) matrix that
+no algorithm sees except through the vector-Jacobian products of the cell.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import dprnn_jax as dj
+from dprnn_jax.backward import ALGORITHMS
+
+D, N, M = 3, 2, 2
+RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+def gated_step(params, carry, x):
+    """A small gated cell with carry (h, c)."""
+    h, c = carry
+    gate = jax.nn.sigmoid(x @ params["Wg"].T + h @ params["Sg"].T)
+    c = gate * c + (1 - gate) * jnp.tanh(x @ params["Wc"].T + h @ params["Sc"].T)
+    return (1.1 * jnp.tanh(c), c)
+
+
+def problem(T, dtype, seed=0):
+    k = jax.random.split(jax.random.key(seed), 7)
+    params = {
+        name: jax.random.normal(key, shape, dtype)
+        for name, key, shape in zip(
+            ("Wg", "Sg", "Wc", "Sc"), k[:4], ((D, N), (D, D), (D, N), (D, D))
+        )
+    }
+    xs = jax.random.normal(k[4], (T, M, N), dtype)
+    carry0 = (jax.random.normal(k[5], (M, D), dtype), 0.3 * jnp.ones((M, D), dtype))
+    weights = jax.random.normal(k[6], (T, M, D), dtype)
+    return params, xs, carry0, weights
+
+
+def loss(params, xs, carry0, weights, method):
+    hs, cs = dj.scan_cell(gated_step, params, xs, carry0, method=method)
+    return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(cs**2)
+
+
+def assert_close(tree, reference, dtype):
+    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
+        scale = float(jnp.max(jnp.abs(expected))) or 1.0
+        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+
+
+ALGORITHM_CASES = [cls() for name, cls in ALGORITHMS.items() if name != "autodiff"] + [
+    dj.Omega(block=4),
+    dj.Omega(tol=0.0),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("T", [1, 9])
+def test_every_algorithm_matches_the_oracle_under_jit(T, dtype, x64):
+    params, xs, carry0, weights = problem(T, dtype)
+    grad = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=4)
+    reference = grad(params, xs, carry0, weights, "autodiff")
+    for algorithm in ALGORITHM_CASES:
+        got = grad(params, xs, carry0, weights, algorithm)
+        assert_close(got, reference, dtype)
+
+
+def test_under_vmap_over_an_ensemble(x64):
+    """vmap over two parameter sets: each member's gradient is its own."""
+    T = 6
+    (p0, xs, carry0, weights), (p1, *_) = problem(T, "float64"), problem(T, "float64", 1)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
+    for algorithm in (dj.Omega(), dj.BPTT()):
+        batched = jax.vmap(jax.grad(loss), in_axes=(0, None, None, None, None))(
+            stacked, xs, carry0, weights, algorithm
+        )
+        for i, params in enumerate((p0, p1)):
+            reference = jax.grad(loss)(params, xs, carry0, weights, "autodiff")
+            assert_close(jax.tree.map(lambda a, i=i: a[i], batched), reference, "float64")
+
+
+def test_truncation_is_the_stop_gradient_gradient(x64):
+    """Truncation K: each carry_t recomputed from stop_gradient(carry_{t−K−1})."""
+    T, K = 8, 2
+    params, xs, carry0, weights = problem(T, "float64")
+
+    def oracle(params, xs, carry0):
+        carries = dj.scan_cell(gated_step, params, xs, carry0, method="autodiff")
+        outputs = []
+        for t in range(T):
+            start = t - K - 1
+            carry = carry0
+            if start >= 0:
+                carry = jax.tree.map(lambda a, s=start: jax.lax.stop_gradient(a[s]), carries)
+            for u in range(max(start + 1, 0), t + 1):
+                carry = gated_step(params, carry, xs[u])
+            outputs.append(carry)
+        hs = jnp.stack([h for h, _ in outputs])
+        cs = jnp.stack([c for _, c in outputs])
+        return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(cs**2)
+
+    reference = jax.grad(oracle, (0, 1, 2))(params, xs, carry0)
+    for algorithm in (dj.Omega(truncation=K), dj.BPTT(truncation=K)):
+        assert_close(
+            jax.grad(loss, (0, 1, 2))(params, xs, carry0, weights, algorithm), reference, "float64"
+        )
+
+
+def test_integer_inputs_have_no_gradient(x64):
+    def embedded(params, h, token):
+        return jnp.tanh(params["E"][token] + h @ params["S"].T)
+
+    params = {"E": jnp.linspace(-1, 1, 15).reshape(5, 3), "S": 0.5 * jnp.eye(3)}
+    tokens = jnp.array([[0, 4], [2, 1], [3, 3]])
+    h0 = jnp.zeros((2, 3))
+
+    def f(params, method):
+        return jnp.sum(dj.scan_cell(embedded, params, tokens, h0, method=method) ** 2)
+
+    reference = jax.grad(f)(params, "autodiff")
+    for algorithm in (dj.Omega(), dj.RTRL()):
+        assert_close(jax.grad(f)(params, algorithm), reference, "float64")
+
+
+def test_bad_cells_are_named():
+    params, xs, carry0, _ = problem(4, "float32")
+    with pytest.raises(ValueError, match=r"same structure, shapes and dtypes as carry0"):
+        dj.scan_cell(lambda p, c, x: c[0], params, xs, carry0)
+    with pytest.raises(ValueError, match=r"carry0 is .*float32\[2, 3\].*step returned"):
+        dj.scan_cell(lambda p, c, x: (c[0][:, :2], c[1]), params, xs, carry0)
+    with pytest.raises(ValueError, match=r"carry0\[0\] must lead with the batch axis"):
+        dj.scan_cell(gated_step, params, xs, (jnp.zeros((3, D)), jnp.zeros((M, D))))
+    with pytest.raises(TypeError, match="step must be a function"):
+        dj.scan_cell("tanh", params, xs, carry0)
+    with pytest.raises(ValueError, match="T ≥ 1"):
+        dj.scan_cell(gated_step, params, xs[:0], carry0)
