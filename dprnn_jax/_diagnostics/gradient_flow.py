@@ -1,7 +1,7 @@
 r"""The gradient-flow map ‖G(j, i)‖: how much of the error at step i comes from step j.
 
-`G(j, i) = P_j Ω(j, i)` is the error-flow triangle that the `"omega"` backward sums
-(`_omega.py`). Here it is filled by the same diagonal-by-diagonal DP,
+`G(j, i) = P_j Ω(j, i)` is the error-flow triangle that the `Omega()` backward sums
+(`_backward/omega.py`). Here it is filled by the same diagonal-by-diagonal DP,
 
 .. math::
 
@@ -12,6 +12,11 @@ top layer of a network, `P_j` is the error injected by the readout at step j, so
 `G(j, i) = ∂L_j/∂Z_i` exactly: the gradient of the loss at step j alone with respect
 to the pre-activations at step i. Rows that do not decay mean long-range credit
 assignment; a triangle concentrated on its diagonal means vanishing gradients.
+
+The DP runs in the order in which the inspected direction runs (`trajectory.py`); the
+norms are taken per sequence, brought to the network's time steps (where the backward
+direction of a bidirectional layer fills the upper triangle) and only then summed over
+the batch, so that padded steps can be left out sequence by sequence.
 """
 
 from __future__ import annotations
@@ -21,12 +26,47 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._backward.jacobian import ElmanJacobian
-from .._model.forward import hoisted_layer
+from .._backward.registry import resolve_method
+from .._model.bidirectional import BidirectionalParams, reverse_padded
+from .._model.layer import rnn_layer
 from .._model.loss import per_step_losses
-from .._model.network import check_rnn_params
+from .._model.network import apply_layer, check_rnn_params
 from .._validation import check_rank, check_same_dtype, check_shape
 from .omega_norms import check_max_lag
-from .trajectory import check_layer_index, layer_trajectory
+from .trajectory import (
+    Trajectory,
+    check_layer_index,
+    layer_trajectory,
+    network_order,
+    valid_steps,
+)
+
+
+def error_flow_squared_norms(injected: jax.Array, jacobian: ElmanJacobian, last: int) -> jax.Array:
+    """`‖G_v(j, i)‖²` per sample v, shape (T, T, m), filled diagonal by diagonal.
+
+    Lags 1 … `last` are filled; j < i and longer lags are NaN.
+    """
+    T = injected.shape[0]
+    steps = jnp.arange(T)
+
+    def squared_norms(blocks):  # (…, m, d) -> (…, m)
+        return jnp.sum(blocks * blocks, axis=-1)
+
+    norms = jnp.full((T, T) + injected.shape[1:-1], jnp.nan, injected.dtype)
+    norms = norms.at[steps, steps].set(squared_norms(injected))
+
+    def fill(k, state):
+        norms, diagonal = state  # diagonal[i] = G(i+k-1, i)
+        shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
+        # G(i+k, i) = G(i+k, i+1) Ω(i+1, i): the DP's step, one batched product.
+        diagonal = jacobian.pull(shifted, jacobian.per_step)
+        # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
+        norms = norms.at[steps + k, steps].set(squared_norms(diagonal), mode="drop")
+        return norms, diagonal
+
+    norms, _ = lax.fori_loop(1, last + 1, fill, (norms, injected))
+    return norms
 
 
 def error_flow_norms(
@@ -46,6 +86,12 @@ def error_flow_norms(
 
     Raises:
         ValueError: shapes that do not match (T, m, d) and (d, d).
+
+    Example:
+        >>> T, m, d = 4, 1, 2
+        >>> flow = error_flow_norms(jnp.ones((T, m, d)), jnp.ones((T, m, d)), 0.5 * jnp.eye(d))
+        >>> [round(float(flow[j, 0]), 4) for j in range(T)]  # ‖P_j‖ · 0.5^j
+        [1.4142, 0.7071, 0.3536, 0.1768]
     """
     T, m, d = check_rank("injected", injected, 3, "(T, m, d)")
     check_shape("sigma_prime", sigma_prime, (T, m, d), "(T, m, d) like injected")
@@ -53,56 +99,59 @@ def error_flow_norms(
     check_same_dtype("sigma_prime", sigma_prime, injected.dtype, "injected")
     check_same_dtype("S", S, injected.dtype, "injected")
     last = check_max_lag(max_lag, T)
-    jacobian = ElmanJacobian(S, sigma_prime)
-    steps = jnp.arange(T)
-
-    def block_norms(blocks):
-        return jnp.sqrt(jnp.sum(blocks * blocks, axis=(-2, -1)))
-
-    norms = jnp.full((T, T), jnp.nan, injected.dtype).at[steps, steps].set(block_norms(injected))
-
-    def fill(k, state):
-        norms, diagonal = state  # diagonal[i] = G(i+k-1, i)
-        shifted = jnp.concatenate([diagonal[1:], jnp.zeros_like(diagonal[:1])])
-        # G(i+k, i) = G(i+k, i+1) Ω(i+1, i): the DP's step, one batched product.
-        diagonal = jacobian.pull(shifted, jacobian.per_step)
-        # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
-        norms = norms.at[steps + k, steps].set(block_norms(diagonal), mode="drop")
-        return norms, diagonal
-
-    norms, _ = lax.fori_loop(1, last + 1, fill, (norms, injected))
-    return norms
+    squared = error_flow_squared_norms(injected, ElmanJacobian(S, sigma_prime), last)
+    return jnp.sqrt(squared.sum(axis=-1))
 
 
 def injected_errors(
     params,
     xs: jax.Array,
     targets: jax.Array,
-    mask: jax.Array | None = None,
     *,
+    mask: jax.Array | None = None,
+    lengths: jax.Array | None = None,
     layer: int = -1,
+    direction: str | None = None,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
-):
-    """The errors P^l_t injected into layer l's pre-activations from above (Ψ).
+) -> tuple[jax.Array, Trajectory]:
+    """The errors P^l_t injected into one direction of layer l's pre-activations (Ψ).
 
     `P_t = (∂C/∂H^l_t)|_{consumers} ⊙ σ'(Z^l_t)`: the cotangent that the readout (top
     layer) or layer l+1 delivers at step t — what `rnn_layer`'s custom backward receives
-    as `hs_bar` — times σ'. Returns `(P (T, m, d), trajectory)`.
+    as `hs_bar` — times σ', in the direction's run order. Returns `(P (T, m, d),
+    trajectory)`.
     """
     check_rnn_params(params)
     index = check_layer_index(layer, len(params.layers))
-    trajectory = layer_trajectory(params, xs, activation=activation, layer=index)
-    m = xs.shape[1]
+    trajectory = layer_trajectory(
+        params, xs, activation=activation, layer=index, direction=direction, lengths=lengths
+    )
+    lengths, inspected = trajectory.lengths, trajectory.layer
+    m = trajectory.hs.shape[1]
+    plain = resolve_method("autodiff")
+    supervised = mask if lengths is None else valid_steps(trajectory)
+    if isinstance(inspected, BidirectionalParams):
+        # The other direction is a constant of the cost: only this one is differentiated.
+        if trajectory.backward:
+            other, other_inputs = inspected.forward, trajectory.inputs
+        else:
+            other, other_inputs = inspected.backward, reverse_padded(trajectory.inputs, lengths)
+        other_hs = rnn_layer(other, other_inputs, activation=activation, method=plain)
 
     def cost_from_states(hs):
-        # Layers above l and the readout; their own recurrences are part of the
-        # "consumers" of H^l, exactly as JAX's chain rule sees them.
+        # The rest of the network as `rnn_forward` runs it: the layer's output, the layers
+        # above and the readout. Their recurrences are part of the "consumers" of H^l,
+        # exactly as JAX's chain rule sees them.
+        if isinstance(inspected, BidirectionalParams):
+            forward, backward = (other_hs, hs) if trajectory.backward else (hs, other_hs)
+            hs = jnp.concatenate([forward, reverse_padded(backward, lengths)], axis=-1)
         for upper in params.layers[index + 1 :]:
-            zeros = jnp.zeros((m, upper.S.shape[0]), upper.W.dtype)
-            hs = hoisted_layer(upper, hs, zeros, activation=activation)
+            hs, _ = apply_layer(
+                upper, hs, None, lengths=lengths, activation=activation, method=plain
+            )
         outputs = hs @ params.readout.W.T + params.readout.b
-        return per_step_losses(outputs, targets, mask, loss=loss).sum() / m
+        return per_step_losses(outputs, targets, mask=supervised, loss=loss).sum() / m
 
     hs_bar = jax.grad(cost_from_states)(trajectory.hs)
     return hs_bar * trajectory.sigma_prime, trajectory
@@ -112,16 +161,18 @@ def gradient_flow(
     params,
     xs: jax.Array,
     targets: jax.Array,
-    mask: jax.Array | None = None,
     *,
+    mask: jax.Array | None = None,
+    lengths: jax.Array | None = None,
     layer: int = -1,
+    direction: str | None = None,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
     max_lag: int | None = None,
 ) -> jax.Array:
     r"""The gradient-flow map ‖G(j, i)‖ of one layer of a network, shape (T, T).
 
-    `G(j, i) = P_j Ω(j, i)`, filled by the DP of the `"omega"` backward. For the top
+    `G(j, i) = P_j Ω(j, i)`, filled by the DP of the `Omega()` backward. For the top
     layer (the default), `G(j, i) = ∂L_j/∂Z_i` with `L_j = (1/m) Σ_rows loss(ŷ_j, y_j)`:
     row j shows how the loss at step j reaches back to earlier steps, and
     `Σ_j G(j, i) = Δ_i = ∂C/∂Z_i`. For a lower layer l, `P_j` is the error that enters
@@ -129,31 +180,65 @@ def gradient_flow(
     layers above), and row j shows how that error travels back inside layer l.
 
     Args:
-        params: `RNNParams`.
-        xs: inputs (T, m, n).
+        params: `RNNParams`, with any mix of unidirectional and bidirectional layers.
+        xs: inputs (T, m, n), or integer tokens (T, m).
         targets: as for `sequence_loss`.
-        mask: as for `sequence_loss`.
-        loss: as for `sequence_loss`.
+        mask: as for `sequence_loss` (keyword-only): (T, m), 0 at unsupervised steps.
+        lengths: as for `sequence_loss` (keyword-only): valid steps per sequence (m,)
+            of a right-padded batch. Padded steps are masked, their inputs zeroed and
+            bidirectional layers reversed within each length, as in `rnn_forward`.
         layer: which recurrent layer (default −1, the top one).
+        direction: for a bidirectional layer, "forward" or "backward" (required). The
+            backward direction's `G(j, i) = ∂L_j/∂Z←_i` is non-zero for j ≤ i: the loss
+            at step j reaches the later steps that the backward direction ran first.
+        loss: as for `sequence_loss`.
         activation: recurrent activation.
-        max_lag: fill only lags j − i ≤ max_lag (all T − 1 if None).
+        max_lag: fill only lags |j − i| ≤ max_lag (all T − 1 if None).
 
     Returns:
         (T, T) array, `[j, i]` = ‖G(j, i)‖_F, the Frobenius norm over the batch and the
-        units (the weight gradients sum over the batch, so the batch is one block). NaN
-        above the diagonal (j < i) and beyond `max_lag`; a non-finite loss or input
-        propagates as NaN/inf into the entries it reaches.
+        units (the weight gradients sum over the batch, so the batch is one block); with
+        `lengths`, over the sequences for which both j and i are valid steps. NaN where
+        Z_i does not reach step j (j < i; j > i for the backward direction), beyond
+        `max_lag` and where j or i is a padded step of every sequence; a non-finite loss
+        or input propagates as NaN/inf into the entries it reaches.
 
     Raises:
-        ValueError, TypeError: bad params, shapes, dtypes, targets or options.
+        ValueError, TypeError: bad params, shapes, dtypes, targets or options; `mask`
+            and `lengths` together.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32)
         >>> gradient_flow(params, xs, ys).shape
         (5, 5)
+        >>> flow = gradient_flow(params, xs, ys, lengths=jnp.array([3, 2]))
+        >>> bool(jnp.isnan(flow[4, 0])), bool(jnp.isfinite(flow[2, 0]))
+        (True, True)
     """
+    if mask is not None and lengths is not None:
+        raise ValueError(
+            "gradient_flow takes mask or lengths, not both: lengths already defines the "
+            "mask (steps t < lengths[v] are valid)."
+        )
     injected, trajectory = injected_errors(
-        params, xs, targets, mask, layer=layer, loss=loss, activation=activation
+        params,
+        xs,
+        targets,
+        mask=mask,
+        lengths=lengths,
+        layer=layer,
+        direction=direction,
+        loss=loss,
+        activation=activation,
     )
-    return error_flow_norms(injected, trajectory.sigma_prime, trajectory.params.S, max_lag=max_lag)
+    last = check_max_lag(max_lag, injected.shape[0])
+    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
+    squared = network_order(error_flow_squared_norms(injected, jacobian, last), trajectory)
+    if trajectory.lengths is None:
+        return jnp.sqrt(squared.sum(axis=-1))
+    # Padded entries are NaN per sequence; the batch norm runs over the valid ones.
+    valid = valid_steps(trajectory)
+    both = valid[:, None, :] & valid[None, :, :]
+    total = jnp.where(both, squared, 0).sum(axis=-1)
+    return jnp.where(both.any(axis=-1), jnp.sqrt(total), jnp.nan)

@@ -13,6 +13,14 @@ one-step Jacobians `Ω(t+1, t) = S diag(σ'(Z_t))`. Two ways to measure its grow
   Jacobians, re-orthonormalise it with a QR factorisation at every step and average
   `log|R_kk|`. It never forms Ω, so it is an independent check of the diagonal fill.
 
+`lyapunov_exponent` computes both, each with a standard error from the spread of its
+per-sequence values over the batch, and says whether they agree (`consistent`, and
+`LyapunovEstimate.caveat()` in words): finite-T estimates that disagree in sign, or by
+more than two standard errors of their difference, had too few steps (or sequences) to
+fit a decay rate. The default fit range is the same in the API and in `dprnn-jax omega`:
+lags 1 … max(2, ⌊T/2⌋) (`default_max_lag`: longer lags are averaged over fewer
+windows) and a QR burn-in of ⌊T/8⌋ steps (`default_burn_in`).
+
 A derivation of BPTT (docs/references.md#bptt-derivation, its section 6) bounds the same
 product by `‖Ω(i+k, i)‖ ≤ γ^k`, `γ = ‖S‖₂ · max σ'` (`decay_bound`): γ < 1 guarantees
 vanishing gradients; γ > 1 only allows explosion.
@@ -26,28 +34,108 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._validation import check_sequence
 from .omega_norms import check_max_lag, omega_log_norms_from_jacobians
-from .trajectory import layer_trajectory, one_step_jacobians
+from .trajectory import (
+    Trajectory,
+    layer_trajectory,
+    one_step_jacobians,
+    time_and_batch,
+    valid_steps,
+)
 
 # sup_z σ'(z) of each activation: the a-priori ξ of that derivation's bound.
 SIGMA_PRIME_SUP: dict[str, float] = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
 
+# Two estimates are consistent when they differ by at most this many standard errors of
+# their difference (about a 95% interval for independent, normal errors).
+AGREEMENT_STANDARD_ERRORS = 2.0
+
+
+def default_max_lag(T: int) -> int:
+    """The largest lag of the diagonal-decay fit when none is given: max(2, ⌊T/2⌋).
+
+    Example:
+        >>> default_max_lag(64), default_max_lag(3)
+        (32, 2)
+    """
+    return max(2, T // 2)
+
+
+def default_burn_in(T: int) -> int:
+    """The QR burn-in when none is given: ⌊T/8⌋ steps to align the frame.
+
+    Example:
+        >>> default_burn_in(64)
+        8
+    """
+    return T // 8
+
 
 class LyapunovEstimate(NamedTuple):
-    """Largest Lyapunov exponent from the decay of ‖Ω(i+k, i)‖₂ along the diagonals.
+    """Largest Lyapunov exponent from the decay of ‖Ω(i+k, i)‖₂ along the diagonals, with
+    the QR estimate of the same exponent and whether the two agree.
 
     Attributes:
         exponent: λ₁, the least-squares slope of `mean_log_norm` over lags k ≥ `min_lag`.
         lags: the lags k = 1 … K, shape (K,).
-        mean_log_norm: mean over i and samples of log‖Ω(i+k, i)‖₂, shape (K,).
+        mean_log_norm: mean over start steps i and samples of log‖Ω(i+k, i)‖₂ (valid
+            steps only), shape (K,); NaN at a lag that no sequence is long enough for.
         per_lag: the per-lag estimate `mean_log_norm / k`, shape (K,).
+        standard_error: of `exponent`: the standard deviation of the per-sequence slopes
+            over √(number of sequences); NaN with fewer than two sequences.
+        qr_exponent: λ₁ by QR re-orthonormalisation (`lyapunov_qr(...)[0]`, with the same
+            `burn_in`).
+        qr_standard_error: of `qr_exponent`, from the per-sequence QR averages likewise.
+        consistent: True when both estimates have the same sign and differ by at most two
+            standard errors of their difference; False otherwise, and when there is no
+            standard error to judge by (one sequence). `caveat()` says why in words.
+
+    Example:
+        >>> layer = init_layer(jax.random.key(0), 2, 8)
+        >>> xs = jax.random.normal(jax.random.key(1), (64, 4, 2))
+        >>> estimate = lyapunov_exponent(layer, xs)
+        >>> estimate.lags.shape, bool(estimate.consistent) == (estimate.caveat() == "")
+        ((32,), True)
     """
 
     exponent: jax.Array
     lags: jax.Array
     mean_log_norm: jax.Array
     per_lag: jax.Array
+    standard_error: jax.Array
+    qr_exponent: jax.Array
+    qr_standard_error: jax.Array
+    consistent: jax.Array
+
+    def caveat(self) -> str:
+        """Why the estimate should not be trusted, in one sentence; "" when the
+        diagonal-decay and QR estimates agree. Reads concrete values (not under `jit`).
+
+        Example:
+            >>> layer = init_layer(jax.random.key(0), 2, 4)
+            >>> print(lyapunov_exponent(layer, jnp.ones((8, 1, 2))).caveat())
+            ... # doctest: +ELLIPSIS
+            λ₁ = ... (diagonal decay) and ... (QR) cannot be compared: no standard error ...
+        """
+        if bool(self.consistent):
+            return ""
+        diagonal, qr = float(self.exponent), float(self.qr_exponent)
+        error, qr_error = float(self.standard_error), float(self.qr_standard_error)
+        estimates = (
+            f"λ₁ = {diagonal:.3g} ± {error:.2g} (diagonal decay) and {qr:.3g} ± {qr_error:.2g} (QR)"
+        )
+        if not (jnp.isfinite(error) and jnp.isfinite(qr_error)):
+            estimates = f"λ₁ = {diagonal:.3g} (diagonal decay) and {qr:.3g} (QR)"
+            return (
+                f"{estimates} cannot be compared: no standard error with fewer than two "
+                "sequences (or two fitted lags per sequence); analyse more sequences."
+            )
+        how = "in sign" if (diagonal > 0) != (qr > 0) else "by more than two standard errors"
+        return (
+            f"{estimates} disagree {how}: too few steps (or sequences) to fit a decay rate; "
+            "use longer sequences, more of them, or a fit range that skips the transient "
+            "(min_lag, burn_in)."
+        )
 
 
 class DecayBound(NamedTuple):
@@ -59,6 +147,11 @@ class DecayBound(NamedTuple):
             sigmoid): holds for every input.
         spectral_norm_S: ‖S‖₂.
         max_sigma_prime: the largest σ'(Z_t) entry over steps, samples and units.
+
+    Example:
+        >>> bound = decay_bound(init_layer(jax.random.key(0), 2, 8), jnp.ones((16, 1, 2)))
+        >>> round(float(bound.spectral_norm_S), 4), bool(bound.gamma_a_priori >= bound.gamma)
+        (1.0, True)
     """
 
     gamma: jax.Array
@@ -67,18 +160,78 @@ class DecayBound(NamedTuple):
     max_sigma_prime: jax.Array
 
 
-def mean_log_norm_per_lag(log_norms: jax.Array, max_lag: int) -> jax.Array:
-    """Mean over i and samples of a (T, T, m) log-norm triangle, per lag k = 1 … max_lag."""
-    T = log_norms.shape[0]
+def log_norm_sums_per_lag(
+    log_norms: jax.Array, max_lag: int, valid: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Sums and counts (K, m) of a run-order (T, T, m) log-norm triangle per lag
+    k = 1 … K and sample, over the start steps i whose window i … i+k is valid."""
+    T, _, m = log_norms.shape
     j, i = jnp.meshgrid(jnp.arange(T), jnp.arange(T), indexing="ij")
     lag = j - i
     inside = (lag >= 1) & (lag <= max_lag)
+    # In run order the valid steps are a prefix, so a valid j makes every i < j valid.
+    counted = inside[..., None] & valid[:, None, :]
     # One segment sum over lags instead of max_lag diagonal extractions.
     bucket = jnp.where(inside, lag, 0).reshape(-1)
-    values = jnp.where(inside[..., None], log_norms, 0).sum(axis=-1).reshape(-1)
-    sums = jnp.zeros(max_lag + 1, log_norms.dtype).at[bucket].add(values)
-    counts = (T - jnp.arange(max_lag + 1)) * log_norms.shape[-1]
-    return sums[1:] / counts[1:].astype(log_norms.dtype)
+    values = jnp.where(counted, log_norms, 0).reshape(-1, m)
+    sums = jnp.zeros((max_lag + 1, m), log_norms.dtype).at[bucket].add(values)
+    counts = (
+        jnp.zeros((max_lag + 1, m), log_norms.dtype)
+        .at[bucket]
+        .add(counted.reshape(-1, m).astype(log_norms.dtype))
+    )
+    return sums[1:], counts[1:]
+
+
+def _slope(x: jax.Array, y: jax.Array, fitted: jax.Array) -> jax.Array:
+    """Least-squares slope of y over x on the entries where `fitted` (NaN below two)."""
+    n = fitted.sum()
+    x_mean = jnp.where(fitted, x, 0).sum() / n
+    y_mean = jnp.where(fitted, y, 0).sum() / n
+    centred = jnp.where(fitted, x - x_mean, 0)
+    return jnp.sum(centred * jnp.where(fitted, y - y_mean, 0)) / jnp.sum(centred * centred)
+
+
+def _standard_error(values: jax.Array, usable: jax.Array) -> jax.Array:
+    """Standard error of the mean of `values` over the usable entries (NaN below two)."""
+    n = usable.sum()
+    mean = jnp.where(usable, values, 0).sum() / n
+    variance = jnp.where(usable, (values - mean) ** 2, 0).sum() / (n - 1)
+    return jnp.where(n >= 2, jnp.sqrt(variance / n), jnp.nan)
+
+
+def _check_burn_in(burn_in: object, T: int) -> int:
+    if burn_in is None:
+        burn_in = default_burn_in(T)
+    if not isinstance(burn_in, int) or isinstance(burn_in, bool) or not 0 <= burn_in <= T - 2:
+        raise ValueError(
+            f"lyapunov_qr averages the T - 1 - burn_in Jacobians after the burn-in, so it needs "
+            f"0 <= burn_in <= T - 2 = {T - 2}; got burn_in = {burn_in!r} with T = {T}."
+        )
+    return burn_in
+
+
+def qr_log_growth(
+    trajectory: Trajectory, one_step: jax.Array, burn_in: int
+) -> tuple[jax.Array, jax.Array]:
+    """`log|R_t[a, a]|` (T−1, m, d) of Benettin's algorithm and the (T−1, m) mask of the
+    steps averaged: after the burn-in, Jacobians Ω(t+1, t) between two valid steps."""
+    _, m, d = trajectory.hs.shape
+    # Ω(t+1, t) for t = 0 … T-2: the last step's σ' has no successor.
+    jacobians = one_step[:-1]
+
+    def step(frame, jacobian):
+        frame, r = jnp.linalg.qr(jacobian @ frame)
+        return frame, jnp.log(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)))
+
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=jacobians.dtype), (m, d, d))
+    _, log_growth = lax.scan(step, eye, jacobians)
+    averaged = valid_steps(trajectory)[1:] & (jnp.arange(log_growth.shape[0]) >= burn_in)[:, None]
+    return log_growth, averaged
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array, axis) -> jax.Array:
+    return jnp.where(weights, values, 0).sum(axis=axis) / weights.sum(axis=axis)
 
 
 def lyapunov_exponent(
@@ -88,8 +241,11 @@ def lyapunov_exponent(
     *,
     activation: str = "tanh",
     layer: int = -1,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
     max_lag: int | None = None,
     min_lag: int = 1,
+    burn_in: int | None = None,
 ) -> LyapunovEstimate:
     r"""Largest Lyapunov exponent of a layer from the decay of ‖Ω(i+k, i)‖₂ with k.
 
@@ -99,53 +255,92 @@ def lyapunov_exponent(
         \approx λ_1 k + c, \qquad λ_1 = \text{slope of } \overline{\log‖Ω‖}(k).
 
     λ₁ < 0: gradients vanish like e^{λ₁ k}; λ₁ > 0: they explode. The logs come from
-    `omega_norms(..., log=True)`, so long lags neither under- nor overflow.
+    `omega_norms(..., log=True)`, so long lags neither under- nor overflow. The QR
+    estimate (`lyapunov_qr`) is computed alongside as an independent check; see
+    `LyapunovEstimate.consistent`.
 
     Args:
-        params: a `LayerParams`, or an `RNNParams` stack (see `layer`).
-        xs: inputs (T, m, n).
-        h0: initial state (m, d) of the inspected layer; zeros if None.
+        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
+            `layer`).
+        xs: inputs (T, m, n), or integer tokens (T, m).
+        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
         activation: "tanh", "sigmoid" or "relu".
         layer: for an `RNNParams`, which recurrent layer (default the top one).
-        max_lag: the largest lag K used (default T − 1). Long lags are averaged over
-            fewer windows (T − k of them); K ≈ T/2 trades bias for noise well.
+        direction: for a bidirectional layer, "forward" or "backward" (required); the
+            backward direction's lags run backward in time.
+        lengths: valid steps per sequence (m,) of a right-padded batch, or None: only
+            windows i … i+k inside a sequence's own length are averaged.
+        max_lag: the largest lag K used; default `default_max_lag(T)` = max(2, ⌊T/2⌋),
+            as in `dprnn-jax omega` (long lags are averaged over fewer windows, T − k of
+            them, so they are noisy).
         min_lag: the smallest lag in the slope fit (default 1); raise it to skip an
             initial transient.
+        burn_in: leading steps of the QR estimate left out of its average; default
+            `default_burn_in(T)` = ⌊T/8⌋, as in `dprnn-jax omega`.
 
     Returns:
         `LyapunovEstimate`. With relu, a product that is exactly zero has log-norm −inf
         and so has every mean that includes it.
 
     Raises:
-        ValueError: T < 3 (a slope needs two lags), `min_lag` not in [1, K − 1], and the
-            errors of `omega_norms`.
+        ValueError: T < 3 (a slope needs two lags), `min_lag` not in [1, K − 1],
+            `burn_in` not in [0, T − 2], and the errors of `omega_norms`.
 
     Example:
         >>> layer = init_layer(jax.random.key(0), 2, 8)
         >>> xs = jax.random.normal(jax.random.key(1), (64, 4, 2))
-        >>> estimate = lyapunov_exponent(layer, xs, max_lag=32)
-        >>> estimate.per_lag.shape
-        (32,)
+        >>> estimate = lyapunov_exponent(layer, xs, max_lag=16)
+        >>> estimate.per_lag.shape, bool(estimate.exponent < 0)
+        ((16,), True)
     """
     # Options first (cheap, static): a mistake should not cost a forward pass.
-    T = check_sequence("xs", xs)[0]
+    T = time_and_batch(xs)[0]
     if T < 3:
         raise ValueError(
             f"lyapunov_exponent needs T >= 3 steps to fit a slope over two lags, got T = {T}."
         )
-    last = check_max_lag(max_lag, T)
+    last = check_max_lag(default_max_lag(T) if max_lag is None else max_lag, T)
     if not isinstance(min_lag, int) or isinstance(min_lag, bool) or not 1 <= min_lag < last:
         raise ValueError(
             f"min_lag must be an int in [1, {last - 1}] (below max_lag = {last}), got {min_lag!r}."
         )
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
-    log_norms = omega_log_norms_from_jacobians(one_step_jacobians(trajectory), last).spectral
-    mean_log_norm = mean_log_norm_per_lag(log_norms, last)
+    burn_in = _check_burn_in(burn_in, T)
+    trajectory = layer_trajectory(
+        params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
+    )
+    one_step = one_step_jacobians(trajectory)
+    log_norms = omega_log_norms_from_jacobians(one_step, last).spectral
+    sums, counts = log_norm_sums_per_lag(log_norms, last, valid_steps(trajectory))
+    mean_log_norm = sums.sum(axis=-1) / counts.sum(axis=-1)
     lags = jnp.arange(1, last + 1, dtype=mean_log_norm.dtype)
-    fit_lags, fit_values = lags[min_lag - 1 :], mean_log_norm[min_lag - 1 :]
-    centred = fit_lags - fit_lags.mean()
-    slope = jnp.sum(centred * (fit_values - fit_values.mean())) / jnp.sum(centred * centred)
-    return LyapunovEstimate(slope, lags, mean_log_norm, mean_log_norm / lags)
+    in_range = lags >= min_lag
+    exponent = _slope(lags, mean_log_norm, in_range & (counts.sum(axis=-1) > 0))
+    # The same fit per sequence: their spread over the batch gives the standard error.
+    sample_fitted = in_range[:, None] & (counts > 0)
+    sample_slopes = jax.vmap(_slope, in_axes=(None, 1, 1))(lags, sums / counts, sample_fitted)
+    standard_error = _standard_error(sample_slopes, sample_fitted.sum(axis=0) >= 2)
+
+    log_growth, averaged = qr_log_growth(trajectory, one_step, burn_in)
+    spectrum = _weighted_mean(log_growth, averaged[..., None], axis=(0, 1))
+    top = jnp.argmax(spectrum)
+    qr_samples = _weighted_mean(log_growth[..., top], averaged, axis=0)
+    qr_standard_error = _standard_error(qr_samples, averaged.sum(axis=0) >= 1)
+    qr_exponent = spectrum[top]
+
+    same_sign = jnp.sign(exponent) == jnp.sign(qr_exponent)
+    difference = jnp.abs(exponent - qr_exponent)
+    combined = jnp.sqrt(standard_error**2 + qr_standard_error**2)
+    consistent = same_sign & (difference <= AGREEMENT_STANDARD_ERRORS * combined)
+    return LyapunovEstimate(
+        exponent,
+        lags,
+        mean_log_norm,
+        mean_log_norm / lags,
+        standard_error,
+        qr_exponent,
+        qr_standard_error,
+        consistent,
+    )
 
 
 def lyapunov_qr(
@@ -155,24 +350,31 @@ def lyapunov_qr(
     *,
     activation: str = "tanh",
     layer: int = -1,
-    burn_in: int = 0,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
+    burn_in: int | None = None,
 ) -> jax.Array:
     """Lyapunov spectrum of a layer by QR re-orthonormalisation (Benettin's algorithm).
 
     scan :: (Q_t (m, d, d), Ω(t+1, t)) -> Q_{t+1}, with `Ω(t+1, t) Q_t = Q_{t+1} R_t`
-    and `λ_a = (1/(T−1−B)) Σ_{t ≥ B} log|R_t[a, a]|`, one trajectory per sample, then
-    averaged over the batch. The frame stays orthonormal, so nothing under- or
-    overflows. The first B = `burn_in` steps only align the frame with the growing
-    directions: counting them biases the estimate by O(1/T) (the frame starts as the
-    identity, not along the most expanding direction).
+    and `λ_a = mean over t ≥ B and samples of log|R_t[a, a]|`, one trajectory per
+    sample. The frame stays orthonormal, so nothing under- or overflows. The first
+    B = `burn_in` steps only align the frame with the growing directions: counting them
+    biases the estimate by O(1/T) (the frame starts as the identity, not along the most
+    expanding direction).
 
     Args:
-        params: a `LayerParams`, or an `RNNParams` stack (see `layer`).
-        xs: inputs (T, m, n).
-        h0: initial state (m, d) of the inspected layer; zeros if None.
+        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
+            `layer`).
+        xs: inputs (T, m, n), or integer tokens (T, m).
+        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
         activation: "tanh", "sigmoid" or "relu".
         layer: for an `RNNParams`, which recurrent layer (default the top one).
-        burn_in: leading steps propagated but left out of the average (default 0).
+        direction: for a bidirectional layer, "forward" or "backward" (required).
+        lengths: valid steps per sequence (m,) of a right-padded batch, or None: only
+            the Jacobians between two valid steps of a sequence are averaged.
+        burn_in: leading steps propagated but left out of the average; default
+            `default_burn_in(T)` = ⌊T/8⌋, as in `lyapunov_exponent` and `dprnn-jax omega`.
 
     Returns:
         The d exponents, largest first, shape (d,); `[0]` is λ₁.
@@ -186,24 +388,12 @@ def lyapunov_qr(
         >>> lyapunov_qr(layer, jax.random.normal(jax.random.key(1), (64, 4, 2))).shape
         (8,)
     """
-    T = check_sequence("xs", xs)[0]
-    if not isinstance(burn_in, int) or isinstance(burn_in, bool) or not 0 <= burn_in <= T - 2:
-        raise ValueError(
-            f"lyapunov_qr averages the T - 1 - burn_in Jacobians after the burn-in, so it needs "
-            f"0 <= burn_in <= T - 2 = {T - 2}; got burn_in = {burn_in!r} with T = {T}."
-        )
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
-    _, m, d = trajectory.hs.shape
-    # Ω(t+1, t) for t = 0 … T-2: the last step's σ' has no successor.
-    jacobians = one_step_jacobians(trajectory)[:-1]
-
-    def step(frame, jacobian):
-        frame, r = jnp.linalg.qr(jacobian @ frame)
-        return frame, jnp.log(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)))
-
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=jacobians.dtype), (m, d, d))
-    _, log_growth = lax.scan(step, eye, jacobians)  # (T-1, m, d)
-    exponents = log_growth[burn_in:].mean(axis=(0, 1))
+    burn_in = _check_burn_in(burn_in, time_and_batch(xs)[0])
+    trajectory = layer_trajectory(
+        params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
+    )
+    log_growth, averaged = qr_log_growth(trajectory, one_step_jacobians(trajectory), burn_in)
+    exponents = _weighted_mean(log_growth, averaged[..., None], axis=(0, 1))
     return jnp.sort(exponents)[::-1]
 
 
@@ -214,6 +404,8 @@ def decay_bound(
     *,
     activation: str = "tanh",
     layer: int = -1,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
 ) -> DecayBound:
     """γ of the decay bound `‖Ω(i+k, i)‖₂ ≤ γ^k` (hence `‖G(i+k, i)‖ ≤ ‖P_{i+k}‖ γ^k`).
 
@@ -222,11 +414,15 @@ def decay_bound(
     holds for this trajectory; with the activation's sup it holds for every input.
 
     Args:
-        params: a `LayerParams`, or an `RNNParams` stack (see `layer`).
-        xs: inputs (T, m, n).
-        h0: initial state (m, d) of the inspected layer; zeros if None.
+        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
+            `layer`).
+        xs: inputs (T, m, n), or integer tokens (T, m).
+        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
         activation: "tanh", "sigmoid" or "relu".
         layer: for an `RNNParams`, which recurrent layer (default the top one).
+        direction: for a bidirectional layer, "forward" or "backward" (required).
+        lengths: valid steps per sequence (m,), or None: the max σ' is taken over the
+            steps that enter a Jacobian between two valid steps.
 
     Returns:
         `DecayBound(gamma, gamma_a_priori, spectral_norm_S, max_sigma_prime)`.
@@ -237,10 +433,14 @@ def decay_bound(
         >>> bool(bound.gamma <= bound.gamma_a_priori)
         True
     """
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
+    trajectory = layer_trajectory(
+        params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
+    )
     spectral_norm_S = jnp.linalg.norm(trajectory.params.S, ord=2)
-    # Only steps 0 … T-2 enter a Jacobian Ω(t+1, t).
-    sigma_prime = trajectory.sigma_prime[:-1]
+    # Only steps t with a valid successor enter a Jacobian Ω(t+1, t); σ' ≥ 0, so 0 is
+    # the neutral element of the max (and the value when no Jacobian is left).
+    entering = valid_steps(trajectory)[1:, :, None]
+    sigma_prime = jnp.where(entering, trajectory.sigma_prime[:-1], 0)
     max_sigma_prime = sigma_prime.max() if sigma_prime.size else jnp.zeros_like(spectral_norm_S)
     return DecayBound(
         spectral_norm_S * max_sigma_prime,

@@ -7,18 +7,18 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._backward.jacobian import ElmanJacobian
-from .._model.activations import get_activation
-from .._model.forward import hoisted_layer
-from .._model.params import LayerParams
-from .._validation import check_layer_inputs
+from .trajectory import layer_trajectory, network_order
 
 
 def omega_matrix(
-    layer_params: LayerParams,
+    params,
     xs: jax.Array,
     h0: jax.Array | None = None,
     *,
     activation: str = "tanh",
+    layer: int = -1,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
 ) -> jax.Array:
     """The Jacobian triangle Ω(j, i) = ∂Z_j/∂Z_i of one recurrent layer.
 
@@ -28,26 +28,37 @@ def omega_matrix(
     for small models, not part of any backward pass.
 
     Args:
-        layer_params: `LayerParams(W (d, n), S (d, d), b (d,))`.
-        xs: inputs (T, m, n).
-        h0: initial state (m, d); zeros if None.
+        params: a `LayerParams` or `BidirectionalParams` with its own inputs, or an
+            `RNNParams` stack (see `layer`).
+        xs: inputs (T, m, n), or integer tokens (T, m).
+        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
         activation: "tanh", "sigmoid" or "relu".
+        layer: for an `RNNParams`, which recurrent layer (default the top one); its
+            inputs are what the network's own forward computes.
+        direction: for a bidirectional layer, "forward" or "backward" (required).
+        lengths: valid steps per sequence (m,) of a right-padded batch, or None.
 
     Returns:
-        Array (T, T, m, d, d): `[j, i, v]` is Ω(j, i) for sample v; zero above the
-        diagonal (j < i) and the identity on it.
+        Array (T, T, m, d, d): `[j, i, v]` is Ω(j, i) for sample v; the identity on
+        the diagonal and zero where Z_j does not depend on Z_i (j < i; j > i for the
+        backward direction of a bidirectional layer, whose steps run from the last
+        valid one to t = 0). Entries at a padded step (j or i ≥ lengths[v]) are NaN.
+
+    Raises:
+        ValueError, TypeError: as `omega_norms`.
 
     Example:
         >>> omega = omega_matrix(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
         >>> omega.shape
         (4, 4, 1, 3, 3)
     """
-    T, m, d, h0 = check_layer_inputs(layer_params, xs, h0, activation=activation)
-    hs = hoisted_layer(layer_params, xs, h0, activation=activation)
-    sigma_prime = get_activation(activation).derivative_from_output(hs)
-    jacobian = ElmanJacobian(layer_params.S, sigma_prime)
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=hs.dtype), (T, m, d, d))
-    triangle = jnp.zeros((T, T, m, d, d), hs.dtype)
+    trajectory = layer_trajectory(
+        params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
+    )
+    T, m, d = trajectory.hs.shape
+    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=trajectory.hs.dtype), (T, m, d, d))
+    triangle = jnp.zeros((T, T, m, d, d), trajectory.hs.dtype)
     steps = jnp.arange(T)
     triangle = triangle.at[steps, steps].set(eye)
 
@@ -63,4 +74,4 @@ def omega_matrix(
         return triangle, diagonal
 
     triangle, _ = lax.fori_loop(1, T, fill, (triangle, eye))
-    return triangle
+    return network_order(triangle, trajectory)

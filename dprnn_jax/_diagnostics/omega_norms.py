@@ -14,6 +14,10 @@ scale is carried alongside: `log‖Ω(i+k, i)‖ = log c_k(i) + log‖Ω(i+k, i)
 `log c_k(i) = log c_{k-1}(i+1) + log‖Ω(i+k, i+1) Ω(i+1, i) / c_{k-1}(i+1)‖_F`.
 The log-norms are therefore exact (to rounding) at any lag, even where the norm itself
 is far below the smallest float.
+
+A bidirectional layer is inspected one direction at a time; the backward direction's
+triangle is filled in the order in which it runs and reported at the network's time
+steps (`trajectory.network_order`), where it is the upper triangle j ≤ i.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._validation import check_positive_int
-from .trajectory import layer_trajectory, one_step_jacobians
+from .trajectory import layer_trajectory, network_order, one_step_jacobians
 
 
 class OmegaNorms(NamedTuple):
-    """‖Ω(j, i)‖ per sample, shape (T, T, m) indexed `[j, i, v]`: spectral and Frobenius."""
+    """‖Ω(j, i)‖ per sample, shape (T, T, m) indexed `[j, i, v]`: spectral and Frobenius.
+
+    Example:
+        >>> norms = omega_norms(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
+        >>> float(norms.spectral[2, 2, 0]), bool(jnp.isnan(norms.spectral[0, 2, 0]))
+        (1.0, True)
+    """
 
     spectral: jax.Array
     frobenius: jax.Array
@@ -86,6 +96,8 @@ def omega_norms(
     *,
     activation: str = "tanh",
     layer: int = -1,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
     max_lag: int | None = None,
     log: bool = False,
 ) -> OmegaNorms:
@@ -98,11 +110,20 @@ def omega_norms(
     moderate d.
 
     Args:
-        params: a `LayerParams`, or an `RNNParams` stack (see `layer`).
-        xs: inputs (T, m, n) of the network (of the layer, for a `LayerParams`).
-        h0: initial state (m, d) of the inspected layer; zeros if None.
+        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
+            `layer`), with any mix of unidirectional and bidirectional layers.
+        xs: inputs (T, m, n) of the network (of the layer, for a lone layer), or integer
+            tokens (T, m).
+        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
         activation: "tanh", "sigmoid" or "relu".
-        layer: for an `RNNParams`, which recurrent layer (default the top one).
+        layer: for an `RNNParams`, which recurrent layer (default the top one). Its
+            inputs are what the network's own forward computes (`rnn_forward`).
+        direction: for a bidirectional layer, "forward" or "backward" (required): the
+            direction whose Ω is reported. The backward direction's Ω(j, i) =
+            ∂Z←_j/∂Z←_i is non-zero for j ≤ i, so it fills the upper triangle.
+        lengths: valid steps per sequence (m,) of a right-padded batch, or None. The
+            padding is zeroed and the backward direction reversed within each length,
+            as in `rnn_forward`; entries at a padded step (j or i ≥ lengths[v]) are NaN.
         max_lag: fill only lags j − i ≤ max_lag (all T − 1 if None).
         log: return natural logarithms of the norms. They are computed with a running
             scale (see the module docstring), so they stay finite where the norms
@@ -111,24 +132,37 @@ def omega_norms(
     Returns:
         `OmegaNorms(spectral, frobenius)`, each (T, T, m) indexed `[j, i, v]` like
         `omega_matrix`: the diagonal holds the identity's norms (1 and √d); entries
-        above the diagonal (j < i) and lags beyond `max_lag` are NaN (log-scale heat
-        maps leave them blank). A product that is exactly zero (relu) has norm 0 (log
+        that do not depend on each other (j < i; j > i for the backward direction),
+        lags beyond `max_lag` and padded steps are NaN (log-scale heat maps leave them
+        blank). A product that is exactly zero (relu) has norm 0 (log
         −inf). Non-finite inputs or parameters give NaN entries, never a finite wrong
         number. Not meant to be differentiated (the SVD of a zero matrix has no gradient).
 
     Raises:
-        ValueError, TypeError: bad shapes, dtypes, `activation`, `layer` or `max_lag`.
+        ValueError, TypeError: bad shapes, dtypes, `activation`, `layer`, `direction`
+            (missing for a bidirectional layer), `lengths` or `max_lag`.
 
     Example:
         >>> layer = init_layer(jax.random.key(0), 2, 3)
         >>> norms = omega_norms(layer, jnp.ones((4, 1, 2)))
         >>> norms.spectral.shape
         (4, 4, 1)
+        >>> params = init_rnn(jax.random.key(0), 2, (3,), 2, bidirectional=True)
+        >>> backward = omega_norms(
+        ...     params, jnp.ones((4, 2, 2)), direction="backward", lengths=jnp.array([4, 2])
+        ... )
+        >>> bool(jnp.isnan(backward.spectral[3, 0, 0])), bool(jnp.isnan(backward.spectral[0, 3, 1]))
+        (True, True)
     """
-    trajectory = layer_trajectory(params, xs, h0, activation=activation, layer=layer)
+    trajectory = layer_trajectory(
+        params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
+    )
     T = trajectory.hs.shape[0]
     last = check_max_lag(max_lag, T)
     logs = omega_log_norms_from_jacobians(one_step_jacobians(trajectory), last)
+    logs = OmegaNorms(
+        network_order(logs.spectral, trajectory), network_order(logs.frobenius, trajectory)
+    )
     if log:
         return logs
     return OmegaNorms(jnp.exp(logs.spectral), jnp.exp(logs.frobenius))

@@ -1,8 +1,18 @@
-"""The forward trajectory of one recurrent layer, as every Ω diagnostic reads it.
+"""The forward trajectory of one direction of one recurrent layer, as every Ω diagnostic
+reads it.
 
-The diagnostics (`omega_norms`, `lyapunov_exponent`, `lyapunov_qr`, `decay_bound`,
-`gradient_flow`) all look at one layer: either a `LayerParams` with its own inputs, or
-layer `l` of an `RNNParams` stack, whose inputs are the states of the layer below.
+The diagnostics (`omega_matrix`, `omega_norms`, `gradient_flow`, `lyapunov_exponent`,
+`lyapunov_qr`, `decay_bound`) look at one layer: a `LayerParams` or a
+`BidirectionalParams` with its own inputs, or layer `l` of an `RNNParams` stack, whose
+inputs are computed by the network's own forward (`rnn_forward`'s layer step): padded
+inputs zeroed, bidirectional layers below reversed within each length. A bidirectional
+layer is inspected one direction at a time (`direction="forward"` or `"backward"`).
+
+Each direction is recorded in the order in which it runs: step s of the backward
+direction reads the input at t = L_v − 1 − s (within each sequence's own length L_v),
+so in run order every direction is an ordinary forward recurrence with its padding at
+the end, and the Ω dynamic programme applies unchanged. `network_order` maps run-order
+results back to the network's time steps and blanks (NaN) the entries at padded steps.
 """
 
 from __future__ import annotations
@@ -13,21 +23,41 @@ import jax
 import jax.numpy as jnp
 
 from .._backward.jacobian import ElmanJacobian
+from .._backward.registry import resolve_method
 from .._model.activations import ACTIVATIONS, get_activation
-from .._model.forward import hoisted_layer
-from .._model.network import check_rnn_params
+from .._model.bidirectional import BidirectionalParams, reverse_padded
+from .._model.layer import rnn_layer
+from .._model.network import apply_layer, check_rnn_params
+from .._model.padding import check_lengths, mask_from_lengths, zero_padding
 from .._model.params import LayerParams
-from .._validation import check_choice, check_layer_inputs, check_same_dtype, check_sequence
+from .._model.tokens import is_token_input
+from .._validation import check_choice, check_rank, check_sequence
+
+DIRECTIONS = ("forward", "backward")
 
 
 class Trajectory(NamedTuple):
-    """One layer's parameters, inputs (T, m, n), initial state, states hs and σ'(Z)."""
+    """One direction of one layer: what its Ω depends on, in the order in which it runs.
 
+    Attributes:
+        layer: the inspected layer (`LayerParams` or `BidirectionalParams`).
+        inputs: the layer's inputs in network time, padded steps zeroed (T, m, n), or
+            integer tokens (T, m).
+        params: the inspected direction's `LayerParams`.
+        hs: that direction's states in run order (T, m, d).
+        sigma_prime: σ'(Z) in run order (T, m, d).
+        lengths: valid steps per sequence (m,), or None for all T.
+        backward: whether the direction runs backward in time (its step s is the
+            network's step L_v − 1 − s).
+    """
+
+    layer: LayerParams | BidirectionalParams
+    inputs: jax.Array
     params: LayerParams
-    xs: jax.Array
-    h0: jax.Array
     hs: jax.Array
     sigma_prime: jax.Array
+    lengths: jax.Array | None
+    backward: bool
 
 
 def check_layer_index(layer: object, num_layers: int) -> int:
@@ -44,44 +74,140 @@ def check_layer_index(layer: object, num_layers: int) -> int:
     return layer % num_layers
 
 
+def is_stack(params: object) -> bool:
+    return hasattr(params, "layers") and hasattr(params, "readout")
+
+
+def time_and_batch(xs: object) -> tuple[int, int]:
+    if is_token_input(xs):
+        T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
+        if T == 0:
+            raise ValueError(f"xs must have at least one time step, got shape {(T, m)}.")
+        return T, m
+    T, m, _ = check_sequence("xs", xs)
+    return T, m
+
+
+def layer_inputs(
+    params, xs: jax.Array, *, activation: str, layer: int = -1, lengths: jax.Array | None = None
+) -> tuple[LayerParams | BidirectionalParams, jax.Array, jax.Array | None, int | None]:
+    """The inspected layer and its inputs as the network computes them.
+
+    Returns:
+        `(layer params, inputs (padded steps zeroed), lengths (checked), index)`; the
+        index is None for a lone layer.
+    """
+    check_choice("activation", activation, ACTIVATIONS)
+    T, m = time_and_batch(xs)
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, m)
+    if not is_stack(params):
+        return params, zero_padding(xs, lengths), lengths, None
+    check_rnn_params(params)
+    layers = tuple(params.layers)
+    index = check_layer_index(layer, len(layers))
+    # The layers below run exactly as in `rnn_forward` (same layer step, from zeros).
+    plain = resolve_method("autodiff")
+    hs = xs
+    for below in layers[:index]:
+        hs, _ = apply_layer(below, hs, None, lengths=lengths, activation=activation, method=plain)
+    return layers[index], zero_padding(hs, lengths), lengths, index
+
+
+def direction_params(layer: object, direction: object, name: str) -> tuple[LayerParams, bool]:
+    """The `LayerParams` of the inspected direction and whether it runs backward."""
+    if direction is not None:
+        check_choice("direction", direction, DIRECTIONS)
+    if isinstance(layer, BidirectionalParams):
+        if direction is None:
+            raise ValueError(
+                f"{name} is a bidirectional layer: pass direction='forward' or "
+                "direction='backward' to say which direction to inspect (each has its own "
+                "Ω); the backward direction is reported at the network's time steps."
+            )
+        return getattr(layer, direction), direction == "backward"
+    if direction == "backward":
+        raise ValueError(
+            f"direction='backward' needs a bidirectional layer, but {name} is a "
+            f"{type(layer).__name__}; leave direction=None (or 'forward')."
+        )
+    return layer, False
+
+
 def layer_trajectory(
-    params, xs: jax.Array, h0: jax.Array | None = None, *, activation: str, layer: int = -1
+    params,
+    xs: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    activation: str,
+    layer: int = -1,
+    direction: str | None = None,
+    lengths: jax.Array | None = None,
 ) -> Trajectory:
     """Runs the forward pass up to one layer and records what its Ω depends on.
 
     Args:
-        params: a `LayerParams` (then `layer` is ignored) or an `RNNParams` stack.
-        xs: the network inputs (T, m, n).
-        h0: the initial state (m, d) of the inspected layer; zeros if None. The layers
-            below it (for a stack) start from zeros.
+        params: a `LayerParams`, a `BidirectionalParams` (then `layer` is ignored) or an
+            `RNNParams` stack.
+        xs: the network inputs (T, m, n), or integer tokens (T, m).
+        h0: the initial state (m, d) of the inspected direction; zeros if None. The
+            layers below it (for a stack) and the other direction start from zeros.
         activation: "tanh", "sigmoid" or "relu".
         layer: which layer of an `RNNParams` stack (default the top one).
+        direction: for a bidirectional layer, "forward" or "backward" (required).
+        lengths: valid steps per sequence (m,), or None for all T.
 
     Returns:
-        `Trajectory` of the inspected layer.
+        `Trajectory` of the inspected direction.
 
     Raises:
-        ValueError, TypeError: as `rnn_layer` for bad shapes, dtypes or options, and for
-            a `layer` index outside the stack.
+        ValueError, TypeError: as `rnn_forward` for bad shapes, dtypes or options, for a
+            `layer` index outside the stack and for a missing or impossible `direction`.
     """
-    if hasattr(params, "layers") and hasattr(params, "readout"):
-        check_choice("activation", activation, ACTIVATIONS)
-        check_rnn_params(params)
-        layers = tuple(params.layers)
-        index = check_layer_index(layer, len(layers))
-        _, m, _ = check_sequence("xs", xs)
-        check_same_dtype("xs", xs, layers[0].W.dtype, "params.layers[0].W")
-        for below in layers[:index]:
-            zeros = jnp.zeros((m, below.S.shape[0]), below.W.dtype)
-            xs = hoisted_layer(below, xs, zeros, activation=activation)
-        params = layers[index]
-    _, _, _, h0 = check_layer_inputs(params, xs, h0, activation=activation)
-    hs = hoisted_layer(params, xs, h0, activation=activation)
+    inspected, inputs, lengths, index = layer_inputs(
+        params, xs, activation=activation, layer=layer, lengths=lengths
+    )
+    name = "params" if index is None else f"params.layers[{index}]"
+    one_direction, backward = direction_params(inspected, direction, name)
+    run_inputs = reverse_padded(inputs, lengths) if backward else inputs
+    hs = rnn_layer(one_direction, run_inputs, h0, activation=activation, method="autodiff")
     sigma_prime = get_activation(activation).derivative_from_output(hs)
-    return Trajectory(params, xs, h0, hs, sigma_prime)
+    return Trajectory(inspected, inputs, one_direction, hs, sigma_prime, lengths, backward)
 
 
 def one_step_jacobians(trajectory: Trajectory) -> jax.Array:
-    """Ω(i+1, i) = S · diag(σ'(Z_i)) for every step and sample: (T, m, d, d)."""
+    """Ω(s+1, s) = S · diag(σ'(Z_s)) for every run-order step and sample: (T, m, d, d)."""
     jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
     return jacobian.matrices(jacobian.per_step, trajectory.sigma_prime)
+
+
+def valid_steps(trajectory: Trajectory) -> jax.Array:
+    """(T, m) booleans, True at the valid steps; the same in run order and network time."""
+    T, m = trajectory.hs.shape[:2]
+    if trajectory.lengths is None:
+        return jnp.ones((T, m), bool)
+    return mask_from_lengths(trajectory.lengths, T)
+
+
+def network_order(values: jax.Array, trajectory: Trajectory) -> jax.Array:
+    """Run-order `[j, i, v, …]` entries (T, T, m, …) at the network's time steps.
+
+    The backward direction's step s is the network's step L_v − 1 − s, so its entries
+    are gathered sample by sample (its lower triangle becomes the upper one). Entries
+    at a padded step (j or i ≥ L_v) become NaN.
+    """
+    T, _, m = values.shape[:3]
+    if trajectory.backward:
+        lengths = trajectory.lengths
+        if lengths is None:
+            lengths = jnp.full((m,), T)
+        steps = jnp.arange(T)[:, None]
+        source = jnp.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)
+        samples = jnp.arange(m)[None, None, :]
+        values = values[source[:, None, :], source[None, :, :], samples]
+    if trajectory.lengths is not None:
+        valid = valid_steps(trajectory)
+        both = valid[:, None, :] & valid[None, :, :]
+        both = both.reshape(both.shape + (1,) * (values.ndim - 3))
+        values = jnp.where(both, values, jnp.nan)
+    return values

@@ -14,38 +14,13 @@ sequence. The reversal is a gather, differentiated by JAX
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
 from .layer import rnn_layer
-from .params import LayerParams, init_layer
-
-
-class BidirectionalParams(NamedTuple):
-    """A bidirectional layer: `forward` reads t = 0 … L−1, `backward` reads t = L−1 … 0."""
-
-    forward: LayerParams
-    backward: LayerParams
-
-
-def init_bidirectional_layer(
-    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
-) -> BidirectionalParams:
-    """Two independent `init_layer`s; the layer outputs 2·hidden_size features.
-
-    Example:
-        >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 8)
-        >>> layer.backward.S.shape
-        (8, 8)
-    """
-    forward_key, backward_key = jax.random.split(key)
-    return BidirectionalParams(
-        init_layer(forward_key, input_size, hidden_size, dtype=dtype),
-        init_layer(backward_key, input_size, hidden_size, dtype=dtype),
-    )
+from .params import BidirectionalParams as BidirectionalParams
+from .params import init_bidirectional_layer as init_bidirectional_layer
 
 
 def reverse_padded(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
@@ -88,10 +63,11 @@ def bidirectional_layer(
         **options: `truncation`, `tol`, `block`, passed to `rnn_layer`.
 
     Returns:
-        (T, m, d→ + d←). At padded steps (t ≥ L) the values are those of a model that
-        kept running over the padding; they carry no gradient when the loss masks them,
-        provided the padding is finite (0 · NaN is NaN in the backward products):
-        `rnn_forward` and the losses zero the padded inputs for you.
+        (T, m, d→ + d←). With `lengths`, the padded inputs are replaced by zeros before
+        either direction reads them (as `rnn_layer(..., lengths=)` does), so NaN or inf
+        padding reaches nothing; at padded steps (t ≥ L) each direction holds the states
+        of a layer that kept running over that zero padding after its last valid step.
+        They carry no gradient when the loss masks them.
 
     Raises:
         TypeError: if `params` is not a `BidirectionalParams`.
@@ -109,6 +85,8 @@ def bidirectional_layer(
         )
     h0_forward, h0_backward = (None, None) if h0 is None else h0
     kwargs = dict(activation=activation, method=method, **options)
-    forward = rnn_layer(params.forward, xs, h0_forward, **kwargs)
-    backward = rnn_layer(params.backward, reverse_padded(xs, lengths), h0_backward, **kwargs)
+    forward = rnn_layer(params.forward, xs, h0_forward, lengths=lengths, **kwargs)
+    # Reversal within each length keeps the padding at the end, where `lengths` zeroes it.
+    reversed_xs = reverse_padded(xs, lengths)
+    backward = rnn_layer(params.backward, reversed_xs, h0_backward, lengths=lengths, **kwargs)
     return jnp.concatenate([forward, reverse_padded(backward, lengths)], axis=-1)

@@ -13,6 +13,7 @@ from .._backward.registry import resolve_method
 from .._backward.vjp import elman_layer
 from .._validation import check_layer_inputs
 from .forward import scan_layer
+from .padding import check_lengths, zero_padding
 from .params import LayerParams
 from .tokens import check_token_inputs, is_token_input, token_scan_layer
 
@@ -22,6 +23,7 @@ def rnn_layer(
     xs: jax.Array,
     h0: jax.Array | None = None,
     *,
+    lengths: jax.Array | None = None,
     activation: str = "tanh",
     method: str | GradientAlgorithm = "omega",
     block: int | None = None,
@@ -55,6 +57,14 @@ def rnn_layer(
             integer token indices (T, m) into a vocabulary of n = W.shape[1] words, read
             as one-hot vectors without building them (`W x_t` is a column lookup).
         h0: initial state (m, d); zeros if None.
+        lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
+            batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
+            replaced by zeros (token 0) before the layer reads them, so whatever the
+            padding holds (even NaN) reaches no valid state and no gradient. The states
+            past each length are those of the layer running on over that zero padding;
+            a loss that masks them gives them no gradient. Each sequence's final state,
+            as `rnn_forward` returns it in `final_states`, is `hs[lengths[v] − 1, v]`
+            (h0 when lengths[v] = 0), not `hs[-1]`.
         activation: "tanh", "sigmoid" or "relu".
         method: a `GradientAlgorithm` (`Omega(truncation=32)`, `BPTT()`, …) or its name
             ("omega", "bptt", "naive", "scan", "rtrl", "autodiff").
@@ -77,6 +87,9 @@ def rnn_layer(
         >>> xs = jnp.ones((5, 2, 3))
         >>> rnn_layer(layer, xs, method=Omega(truncation=2)).shape
         (5, 2, 8)
+        >>> hs = rnn_layer(layer, xs.at[2:, 1].set(jnp.nan), lengths=jnp.array([5, 2]))
+        >>> bool(jnp.isfinite(hs).all())
+        True
     """
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
     tokens = is_token_input(xs)
@@ -90,6 +103,8 @@ def rnn_layer(
         _, _, _, h0 = check_token_inputs(params, xs, h0, activation=activation)
     else:
         _, _, _, h0 = check_layer_inputs(params, xs, h0, activation=activation)
+    if lengths is not None:
+        xs = zero_padding(xs, check_lengths(lengths, *xs.shape[:2]))
     if not algorithm.uses_custom_vjp:
         forward = token_scan_layer if tokens else scan_layer
         return forward(params, xs, h0, activation=activation)

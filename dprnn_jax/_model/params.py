@@ -29,10 +29,30 @@ class ReadoutParams(NamedTuple):
     b: jax.Array
 
 
-class RNNParams(NamedTuple):
-    """A stack of recurrent layers (a tuple of `LayerParams`) and a linear readout."""
+class BidirectionalParams(NamedTuple):
+    """A bidirectional layer: `forward` reads t = 0 … L−1, `backward` reads t = L−1 … 0.
 
-    layers: tuple[LayerParams, ...]
+    Example:
+        >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 8)
+        >>> layer.forward.W.shape, layer.backward.S.shape
+        ((8, 3), (8, 8))
+    """
+
+    forward: LayerParams
+    backward: LayerParams
+
+
+class RNNParams(NamedTuple):
+    """A stack of recurrent layers (each a `LayerParams` or a `BidirectionalParams`) and
+    a linear readout.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 2)
+        >>> type(params.layers[0]).__name__, params.readout.W.shape
+        ('LayerParams', (2, 8))
+    """
+
+    layers: tuple[LayerParams | BidirectionalParams, ...]
     readout: ReadoutParams
 
 
@@ -84,12 +104,30 @@ def init_layer(
     return LayerParams(W, S, b)
 
 
+def init_bidirectional_layer(
+    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
+) -> BidirectionalParams:
+    """Two independent `init_layer`s; the layer outputs 2·hidden_size features.
+
+    Example:
+        >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 8)
+        >>> layer.backward.S.shape
+        (8, 8)
+    """
+    forward_key, backward_key = jax.random.split(key)
+    return BidirectionalParams(
+        init_layer(forward_key, input_size, hidden_size, dtype=dtype),
+        init_layer(backward_key, input_size, hidden_size, dtype=dtype),
+    )
+
+
 def init_rnn(
     key: jax.Array,
     input_size: int,
     hidden_sizes: Sequence[int],
     output_size: int,
     *,
+    bidirectional: bool | Sequence[bool] = False,
     dtype=jnp.float32,
 ) -> RNNParams:
     """Initialises a stack of recurrent layers followed by a linear readout.
@@ -97,30 +135,51 @@ def init_rnn(
     Args:
         key: a PRNG key.
         input_size: n, features per input step.
-        hidden_sizes: (d_1, ..., d_L), one entry per recurrent layer (at least one).
+        hidden_sizes: (d_1, ..., d_L), one entry per recurrent layer (at least one); for
+            a bidirectional layer, the size of each direction.
         output_size: k, readout features (classes for softmax cross-entropy).
+        bidirectional: True for a stack of `BidirectionalParams` layers (each outputs
+            2·d_l features, which the next layer or the readout reads), or one bool per
+            layer.
         dtype: a floating dtype for every array.
 
     Returns:
         `RNNParams(layers, readout)`.
 
+    Raises:
+        ValueError: no layer, a size that is not a positive int, or a `bidirectional`
+            sequence whose length is not the number of layers.
+
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (16, 16), 5)
         >>> len(params.layers), params.readout.W.shape
         (2, (5, 16))
+        >>> params = init_rnn(jax.random.key(0), 3, (16, 16), 5, bidirectional=True)
+        >>> params.layers[1].forward.W.shape, params.readout.W.shape
+        ((16, 32), (5, 32))
     """
     hidden_sizes = tuple(hidden_sizes)
     if not hidden_sizes:
         raise ValueError("hidden_sizes must name at least one recurrent layer, got ().")
     _check_size("output_size", output_size)
     dtype = _check_float_dtype(dtype)
+    if isinstance(bidirectional, bool):
+        bidirectional = (bidirectional,) * len(hidden_sizes)
+    flags = tuple(bidirectional) if isinstance(bidirectional, Sequence) else ()
+    if len(flags) != len(hidden_sizes) or not all(isinstance(flag, bool) for flag in flags):
+        raise ValueError(
+            f"bidirectional must be a bool or one bool per layer ({len(hidden_sizes)}), got "
+            f"{bidirectional!r}."
+        )
     keys = jax.random.split(key, len(hidden_sizes) + 1)
-    sizes = (input_size, *hidden_sizes)
-    layers = tuple(
-        init_layer(k, n, d, dtype=dtype) for k, n, d in zip(keys[:-1], sizes[:-1], sizes[1:])
-    )
-    W_out = jax.random.normal(keys[-1], (output_size, sizes[-1]), dtype) / jnp.sqrt(
-        jnp.asarray(sizes[-1], dtype)
-    )
+    layers, n = [], input_size
+    for k, d, both in zip(keys[:-1], hidden_sizes, flags):
+        if both:
+            layers.append(init_bidirectional_layer(k, n, d, dtype=dtype))
+        else:
+            layers.append(init_layer(k, n, d, dtype=dtype))
+        n = 2 * d if both else d
+    layers = tuple(layers)
+    W_out = jax.random.normal(keys[-1], (output_size, n), dtype) / jnp.sqrt(jnp.asarray(n, dtype))
     readout = ReadoutParams(W_out, jnp.zeros((output_size,), dtype))
     return RNNParams(layers, readout)
