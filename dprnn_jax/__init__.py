@@ -40,11 +40,17 @@ from ._model.bidirectional import bidirectional_layer as bidirectional_layer
 from ._model.bidirectional import init_bidirectional_layer as init_bidirectional_layer
 from ._model.cell import cell as cell
 from ._model.forward import scan_layer as scan_layer
+from ._model.gru import GRUParams as GRUParams
+from ._model.gru import gru_layer as gru_layer
+from ._model.gru import init_gru_layer as init_gru_layer
 from ._model.layer import rnn_layer as rnn_layer
 from ._model.loss import LOSSES as LOSSES
 from ._model.loss import many_to_one_loss as many_to_one_loss
 from ._model.loss import per_step_losses as per_step_losses
 from ._model.loss import sequence_loss as sequence_loss
+from ._model.lstm import LSTMParams as LSTMParams
+from ._model.lstm import init_lstm_layer as init_lstm_layer
+from ._model.lstm import lstm_layer as lstm_layer
 from ._model.network import RNNOutput as RNNOutput
 from ._model.network import rnn_apply as rnn_apply
 from ._model.network import rnn_forward as rnn_forward
@@ -82,26 +88,28 @@ from ._training.tasks import sample_text as sample_text
 __version__ = "0.1.0"
 
 __all__ = [
-    "BPTT",
-    "RTRL",
-    "Autodiff",
-    "Naive",
-    "Omega",
-    "ParallelScan",
     "ACTIVATIONS",
+    "Autodiff",
+    "BPTT",
     "Batch",
     "BidirectionalParams",
     "CheckpointError",
     "DecayBound",
+    "GRUParams",
     "LOSSES",
+    "LSTMParams",
     "LayerParams",
     "LyapunovEstimate",
     "METHODS",
     "Metrics",
+    "Naive",
+    "Omega",
     "OmegaNorms",
+    "ParallelScan",
     "ProductCount",
     "RNNOutput",
     "RNNParams",
+    "RTRL",
     "RTRLState",
     "ReadoutParams",
     "ResumeError",
@@ -123,11 +131,15 @@ __all__ = [
     "decay_bound",
     "error_flow_norms",
     "gradient_flow",
+    "gru_layer",
     "init_bidirectional_layer",
+    "init_gru_layer",
     "init_layer",
+    "init_lstm_layer",
     "init_rnn",
     "load_checkpoint",
     "load_run",
+    "lstm_layer",
     "lyapunov_exponent",
     "lyapunov_qr",
     "make_eval_step",

@@ -1,0 +1,119 @@
+"""GRU and LSTM layers (PyTorch's layout and equations) under every algorithm.
+
+The oracle is written here from the equations, independently of the library: a plain
+Python loop over steps, differentiated by `jax.grad`.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import dprnn_jax as dj
+from dprnn_jax.backward import ALGORITHMS
+
+N, D, M = 3, 4, 2
+RTOL = {"float32": 1e-4, "float64": 1e-10}
+ALGORITHM_CASES = [cls() for name, cls in ALGORITHMS.items() if name != "autodiff"] + [
+    dj.Omega(block=2)
+]
+
+
+def sigmoid(x):
+    return 1 / (1 + jnp.exp(-x))
+
+
+def gru_oracle(params, xs, h):
+    W, S, b_ih, b_hh = params
+    Wr, Wz, Wn = jnp.split(W, 3)
+    Sr, Sz, Sn = jnp.split(S, 3)
+    bir, biz, bin_ = jnp.split(b_ih, 3)
+    bhr, bhz, bhn = jnp.split(b_hh, 3)
+    hs = []
+    for x in xs:
+        r = sigmoid(x @ Wr.T + bir + h @ Sr.T + bhr)
+        z = sigmoid(x @ Wz.T + biz + h @ Sz.T + bhz)
+        n = jnp.tanh(x @ Wn.T + bin_ + r * (h @ Sn.T + bhn))
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    return jnp.stack(hs)
+
+
+def lstm_oracle(params, xs, carry):
+    W, S, b_ih, b_hh = params
+    h, c = carry
+    hs, cs = [], []
+    for x in xs:
+        i, f, g, o = jnp.split(x @ W.T + b_ih + h @ S.T + b_hh, 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
+        h = sigmoid(o) * jnp.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return jnp.stack(hs), jnp.stack(cs)
+
+
+def assert_close(tree, reference, dtype):
+    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
+        scale = float(jnp.max(jnp.abs(expected))) or 1.0
+        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_layer_matches_the_equations_for_every_algorithm(cell, dtype, x64):
+    T = 5
+    key = jax.random.split(jax.random.key(0), 4)
+    xs = jax.random.normal(key[1], (T, M, N), dtype)
+    weights = jax.random.normal(key[2], (T, M, D), dtype)
+    h0 = 0.5 * jax.random.normal(key[3], (M, D), dtype)
+    if cell == "gru":
+        params = dj.init_gru_layer(key[0], N, D, dtype=dtype)
+        state = h0
+
+        def run(params, xs, state, method):
+            return dj.gru_layer(params, xs, state, method=method)
+
+        oracle = gru_oracle
+    else:
+        params = dj.init_lstm_layer(key[0], N, D, dtype=dtype)
+        state = (h0, jnp.cos(h0))
+
+        def run(params, xs, state, method):
+            return dj.lstm_layer(params, xs, state, method=method)[0]
+
+        def oracle(params, xs, state):
+            return lstm_oracle(params, xs, state)[0]
+
+    def loss(params, xs, state, method=None):
+        hs = oracle(params, xs, state) if method is None else run(params, xs, state, method)
+        return jnp.sum(jnp.sin(hs) * weights)
+
+    chex.assert_trees_all_close(
+        run(params, xs, state, "omega"), oracle(params, xs, state), rtol=RTOL[dtype]
+    )
+    reference = jax.grad(loss, (0, 1, 2))(params, xs, state)
+    grad = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=3)
+    # float32 checks the rounding of the two main algorithms; float64 checks them all.
+    algorithms = ALGORITHM_CASES if dtype == "float64" else [dj.Omega(), dj.BPTT()]
+    for algorithm in algorithms:
+        assert_close(grad(params, xs, state, algorithm), reference, dtype)
+
+
+def test_token_inputs_are_a_lookup(x64):
+    """Integer inputs read columns of W, as one-hot vectors would."""
+    params = dj.init_gru_layer(jax.random.key(0), 5, D, dtype=jnp.float64)
+    tokens = jnp.array([[0, 4], [2, 1], [3, 3]])
+    one_hot = jax.nn.one_hot(tokens, 5, dtype=jnp.float64)
+
+    def loss(params, xs):
+        return jnp.sum(dj.gru_layer(params, xs, method=dj.Omega()) ** 2)
+
+    assert_close(jax.grad(loss)(params, tokens), jax.grad(loss)(params, one_hot), "float64")
+
+
+def test_lstm_state_must_be_a_pair():
+    params = dj.init_lstm_layer(jax.random.key(0), N, D)
+    with pytest.raises(ValueError, match=r"the pair \(h0, c0\)"):
+        dj.lstm_layer(params, jnp.ones((3, M, N)), jnp.zeros((M, D)))
