@@ -12,6 +12,7 @@ outputs as the layers above read them. All in float64, to 1e-10.
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -247,16 +248,19 @@ def test_diagnostics_match_the_oracle(x64, kinds, layer, direction, lengths):
         if np.sum(counts[:, v] > 0) >= 2
     ]
     close(estimate.standard_error, np.std(slopes, ddof=1) / np.sqrt(len(slopes)))
-    growth = []
+    growth = {}  # sequence -> log|R_s[a, a]| of its own steps (burn-in 0 at T = 5)
     for v, L in enumerate(all_lengths):
         omega_v = np.asarray(per_sample[v][0])
         run = list(reversed(range(L))) if backward else list(range(L))  # network steps
         frame = np.eye(D)
         for s in range(L - 1):
             frame, r = np.linalg.qr(omega_v[run[s + 1], run[s]] @ frame)
-            growth.append(np.log(np.abs(np.diag(r))))
-    close(got["qr"], np.sort(np.mean(growth, axis=0))[::-1])
+            growth.setdefault(v, []).append(np.log(np.abs(np.diag(r))))
+    pooled = np.mean(np.concatenate(list(growth.values())), axis=0)
+    close(got["qr"], np.sort(pooled)[::-1])
     close(estimate.qr_exponent, got["qr"][0])
+    per_sequence = [np.mean(rows, axis=0)[np.argmax(pooled)] for rows in growth.values()]
+    close(estimate.qr_standard_error, np.std(per_sequence, ddof=1) / np.sqrt(len(growth)))
     sigma_prime = np.concatenate(
         [
             np.asarray(per_sample[v][1])[1:] if backward else np.asarray(per_sample[v][1])[:-1]
@@ -349,3 +353,62 @@ def test_what_is_not_supported_is_said():
     # The 4th positional argument is no longer `mask`.
     with pytest.raises(TypeError):
         dj.gradient_flow(bi, xs, targets, jnp.ones((T, M)), direction="forward")
+
+
+def fresh_model(*, T, batch, hidden, gain, seed=0, input_size=4, classes=4):
+    """The network and data of `dprnn-jax omega --T T --batch … --hidden … --gain …`."""
+    init_key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
+    params = dj.init_rnn(init_key, input_size, (hidden,), classes)
+    params = params._replace(layers=tuple(p._replace(S=gain * p.S) for p in params.layers))
+    return params, jax.random.normal(x_key, (T, batch, input_size))
+
+
+def test_the_cli_and_the_api_fit_the_same_range(tmp_path, capsys):
+    from dprnn_jax.cli import main
+
+    params, xs = fresh_model(T=12, batch=3, hidden=4, gain=1.5)
+    argv = ["omega", "--out", str(tmp_path), "--T", "12", "--batch", "3", "--hidden", "4"]
+    assert main([*argv, "--gain", "1.5"]) == 0
+    summary = json.loads((tmp_path / "omega_summary.json").read_text())
+    estimate = jax.jit(dj.lyapunov_exponent)(params, xs)
+    assert summary["fit_max_lag"] == estimate.lags.shape[0] == 6
+    assert summary["fit_burn_in"] == 12 // 8
+    np.testing.assert_allclose(summary["lyapunov_diagonal_decay"], estimate.exponent, rtol=1e-4)
+    np.testing.assert_allclose(summary["lyapunov_qr"], estimate.qr_exponent, rtol=1e-4)
+    qr = jax.jit(dj.lyapunov_qr)(params, xs)
+    np.testing.assert_allclose(summary["lyapunov_qr"], qr[0], rtol=1e-4)
+    assert summary["lyapunov_consistent"] == bool(estimate.consistent)
+    printed = capsys.readouterr().out
+    assert ("caveat: " in printed) == (not summary["lyapunov_consistent"])
+
+
+@pytest.mark.parametrize(
+    "T, batch, expected",
+    [
+        # Long enough: both estimates agree within their standard errors.
+        (64, 8, True),
+        # Too few steps: the diagonal fit still carries its initial transient, and the
+        # two finite-T estimates differ by several standard errors.
+        (8, 8, False),
+        # One sequence: no standard error, nothing to judge agreement by.
+        (64, 1, False),
+    ],
+)
+def test_disagreeing_lyapunov_estimates_are_flagged(x64, T, batch, expected):
+    params, xs = fresh_model(T=T, batch=batch, hidden=8, gain=1.0)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    estimate = jax.jit(dj.lyapunov_exponent)(params, xs.astype(jnp.float64))
+    assert bool(estimate.consistent) is expected
+    difference = abs(float(estimate.exponent) - float(estimate.qr_exponent))
+    combined = np.hypot(float(estimate.standard_error), float(estimate.qr_standard_error))
+    same_sign = np.sign(float(estimate.exponent)) == np.sign(float(estimate.qr_exponent))
+    assert bool(estimate.consistent) == bool(same_sign and difference <= 2 * combined)
+    caveat = estimate.caveat()
+    if expected:
+        assert caveat == ""
+    elif batch == 1:
+        assert np.isnan(float(estimate.standard_error))
+        assert "no standard error" in caveat
+    else:
+        assert difference > 2 * combined
+        assert "too few steps" in caveat and f"{float(estimate.exponent):.3g}" in caveat

@@ -422,6 +422,8 @@ def _command_omega(args: argparse.Namespace) -> int:
         f"Lyapunov λ1 = {summary['lyapunov_diagonal_decay']:.4g} (diagonal decay), "
         f"{summary['lyapunov_qr']:.4g} (QR)"
     )
+    if summary["lyapunov_caveat"]:
+        print(f"caveat: {summary['lyapunov_caveat']}")
     products = summary["method_products_per_layer"]
     print(
         f"{algorithm_from_dict(summary['method'])}: gradient relative error vs jax.grad "

@@ -290,6 +290,8 @@ def plot(rows: Sequence[ComplexityRow], path: str, *, title: str) -> None:
         ("hlo_dot_flops", "XLA HLO dot flops (loops × trip count; naive: unknown counts)"),
         ("seconds", "backward wall time (s)"),
     ]
+    # One colour per method in every panel, even where a panel leaves a method out.
+    colours = {method: f"C{index}" for index, method in enumerate(SWEPT)}
     for ax, (field, label) in zip(axes, panels, strict=True):
         for method in SWEPT:
             mine = [row for row in rows if row.method == method]
@@ -298,11 +300,12 @@ def plot(rows: Sequence[ComplexityRow], path: str, *, title: str) -> None:
             Ts = [row.T for row in mine]
             values = [getattr(row, field) for row in mine]
             slope = loglog_slope(Ts, values)
-            ax.loglog(Ts, values, "o-", label=f"{method} (slope {slope:.2f})")
+            label = f"{method} (slope {slope:.2f})"
+            ax.loglog(Ts, values, "o-", color=colours[method], label=label)
         if field == "products_useful":
             Ts = sorted({row.T for row in rows})
-            for name, form in list(CLOSED_FORMS.items())[:3]:
-                ax.loglog(Ts, [form(T) for T in Ts], "--", alpha=0.6, label=name)
+            for (name, form), style in zip(list(CLOSED_FORMS.items())[:3], ("--", ":", "-.")):
+                ax.loglog(Ts, [form(T) for T in Ts], style, color="grey", label=name)
         ax.set_xlabel("T")
         ax.set_title(label, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)

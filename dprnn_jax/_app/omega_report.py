@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +18,13 @@ import jax.numpy as jnp
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
 from .._diagnostics.gradient_flow import gradient_flow
-from .._diagnostics.lyapunov import decay_bound, lyapunov_exponent, lyapunov_qr
+from .._diagnostics.lyapunov import (
+    decay_bound,
+    default_burn_in,
+    default_max_lag,
+    lyapunov_exponent,
+    lyapunov_qr,
+)
 from .._diagnostics.omega_norms import omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
 from .._model.loss import sequence_loss
@@ -31,15 +38,15 @@ REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
 def _report_arrays(params, xs, targets, mask, *, loss, activation, layer, fit_lag, burn_in):
     # Everything in one compiled program: the diagnostics share the forward pass.
     logs = omega_norms(params, xs, activation=activation, layer=layer, log=True)
-    # Geometric mean over the batch: the natural average for a log-scale heat map.
-    mean_spectral = jnp.exp(logs.spectral.mean(axis=-1))
     flow = gradient_flow(
         params, xs, targets, mask=mask, layer=layer, loss=loss, activation=activation
     )
-    estimate = lyapunov_exponent(params, xs, activation=activation, layer=layer, max_lag=fit_lag)
+    estimate = lyapunov_exponent(
+        params, xs, activation=activation, layer=layer, max_lag=fit_lag, burn_in=burn_in
+    )
     qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=burn_in)
     bound = decay_bound(params, xs, activation=activation, layer=layer)
-    return mean_spectral, flow, estimate, qr, bound
+    return logs, flow, estimate, qr, bound
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "activation", "method"))
@@ -52,6 +59,11 @@ def _gradient_error(params, xs, targets, mask, *, loss, activation, method):
 
     pairs = zip(jax.tree.leaves(gradient(method)), jax.tree.leaves(gradient("autodiff")))
     return jnp.max(jnp.stack([jnp.max(jnp.abs(a - e)) / jnp.max(jnp.abs(e)) for a, e in pairs]))
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def omega_report(
@@ -100,12 +112,13 @@ def omega_report(
     T = check_sequence("xs", xs)[0]
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
-    fit_lag = max(2, T // 2) if max_lag is None else max_lag
+    # The API's default fit range, so that the report and lyapunov_exponent agree.
+    fit_lag = default_max_lag(T) if max_lag is None else max_lag
     say(
         f"computing ‖Ω‖, the gradient flow and the Lyapunov exponents (T = {T}, "
         f"batch {xs.shape[1]}; the first call compiles) …"
     )
-    mean_spectral, flow, estimate, qr, bound = _report_arrays(
+    logs, flow, estimate, qr, bound = _report_arrays(
         params,
         xs,
         targets,
@@ -114,7 +127,7 @@ def omega_report(
         activation=activation,
         layer=layer,
         fit_lag=fit_lag,
-        burn_in=T // 8,
+        burn_in=default_burn_in(T),
     )
     say(f"comparing the gradient of {method} with jax.grad's …")
     gradient_error = float(
@@ -124,17 +137,11 @@ def omega_report(
     out_dir = Path(out_dir)
     heading = title or f"layer {layer}, {activation}, T = {T}"
     save_figure(
-        plot_omega_triangles(mean_spectral, flow, title=heading),
+        plot_omega_triangles(logs, flow, log=True, title=heading),
         out_dir / REPORT_FILES[0],
     )
     save_figure(
-        plot_decay(
-            estimate.mean_log_norm,
-            gamma=float(bound.gamma),
-            exponent=float(estimate.exponent),
-            qr_exponent=float(qr[0]),
-            title=heading,
-        ),
+        plot_decay(estimate, gamma=bound, title=heading),
         out_dir / REPORT_FILES[1],
     )
     summary = {
@@ -149,6 +156,13 @@ def omega_report(
         "max_sigma_prime": float(bound.max_sigma_prime),
         "lyapunov_diagonal_decay": float(estimate.exponent),
         "lyapunov_qr": float(qr[0]),
+        # Standard errors over the batch (None with one sequence), and whether the two
+        # estimates agree; the caveat says why not in words (None when they do).
+        "lyapunov_standard_error": _finite_or_none(estimate.standard_error),
+        "lyapunov_qr_standard_error": _finite_or_none(estimate.qr_standard_error),
+        "lyapunov_consistent": bool(estimate.consistent),
+        "lyapunov_caveat": estimate.caveat() or None,
+        "fit_burn_in": default_burn_in(T),
         "fit_max_lag": int(fit_lag),
         "method": method.to_dict(),
         "method_gradient_relative_error": gradient_error,

@@ -2,8 +2,15 @@
 
 The core library does not need matplotlib: it is imported inside these functions only.
 Figures are built with `matplotlib.figure.Figure`, never `pyplot`, so they work without
-a display (no backend is selected, no global state is touched) and can be saved from
-scripts, tests and the CLI; pass `ax=` to draw into an existing pyplot/notebook axis.
+a display (no backend is selected, no global state is touched; `savefig` renders with
+Agg) and can be saved from scripts, tests and the CLI; pass `ax=` to draw into an
+existing pyplot/notebook axis.
+
+The plots take the library's own results as they come (`OmegaNorms`,
+`LyapunovEstimate`, `DecayBound`, the gradient-flow array) as well as plain arrays, and
+say in their titles and labels what they average. Curves keep one colour per name:
+`plot_training_curves` draws curve k in colour `C{k}` unless `colors=` maps names to
+colours, so panels drawn from the same names match.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .lyapunov import DecayBound, LyapunovEstimate
+from .omega_norms import OmegaNorms
 
 
 def _axis(ax, figsize=(5.0, 4.0)):
@@ -24,12 +34,26 @@ def _axis(ax, figsize=(5.0, 4.0)):
     return figure, figure.add_subplot()
 
 
+def _geometric_mean_over_batch(values: np.ndarray, *, log: bool) -> np.ndarray:
+    """exp(mean log) over the last axis, leaving out NaN entries (padded steps); NaN
+    where every entry is NaN. Zeros give 0 (log −inf), as they should."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = values if log else np.log(values)
+    present = ~np.isnan(logs)
+    count = present.sum(axis=-1)
+    with np.errstate(invalid="ignore"):
+        total = np.where(present, logs, 0.0).sum(axis=-1)
+        return np.where(count > 0, np.exp(total / np.maximum(count, 1)), np.nan)
+
+
 def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
-    """Heat map of a (T, T) lower triangle `[j, i]` on a log colour scale.
+    """Heat map of a (T, T) triangle `[j, i]` on a log colour scale.
 
     Args:
-        norms: (T, T) array, e.g. `gradient_flow(...)` or `omega_norms(...).spectral`
-            averaged over the batch. Zeros, NaNs and the upper triangle are left blank.
+        norms: (T, T) array, e.g. `gradient_flow(...)`; or (T, T, m) per sample, e.g.
+            `omega_norms(...).spectral`, drawn as its geometric mean over the batch
+            (the colour-bar label says so). Zeros, NaNs (padded steps, the side that
+            does not depend) are left blank.
         ax: a matplotlib axis to draw into; a new figure if None.
         title: axis title.
         label: colour-bar label.
@@ -38,13 +62,24 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
         The matplotlib `Figure`.
 
     Raises:
-        ValueError: `norms` is not a square 2-D array.
+        ValueError: `norms` is not a square (T, T) or (T, T, m) array.
+
+    Example:
+        >>> figure = plot_triangle(np.tril(np.ones((4, 4))), title="ones")
+        >>> figure.axes[0].get_title()
+        'ones'
     """
     from matplotlib.colors import LogNorm
 
     values = np.asarray(norms, dtype=np.float64)
-    if values.ndim != 2 or values.shape[0] != values.shape[1]:
-        raise ValueError(f"norms must be a square (T, T) array, got shape {values.shape}.")
+    if values.ndim not in (2, 3) or values.shape[0] != values.shape[1]:
+        raise ValueError(
+            f"norms must be a square (T, T) array or (T, T, m) per sample, got shape "
+            f"{values.shape}."
+        )
+    if values.ndim == 3:
+        values = _geometric_mean_over_batch(values, log=False)
+        label = f"{label}, geometric mean over the batch"
     figure, ax = _axis(ax)
     shown = np.where(np.isfinite(values) & (values > 0), values, np.nan)
     finite = shown[np.isfinite(shown)]
@@ -56,40 +91,68 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
         norm=LogNorm(vmin=low, vmax=max(high, low * 1.0001)),
         interpolation="nearest",
     )
-    ax.set_xlabel("i (step receiving the error)")
-    ax.set_ylabel("j (step of the loss / later step)")
+    ax.set_xlabel("i (step of Z_i)")
+    ax.set_ylabel("j (step of Z_j, of the loss L_j)")
     ax.set_title(title)
     figure.colorbar(image, ax=ax, label=label)
     return figure
 
 
-def plot_omega_triangles(omega_spectral, flow, *, title: str = ""):
+def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
     """Two heat maps side by side: ‖Ω(j, i)‖₂ and the gradient flow ‖G(j, i)‖_F.
 
     Args:
-        omega_spectral: (T, T) spectral norms of Ω (e.g. the batch mean of
-            `omega_norms(...).spectral`).
-        flow: (T, T) gradient-flow map from `gradient_flow`.
+        omega: `omega_norms(...)` as it comes (its spectral norms are drawn), or its
+            (T, T, m) spectral norms: drawn as the geometric mean over the batch (the
+            natural average of a log-scale map; padded entries left out). A (T, T)
+            array is drawn as given.
+        flow: (T, T) gradient-flow map from `gradient_flow` (a Frobenius norm over the
+            batch and the units).
+        log: `omega` holds natural logarithms of the norms (`omega_norms(..., log=True)`),
+            which stay finite where the norms underflow.
         title: figure title.
 
     Returns:
-        The matplotlib `Figure`.
+        The matplotlib `Figure`; its two axes are titled with what they show.
+
+    Raises:
+        ValueError: arrays that are not square triangles.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 2, (4,), 3)
+        >>> xs, ys = jnp.ones((6, 2, 2)), jnp.zeros((6, 2), jnp.int32)
+        >>> figure = plot_omega_triangles(omega_norms(params, xs), gradient_flow(params, xs, ys))
+        >>> figure.axes[0].get_title()
+        '‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂\\ngeometric mean over the batch'
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10.0, 4.2), layout="constrained")
+    if isinstance(omega, OmegaNorms):
+        omega = omega.spectral
+    values = np.asarray(omega, dtype=np.float64)
+    omega_title = "‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂"
+    if values.ndim == 3:
+        values = _geometric_mean_over_batch(values, log=log)
+        omega_title += "\ngeometric mean over the batch"
+    elif log:
+        values = np.exp(values)
+    flow = np.asarray(flow, dtype=np.float64)
+    if flow.ndim != 2:
+        raise ValueError(f"flow must be the (T, T) map of gradient_flow, got shape {flow.shape}.")
+    figure = Figure(figsize=(10.0, 4.4), layout="constrained")
     left, right = figure.subplots(1, 2)
-    plot_triangle(omega_spectral, ax=left, title="‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂", label="norm")
-    plot_triangle(flow, ax=right, title="‖G(j, i)‖_F = ‖∂L_j/∂Z_i‖_F", label="norm")
+    plot_triangle(values, ax=left, title=omega_title, label="‖Ω(j, i)‖₂")
+    flow_title = "gradient flow ‖G(j, i)‖_F (∂L_j/∂Z_i at the top)\nnorm over the batch and units"
+    plot_triangle(flow, ax=right, title=flow_title, label="‖G(j, i)‖_F")
     if title:
         figure.suptitle(title)
     return figure
 
 
 def plot_decay(
-    mean_log_norm,
+    estimate,
     *,
-    gamma: float | None = None,
+    gamma=None,
     exponent: float | None = None,
     qr_exponent: float | None = None,
     ax=None,
@@ -98,41 +161,88 @@ def plot_decay(
     """Per-lag decay of ‖Ω(i+k, i)‖₂, with the bound γ^k of `decay_bound` and the Lyapunov fits.
 
     Args:
-        mean_log_norm: (K,) mean over i and samples of log‖Ω(i+k, i)‖₂ for k = 1 … K
-            (`lyapunov_exponent(...).mean_log_norm`).
-        gamma: γ of `decay_bound`; draws the bound γ^k.
-        exponent: λ₁ from the diagonal decay; draws e^{λ₁ k} through the mean at k = 1.
-        qr_exponent: λ₁ from `lyapunov_qr`; drawn the same way, dashed.
+        estimate: `lyapunov_exponent(...)` as it comes (its mean log-norms, both
+            exponents and their standard errors are drawn), or a (K,) array of mean
+            log‖Ω(i+k, i)‖₂ for k = 1 … K (`lyapunov_exponent(...).mean_log_norm`).
+        gamma: `decay_bound(...)` or its γ; draws the bound γ^k.
+        exponent: λ₁ from the diagonal decay (default: the estimate's); draws e^{λ₁ k}
+            through the centroid of the points.
+        qr_exponent: λ₁ from `lyapunov_qr` (default: the estimate's); drawn the same way,
+            dashed.
         ax: a matplotlib axis to draw into; a new figure if None.
-        title: axis title.
+        title: axis title; when the two estimates of a `LyapunovEstimate` disagree, a
+            second line says so (see `LyapunovEstimate.caveat`).
 
     Returns:
         The matplotlib `Figure`.
+
+    Raises:
+        ValueError: an empty or non-1-D array.
+
+    Example:
+        >>> layer = init_layer(jax.random.key(0), 2, 4)
+        >>> xs = jax.random.normal(jax.random.key(1), (16, 4, 2))
+        >>> figure = plot_decay(lyapunov_exponent(layer, xs), gamma=decay_bound(layer, xs))
+        >>> [line.get_label()[:10] for line in figure.axes[0].get_lines()]
+        ['geometric ', 'bound γ^k,', 'λ₁ (diagon', 'λ₁ (QR) = ']
     """
-    values = np.asarray(mean_log_norm, dtype=np.float64)
+    errors = (None, None)
+    caveat = ""
+    if isinstance(estimate, LyapunovEstimate):
+        exponent = estimate.exponent if exponent is None else exponent
+        qr_exponent = estimate.qr_exponent if qr_exponent is None else qr_exponent
+        errors = (float(estimate.standard_error), float(estimate.qr_standard_error))
+        caveat = "" if bool(estimate.consistent) else "the two estimates disagree: see caveat()"
+        estimate = estimate.mean_log_norm
+    if isinstance(gamma, DecayBound):
+        gamma = gamma.gamma
+    values = np.asarray(estimate, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"mean_log_norm must be a non-empty 1-D array, got shape {values.shape}.")
     figure, ax = _axis(ax)
     lags = np.arange(1, values.size + 1)
-    ax.semilogy(lags, np.exp(values), "o", markersize=3, label="exp(mean log‖Ω(i+k, i)‖₂)")
+    ax.semilogy(
+        lags,
+        np.exp(values),
+        "o",
+        markersize=3,
+        color="C0",
+        label="geometric mean of ‖Ω(i+k, i)‖₂ over i and the batch",
+    )
     if gamma is not None:
         ax.semilogy(lags, float(gamma) ** lags, "k-", label=f"bound γ^k, γ = {float(gamma):.3g}")
     # Fitted rates drawn as lines through the centroid of the points (where a
     # least-squares line passes), so the diagonal fit overlays the points it came from.
-    centre_lag, centre_value = lags.mean(), values.mean()
-    for rate, style, name in ((exponent, "-", "diagonals"), (qr_exponent, "--", "QR")):
-        if rate is not None:
+    present = np.isfinite(values)
+    if present.any():
+        centre_lag, centre_value = lags[present].mean(), values[present].mean()
+        fits = (
+            (exponent, errors[0], "-", "C1", "diagonals"),
+            (qr_exponent, errors[1], "--", "C2", "QR"),
+        )
+        for rate, error, style, colour, name in fits:
+            if rate is None:
+                continue
             line = np.exp(centre_value + float(rate) * (lags - centre_lag))
-            ax.semilogy(lags, line, style, label=f"λ₁ ({name}) = {float(rate):.3g}")
-    ax.set_xlabel("lag k = j − i")
-    ax.set_ylabel("‖Ω(i+k, i)‖₂")
-    ax.set_title(title)
+            spread = "" if error is None or not np.isfinite(error) else f" ± {error:.2g}"
+            label = f"λ₁ ({name}) = {float(rate):.3g}{spread}"
+            ax.semilogy(lags, line, style, color=colour, label=label)
+    ax.set_xlabel("lag k = |j − i|")
+    ax.set_ylabel("‖Ω(i+k, i)‖₂, geometric mean over i and the batch")
+    ax.set_title("\n".join(part for part in (title, caveat) if part))
     ax.legend(fontsize="small")
     return figure
 
 
 def plot_training_curves(
-    curves: Mapping[str, Sequence[float]], *, ax=None, title: str = "", ylabel: str = "loss"
+    curves: Mapping[str, Sequence[float]],
+    *,
+    ax=None,
+    title: str = "",
+    ylabel: str = "loss",
+    log_scale: bool = False,
+    chance_level: float | None = None,
+    colors: Mapping[str, str] | None = None,
 ):
     """One line per named curve (e.g. the training loss of each gradient method).
 
@@ -140,17 +250,52 @@ def plot_training_curves(
         curves: name -> values per step.
         ax: a matplotlib axis to draw into; a new figure if None.
         title: axis title.
-        ylabel: y-axis label.
+        ylabel: y-axis label; say what the values are (e.g. "cross-entropy per
+            supervised step").
+        log_scale: a logarithmic y axis (losses that fall by orders of magnitude).
+        chance_level: the loss of a model that ignores its inputs, if the task knows it
+            (e.g. log k for k balanced classes); drawn as a grey dotted line.
+        colors: name -> matplotlib colour, to keep a method's colour the same across
+            several panels or figures; by default the k-th curve gets `C{k}`, so panels
+            drawn from the same names in the same order match anyway.
 
     Returns:
         The matplotlib `Figure`.
+
+    Raises:
+        ValueError: no curve, or a non-positive `chance_level` with `log_scale`.
+
+    Example:
+        >>> curves = {"omega": [2.0, 1.0, 0.5], "bptt": [2.0, 1.1, 0.6]}
+        >>> figure = plot_training_curves(curves, log_scale=True, chance_level=0.69)
+        >>> [(line.get_label(), line.get_color()) for line in figure.axes[0].get_lines()]
+        [('omega', 'C0'), ('bptt', 'C1'), ('chance level 0.69', 'grey')]
     """
     if not curves:
         raise ValueError("curves must name at least one curve, got an empty mapping.")
+    if log_scale and chance_level is not None and not chance_level > 0:
+        raise ValueError(
+            f"chance_level must be > 0 on a log scale (log_scale=True), got {chance_level}."
+        )
     figure, ax = _axis(ax)
     styles = ("-", "--", ":", "-.")
     for index, (name, values) in enumerate(curves.items()):
-        ax.plot(np.asarray(values, dtype=np.float64), styles[index % len(styles)], label=name)
+        colour = colors[name] if colors is not None and name in colors else f"C{index}"
+        ax.plot(
+            np.asarray(values, dtype=np.float64),
+            styles[index % len(styles)],
+            color=colour,
+            label=name,
+        )
+    if chance_level is not None:
+        ax.axhline(
+            float(chance_level),
+            color="grey",
+            linestyle=":",
+            label=f"chance level {chance_level:.3g}",
+        )
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
