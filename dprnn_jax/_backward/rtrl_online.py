@@ -27,7 +27,7 @@ from .._model.activations import get_activation
 from .._model.bidirectional import BidirectionalParams
 from .._model.loss import LOSSES, per_step_losses
 from .._model.network import check_initial_states, check_rnn_params
-from .._model.params import ReadoutParams, RNNParams
+from .._model.params import LayerParams, ReadoutParams, RNNParams
 from .._validation import (
     check_choice,
     check_floating,
@@ -62,6 +62,12 @@ def _check_unidirectional(params: RNNParams) -> None:
                 f"params.layers[{l}] is bidirectional: its backward direction reads the "
                 "future, so it cannot be learned online with RTRL. Use rnn_layer with "
                 "method='rtrl' on the whole sequence, or a unidirectional stack."
+            )
+        if not isinstance(layer, LayerParams):
+            raise ValueError(
+                f"params.layers[{l}] is a {type(layer).__name__}: online RTRL (rtrl_init, "
+                "rtrl_step) is written for Elman layers. Use method=RTRL() on whole "
+                "sequences for GRU and LSTM layers."
             )
 
 

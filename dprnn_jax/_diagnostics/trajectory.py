@@ -125,13 +125,22 @@ def direction_params(layer: object, direction: object, name: str) -> tuple[Layer
                 "direction='backward' to say which direction to inspect (each has its own "
                 "Ω); the backward direction is reported at the network's time steps."
             )
-        return getattr(layer, direction), direction == "backward"
+        return _elman(getattr(layer, direction), name), direction == "backward"
     if direction == "backward":
         raise ValueError(
             f"direction='backward' needs a bidirectional layer, but {name} is a "
             f"{type(layer).__name__}; leave direction=None (or 'forward')."
         )
-    return layer, False
+    return _elman(layer, name), False
+
+
+def _elman(layer: object, name: str) -> LayerParams:
+    if not isinstance(layer, LayerParams) and hasattr(layer, "b_hh"):
+        raise ValueError(
+            f"{name} is a {type(layer).__name__}: the Ω diagnostics read an Elman layer's "
+            "S·diag(σ'); GRU and LSTM layers are not supported by them yet."
+        )
+    return layer
 
 
 def layer_trajectory(

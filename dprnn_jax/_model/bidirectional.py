@@ -1,10 +1,10 @@
-"""Bidirectional recurrent layers: a forward and a time-reversed Elman layer.
+"""Bidirectional recurrent layers: a forward and a time-reversed layer (Elman, GRU or LSTM).
 
     h→_t = σ(x_t W→ᵀ + h→_{t−1} S→ᵀ + b→)        (t = 0 … L−1)
     h←_t = σ(x_t W←ᵀ + h←_{t+1} S←ᵀ + b←)        (t = L−1 … 0)
     output_t = [h→_t, h←_t]                       (concatenated, d→ + d← features)
 
-with separate weights. The backward direction is `rnn_layer` run on the sequence
+with separate weights. The backward direction is the same kind of layer run on the sequence
 reversed *within its own length* L (right padding stays at the end), so it starts at
 the last valid step of every sequence, and each direction keeps whichever gradient
 `method` (and options) the caller picked: its custom backward sees an ordinary
@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
-from .layer import rnn_layer
+from .._backward.registry import resolve_method
+from .layer_kinds import run_recurrent_layer
+from .padding import zero_padding
 from .params import BidirectionalParams as BidirectionalParams
 from .params import init_bidirectional_layer as init_bidirectional_layer
 
@@ -83,10 +85,42 @@ def bidirectional_layer(
             f"params must be a BidirectionalParams(forward, backward), got "
             f"{type(params).__name__}; build one with init_bidirectional_layer."
         )
+    return bidirectional_outputs_and_final(
+        params,
+        xs,
+        h0,
+        lengths=lengths,
+        activation=activation,
+        method=resolve_method(method, **options),
+    )[0]
+
+
+def bidirectional_outputs_and_final(
+    params: BidirectionalParams,
+    xs: jax.Array,
+    h0,
+    *,
+    lengths: jax.Array | None,
+    activation: str,
+    method: GradientAlgorithm,
+):
+    """`(outputs (T, m, d→ + d←), final state)` of a bidirectional layer of any kind.
+
+    The final state is `[h→_{L−1}, h←_0]`, each direction's state after its own last
+    valid step (for LSTM directions the pair of such concatenations, `(h, c)`).
+    """
     h0_forward, h0_backward = (None, None) if h0 is None else h0
-    kwargs = dict(activation=activation, method=method, **options)
-    forward = rnn_layer(params.forward, xs, h0_forward, lengths=lengths, **kwargs)
+    options = dict(lengths=lengths, activation=activation, method=method)
+    if lengths is not None:
+        xs = zero_padding(xs, lengths)
+    forward, forward_final = run_recurrent_layer(params.forward, xs, h0_forward, **options)
     # Reversal within each length keeps the padding at the end, where `lengths` zeroes it.
     reversed_xs = reverse_padded(xs, lengths)
-    backward = rnn_layer(params.backward, reversed_xs, h0_backward, lengths=lengths, **kwargs)
-    return jnp.concatenate([forward, reverse_padded(backward, lengths)], axis=-1)
+    backward, backward_final = run_recurrent_layer(
+        params.backward, reversed_xs, h0_backward, **options
+    )
+    outputs = jnp.concatenate([forward, reverse_padded(backward, lengths)], axis=-1)
+    final = jax.tree.map(
+        lambda f, b: jnp.concatenate([f, b], axis=-1), forward_final, backward_final
+    )
+    return outputs, final

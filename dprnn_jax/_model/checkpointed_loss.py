@@ -24,7 +24,7 @@ from .network import (
     check_rnn_params,
     mask_from_lengths,
 )
-from .params import RNNParams
+from .params import LayerParams, RNNParams
 from .per_step_loss import LOSSES, check_targets, per_step_hits
 
 
@@ -57,6 +57,12 @@ def _prepare(params, xs, lengths, h0s, algorithm):
                 f"method={algorithm} fuses the loss into segments run forward in time, so it "
                 f"takes unidirectional layers only; params.layers[{l}] is bidirectional. Use "
                 "the algorithm without checkpoint for bidirectional models."
+            )
+        if not isinstance(layer, LayerParams):
+            raise ValueError(
+                f"method={algorithm} fuses the loss for Elman layers (LayerParams); "
+                f"params.layers[{l}] is a {type(layer).__name__}. Use the algorithm without "
+                "checkpoint for GRU and LSTM layers."
             )
     T, m = check_network_inputs(xs, sizes[0], layers[0].W.dtype, layers[0].W.shape)
     h0s = check_initial_states(h0s, layers, m)

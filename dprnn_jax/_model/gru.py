@@ -19,44 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
+from .params import GRUParams as GRUParams
+from .params import init_gru_layer as init_gru_layer
 from .scan_cell import scan_cell
-
-
-class GRUParams(NamedTuple):
-    """One GRU layer (PyTorch layout): W (3d, n), S (3d, d), b_ih (3d,), b_hh (3d,).
-
-    Example:
-        >>> layer = init_gru_layer(jax.random.key(0), 3, 8)
-        >>> layer.W.shape, layer.S.shape
-        ((24, 3), (24, 8))
-    """
-
-    W: jax.Array
-    S: jax.Array
-    b_ih: jax.Array
-    b_hh: jax.Array
-
-
-def init_gru_layer(
-    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
-) -> GRUParams:
-    """PyTorch's initialisation: every entry uniform in [−1/√d, 1/√d].
-
-    Example:
-        >>> init_gru_layer(jax.random.key(0), 3, 8).b_hh.shape
-        (24,)
-    """
-    bound = 1.0 / jnp.sqrt(hidden_size)
-    shapes = (
-        (3 * hidden_size, input_size),
-        (3 * hidden_size, hidden_size),
-        (3 * hidden_size,),
-        (3 * hidden_size,),
-    )
-    keys = jax.random.split(key, 4)
-    return GRUParams(
-        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
-    )
 
 
 def gru_input_projection(params: GRUParams, xs: jax.Array) -> jax.Array:

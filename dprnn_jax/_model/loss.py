@@ -161,6 +161,8 @@ def many_to_one_loss(
     final = rnn_forward(
         params, xs, h0s, lengths=lengths, activation=activation, method=algorithm
     ).final_states[-1]
+    if isinstance(final, tuple):  # an LSTM's (h, c): the readout reads h
+        final = final[0]
     outputs = final @ params.readout.W.T + params.readout.b
     m, k = outputs.shape
     if loss == "softmax_cross_entropy":

@@ -17,44 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
+from .params import LSTMParams as LSTMParams
+from .params import init_lstm_layer as init_lstm_layer
 from .scan_cell import scan_cell
-
-
-class LSTMParams(NamedTuple):
-    """One LSTM layer (PyTorch layout): W (4d, n), S (4d, d), b_ih (4d,), b_hh (4d,).
-
-    Example:
-        >>> layer = init_lstm_layer(jax.random.key(0), 3, 8)
-        >>> layer.W.shape, layer.S.shape
-        ((32, 3), (32, 8))
-    """
-
-    W: jax.Array
-    S: jax.Array
-    b_ih: jax.Array
-    b_hh: jax.Array
-
-
-def init_lstm_layer(
-    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
-) -> LSTMParams:
-    """PyTorch's initialisation: every entry uniform in [−1/√d, 1/√d].
-
-    Example:
-        >>> init_lstm_layer(jax.random.key(0), 3, 8).b_ih.shape
-        (32,)
-    """
-    bound = 1.0 / jnp.sqrt(hidden_size)
-    shapes = (
-        (4 * hidden_size, input_size),
-        (4 * hidden_size, hidden_size),
-        (4 * hidden_size,),
-        (4 * hidden_size,),
-    )
-    keys = jax.random.split(key, 4)
-    return LSTMParams(
-        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
-    )
 
 
 def lstm_input_projection(params: LSTMParams, xs: jax.Array) -> jax.Array:

@@ -16,19 +16,17 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
 from .._validation import (
-    check_layer_params,
     check_rank,
     check_same_dtype,
     check_sequence,
     check_shape,
 )
-from .bidirectional import BidirectionalParams, bidirectional_layer
-from .layer import rnn_layer
+from .bidirectional import BidirectionalParams, bidirectional_outputs_and_final
+from .layer_kinds import check_layer_state, check_recurrent_layer, run_recurrent_layer
 from .padding import check_lengths as check_lengths
 from .padding import mask_from_lengths as mask_from_lengths
 from .params import RNNParams
@@ -49,10 +47,11 @@ class RNNOutput(NamedTuple):
 
 
 def _layer_sizes(name: str, layer: object) -> tuple[int, int]:
-    """(output features, input features) of a `LayerParams` or `BidirectionalParams`."""
+    """(output features, input features) of a recurrent layer of any kind, or of a
+    `BidirectionalParams` (both directions of any kinds, reading the same inputs)."""
     if isinstance(layer, BidirectionalParams):
-        d_forward, n = check_layer_params(f"{name}.forward", layer.forward)
-        d_backward, n_backward = check_layer_params(f"{name}.backward", layer.backward)
+        d_forward, n = check_recurrent_layer(f"{name}.forward", layer.forward)
+        d_backward, n_backward = check_recurrent_layer(f"{name}.backward", layer.backward)
         if n_backward != n:
             raise ValueError(
                 f"{name}.backward.W has shape {layer.backward.W.shape} but "
@@ -63,7 +62,7 @@ def _layer_sizes(name: str, layer: object) -> tuple[int, int]:
             f"{name}.backward.W", layer.backward.W, layer.forward.W.dtype, f"{name}.forward.W"
         )
         return d_forward + d_backward, n
-    return check_layer_params(name, layer)
+    return check_recurrent_layer(name, layer)
 
 
 def _first_weight(layer) -> jax.Array:
@@ -110,13 +109,6 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
     return (*sizes, k)
 
 
-def _check_state(name: str, h0: object, layer, m: int, weight_name: str) -> None:
-    if h0 is not None:
-        d = layer.S.shape[0]
-        check_shape(name, h0, (m, d), "(m, d_l) = (batch, hidden)")
-        check_same_dtype(name, h0, layer.W.dtype, weight_name)
-
-
 def check_initial_states(
     h0s: Sequence[jax.Array | None] | None, layers: Sequence, m: int
 ) -> tuple[jax.Array | None, ...]:
@@ -137,10 +129,14 @@ def check_initial_states(
                     f"h0s[{l}] must be a pair (h0_forward, h0_backward) (or None) for a "
                     f"bidirectional layer, got {type(h0).__name__}."
                 )
-            _check_state(f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W")
-            _check_state(f"h0s[{l}][1]", h0[1], layer.backward, m, f"params.layers[{l}].backward.W")
+            check_layer_state(
+                f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W"
+            )
+            check_layer_state(
+                f"h0s[{l}][1]", h0[1], layer.backward, m, f"params.layers[{l}].backward.W"
+            )
         else:
-            _check_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W")
+            check_layer_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W")
     return h0s
 
 
@@ -163,18 +159,6 @@ def check_network_inputs(
     return T, m
 
 
-def _final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
-    """The state after each sequence's last valid step (h0, or zeros, for length 0)."""
-    if lengths is None:
-        return hs[-1]
-    T = hs.shape[0]
-    last = jnp.take_along_axis(hs, jnp.clip(lengths - 1, 0, T - 1)[None, :, None], axis=0)[0]
-    start = jnp.zeros_like(last) if h0 is None else h0
-    final = jnp.where((lengths == 0)[:, None], start, last)
-    # Lengths outside [0, T] (only possible under jit) give NaN, not a wrong state.
-    return jnp.where(((lengths < 0) | (lengths > T))[:, None], jnp.nan, final)
-
-
 def apply_layer(
     layer,
     hs: jax.Array,
@@ -191,19 +175,9 @@ def apply_layer(
     of the states and of the backward products.
     """
     options = dict(lengths=lengths, activation=activation, method=method)
-    if not isinstance(layer, BidirectionalParams):
-        out = rnn_layer(layer, hs, h0, **options)
-        return out, _final_state(out, h0, lengths)
-    h0_backward = None if h0 is None else h0[1]
-    out = bidirectional_layer(layer, hs, h0, **options)
-    d = layer.forward.S.shape[0]
-    forward_final = _final_state(out[..., :d], None if h0 is None else h0[0], lengths)
-    # The backward direction ends at t = 0 (or starts from h0← if L = 0).
-    backward_final = out[0, :, d:]
-    if lengths is not None:
-        start = jnp.zeros_like(backward_final) if h0_backward is None else h0_backward
-        backward_final = jnp.where((lengths == 0)[:, None], start, backward_final)
-    return out, jnp.concatenate([forward_final, backward_final], axis=-1)
+    if isinstance(layer, BidirectionalParams):
+        return bidirectional_outputs_and_final(layer, hs, h0, **options)
+    return run_recurrent_layer(layer, hs, h0, **options)
 
 
 def rnn_forward(

@@ -42,6 +42,80 @@ class BidirectionalParams(NamedTuple):
     backward: LayerParams
 
 
+class GRUParams(NamedTuple):
+    """One GRU layer (PyTorch layout): W (3d, n), S (3d, d), b_ih (3d,), b_hh (3d,).
+
+    Example:
+        >>> layer = init_gru_layer(jax.random.key(0), 3, 8)
+        >>> layer.W.shape, layer.S.shape
+        ((24, 3), (24, 8))
+    """
+
+    W: jax.Array
+    S: jax.Array
+    b_ih: jax.Array
+    b_hh: jax.Array
+
+
+def init_gru_layer(
+    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
+) -> GRUParams:
+    """PyTorch's initialisation: every entry uniform in [−1/√d, 1/√d].
+
+    Example:
+        >>> init_gru_layer(jax.random.key(0), 3, 8).b_hh.shape
+        (24,)
+    """
+    bound = 1.0 / jnp.sqrt(hidden_size)
+    shapes = (
+        (3 * hidden_size, input_size),
+        (3 * hidden_size, hidden_size),
+        (3 * hidden_size,),
+        (3 * hidden_size,),
+    )
+    keys = jax.random.split(key, 4)
+    return GRUParams(
+        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
+    )
+
+
+class LSTMParams(NamedTuple):
+    """One LSTM layer (PyTorch layout): W (4d, n), S (4d, d), b_ih (4d,), b_hh (4d,).
+
+    Example:
+        >>> layer = init_lstm_layer(jax.random.key(0), 3, 8)
+        >>> layer.W.shape, layer.S.shape
+        ((32, 3), (32, 8))
+    """
+
+    W: jax.Array
+    S: jax.Array
+    b_ih: jax.Array
+    b_hh: jax.Array
+
+
+def init_lstm_layer(
+    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
+) -> LSTMParams:
+    """PyTorch's initialisation: every entry uniform in [−1/√d, 1/√d].
+
+    Example:
+        >>> init_lstm_layer(jax.random.key(0), 3, 8).b_ih.shape
+        (32,)
+    """
+    bound = 1.0 / jnp.sqrt(hidden_size)
+    shapes = (
+        (4 * hidden_size, input_size),
+        (4 * hidden_size, hidden_size),
+        (4 * hidden_size,),
+        (4 * hidden_size,),
+    )
+    keys = jax.random.split(key, 4)
+    return LSTMParams(
+        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
+    )
+
+
 class RNNParams(NamedTuple):
     """A stack of recurrent layers (each a `LayerParams` or a `BidirectionalParams`) and
     a linear readout.
@@ -105,20 +179,35 @@ def init_layer(
 
 
 def init_bidirectional_layer(
-    key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32
+    key: jax.Array,
+    input_size: int,
+    hidden_size: int,
+    *,
+    dtype=jnp.float32,
+    cell: str = "elman",
 ) -> BidirectionalParams:
-    """Two independent `init_layer`s; the layer outputs 2·hidden_size features.
+    """Two independent layers of one `cell` kind; the layer outputs 2·hidden_size features.
 
     Example:
         >>> layer = init_bidirectional_layer(jax.random.key(0), 3, 8)
         >>> layer.backward.S.shape
         (8, 8)
+        >>> init_bidirectional_layer(jax.random.key(0), 3, 8, cell="gru").forward.S.shape
+        (24, 8)
     """
+    init = _initialiser(cell)
     forward_key, backward_key = jax.random.split(key)
     return BidirectionalParams(
-        init_layer(forward_key, input_size, hidden_size, dtype=dtype),
-        init_layer(backward_key, input_size, hidden_size, dtype=dtype),
+        init(forward_key, input_size, hidden_size, dtype=dtype),
+        init(backward_key, input_size, hidden_size, dtype=dtype),
     )
+
+
+def _initialiser(cell: object):
+    initialisers = {"elman": init_layer, "gru": init_gru_layer, "lstm": init_lstm_layer}
+    if cell not in initialisers:
+        raise ValueError(f"cell must be one of {list(initialisers)}, got {cell!r}.")
+    return initialisers[cell]
 
 
 def init_rnn(
@@ -129,6 +218,7 @@ def init_rnn(
     *,
     bidirectional: bool | Sequence[bool] = False,
     dtype=jnp.float32,
+    cell: str | Sequence[str] = "elman",
 ) -> RNNParams:
     """Initialises a stack of recurrent layers followed by a linear readout.
 
@@ -142,6 +232,8 @@ def init_rnn(
             2·d_l features, which the next layer or the readout reads), or one bool per
             layer.
         dtype: a floating dtype for every array.
+        cell: "elman" (`LayerParams`), "gru" (`GRUParams`) or "lstm" (`LSTMParams`),
+            or one name per layer.
 
     Returns:
         `RNNParams(layers, readout)`.
@@ -157,6 +249,9 @@ def init_rnn(
         >>> params = init_rnn(jax.random.key(0), 3, (16, 16), 5, bidirectional=True)
         >>> params.layers[1].forward.W.shape, params.readout.W.shape
         ((16, 32), (5, 32))
+        >>> params = init_rnn(jax.random.key(0), 3, (16,), 5, cell="lstm")
+        >>> type(params.layers[0]).__name__
+        'LSTMParams'
     """
     hidden_sizes = tuple(hidden_sizes)
     if not hidden_sizes:
@@ -173,11 +268,16 @@ def init_rnn(
         )
     keys = jax.random.split(key, len(hidden_sizes) + 1)
     layers, n = [], input_size
-    for k, d, both in zip(keys[:-1], hidden_sizes, flags):
+    cells = (cell,) * len(hidden_sizes) if isinstance(cell, str) else tuple(cell)
+    if len(cells) != len(hidden_sizes):
+        raise ValueError(
+            f"cell must be a name or one name per layer ({len(hidden_sizes)}), got {cell!r}."
+        )
+    for k, d, both, kind in zip(keys[:-1], hidden_sizes, flags, cells):
         if both:
-            layers.append(init_bidirectional_layer(k, n, d, dtype=dtype))
+            layers.append(init_bidirectional_layer(k, n, d, dtype=dtype, cell=kind))
         else:
-            layers.append(init_layer(k, n, d, dtype=dtype))
+            layers.append(_initialiser(kind)(k, n, d, dtype=dtype))
         n = 2 * d if both else d
     layers = tuple(layers)
     W_out = jax.random.normal(keys[-1], (output_size, n), dtype) / jnp.sqrt(jnp.asarray(n, dtype))
