@@ -121,8 +121,8 @@ def test_lstm_state_must_be_a_pair():
 
 def oracle_network(params, xs, lengths):
     """Each sequence alone, cut to its length, through oracle layers; returns the
-    readout at the valid steps (a list per sequence) and each layer's final states."""
-    outputs, finals = [], []
+    readout at the valid steps (a list per sequence)."""
+    outputs = []
     for v in range(xs.shape[1]):
         L = lengths[v]
         hs = xs[:L, v : v + 1]
