@@ -64,7 +64,10 @@ def gru_layer(
         params: `GRUParams`, PyTorch's layout.
         xs: inputs (T, m, n), or integer tokens (T, m) into n = W.shape[1] words.
         h0: initial state (m, d); zeros if None.
-        method, truncation, tol, block: the gradient algorithm (see `rnn_layer`).
+        method: the gradient algorithm, an object or its name (see `rnn_layer`).
+        truncation: with the names "omega", "bptt" (see `rnn_layer`).
+        tol: with the name "omega" (see `rnn_layer`).
+        block: with the name "omega" (see `rnn_layer`).
 
     Returns:
         hs (T, m, d).

@@ -65,7 +65,10 @@ def lstm_layer(
         params: `LSTMParams`, PyTorch's layout.
         xs: inputs (T, m, n), or integer tokens (T, m) into n = W.shape[1] words.
         carry0: the initial pair `(h0, c0)`, each (m, d); zeros if None.
-        method, truncation, tol, block: the gradient algorithm (see `rnn_layer`).
+        method: the gradient algorithm, an object or its name (see `rnn_layer`).
+        truncation: with the names "omega", "bptt" (see `rnn_layer`).
+        tol: with the name "omega" (see `rnn_layer`).
+        block: with the name "omega" (see `rnn_layer`).
 
     Returns:
         `(hs, cs)`, each (T, m, d).
