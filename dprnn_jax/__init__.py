@@ -63,6 +63,7 @@ from ._model.scan_cell import scan_cell as scan_cell
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.interrupt import TrainingInterrupted as TrainingInterrupted
 from ._training.lock import RunLockedError as RunLockedError
 from ._training.loop import ResumeError as ResumeError
 from ._training.loop import SavedRun as SavedRun
@@ -121,6 +122,7 @@ __all__ = [
     "ToleranceReport",
     "TrainConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "batch_mesh",
     "batch_metrics",
     "bidirectional_layer",

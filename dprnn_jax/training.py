@@ -7,6 +7,7 @@ Every name here is also available at the top level (`dprnn_jax.train`, …).
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.interrupt import TrainingInterrupted as TrainingInterrupted
 from ._training.lock import RunLockedError as RunLockedError
 from ._training.loop import ResumeError as ResumeError
 from ._training.loop import SavedRun as SavedRun
@@ -41,6 +42,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "batch_mesh",
     "batch_metrics",
     "bundled_text",

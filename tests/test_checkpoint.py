@@ -21,6 +21,7 @@ from dprnn_jax.training import (
     CheckpointError,
     ResumeError,
     TrainConfig,
+    TrainingInterrupted,
     load_checkpoint,
     load_run,
     save_checkpoint,
@@ -172,3 +173,71 @@ def test_resume_refuses_other_options_and_fresh_runs_refuse_to_overwrite(tmp_pat
     with pytest.raises(ResumeError, match="no checkpoint.npz"):
         train(CONFIG, str(tmp_path / "empty"), resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
+
+
+def _signal_at_step(step, *signals):
+    """A `log` for `train` that sends itself `signals` when it logs step `step`'s
+    validation line: a signal that arrives in the middle of the run, deterministically."""
+
+    def log(line):
+        if line.startswith(f"step {step:>6}  validation"):
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+
+    return log
+
+
+def test_a_signal_stops_train_after_the_step_with_a_checkpoint_of_it(tmp_path):
+    config = dataclasses.replace(CONFIG, eval_every=1, checkpoint_every=100)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, str(out), progress=False, log=_signal_at_step(2, signal.SIGTERM))
+    assert (stopped.value.signal, stopped.value.step, stopped.value.checkpoint_step) == (
+        signal.SIGTERM, 2, 2
+    )  # fmt: skip
+    assert str(stopped.value) == (
+        f"interrupted at step 2; checkpoint at step 2 written to {out / 'checkpoint.npz'}; "
+        "continue with --resume"
+    )
+    assert isinstance(stopped.value, KeyboardInterrupt)  # code that catches Ctrl-C still does
+    assert load_run(out).metadata["step"] == 2
+    assert sorted(os.listdir(out)) == ["checkpoint.npz"]  # no lock, no half-written file
+    # The handlers are restored: SIGTERM is what it was before the run.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_second_signal_stops_at_once_and_the_message_reports_the_last_checkpoint(tmp_path):
+    config = dataclasses.replace(CONFIG, eval_every=1, checkpoint_every=1)
+    out = tmp_path / "run"
+    # Both signals arrive while step 2 is logged, before its checkpoint is written.
+    log = _signal_at_step(2, signal.SIGTERM, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, str(out), progress=False, log=log)
+    assert (stopped.value.step, stopped.value.checkpoint_step) == (2, 1)
+    assert str(stopped.value) == (
+        f"interrupted at step 2; the checkpoint in {out / 'checkpoint.npz'} is at step 1; "
+        "continue with --resume"
+    )
+    assert load_run(out).metadata["step"] == 1
+
+
+def test_when_the_checkpoint_cannot_be_written_the_message_says_so(tmp_path, monkeypatch):
+    config = dataclasses.replace(CONFIG, eval_every=1, checkpoint_every=100)
+    out = tmp_path / "run"
+
+    def disk_full(file, **arrays):
+        raise OSError(28, "No space left on device")
+
+    def log(line):
+        if line.startswith(f"step {2:>6}  validation"):
+            monkeypatch.setattr(np, "savez", disk_full)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, str(out), progress=False, log=log)
+    assert stopped.value.checkpoint_step is None
+    assert str(stopped.value) == (
+        "interrupted at step 2; writing its checkpoint failed (No space left on device); "
+        f"no checkpoint exists in {out}: start again without --resume"
+    )
+    assert os.listdir(out) == []

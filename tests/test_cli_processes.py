@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ TIMEOUT = 120  # seconds; a bound on every wait, far above what each step takes
 
 
 class Process:
-    """A `python -m dprnn_jax …` child whose stdout lines arrive on a queue, so that
+    """A `python -m dprnn_jax …` child whose output lines arrive on queues, so that
     waiting for one is bounded in time."""
 
     def __init__(self, *args: str):
@@ -37,48 +39,56 @@ class Process:
             text=True,
             env=environment,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
+        self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.seen: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.pumps = [
+            threading.Thread(target=self._pump, args=(name,), daemon=True)
+            for name in ("stdout", "stderr")
+        ]
+        for pump in self.pumps:
+            pump.start()
 
-    def _pump(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+    def _pump(self, name: str) -> None:
+        for line in getattr(self.popen, name):
+            self.lines[name].put(line)
+        self.lines[name].put(None)
 
-    def wait_for(self, text: str) -> str:
+    def _take(self, name: str, deadline: float) -> str | None:
+        try:
+            line = self.lines[name].get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        if line is not None:
+            self.seen[name].append(line)
+        return line
+
+    def wait_for(self, text: str, stream: str = "stdout") -> str:
+        """The first line of `stream` that contains `text` (the test fails past TIMEOUT)."""
         deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
+        while (line := self._take(stream, deadline)) is not None:
             if text in line:
                 return line
-        self.popen.kill()
-        self.popen.wait(timeout=TIMEOUT)
-        err = self.popen.stderr.read()
         self.kill()
-        pytest.fail(f"no line with {text!r} from the child; stdout {self.seen}, stderr {err}")
+        pytest.fail(f"no line with {text!r} from the child; it wrote {self.seen}")
 
-    def finish(self) -> tuple[int, str]:
-        """Waits for the exit (bounded, killed past it); returns (exit status, stderr)."""
+    def finish(self) -> tuple[int, list[str]]:
+        """Waits for the exit (bounded, killed past it); returns (exit status, every
+        stderr line)."""
         try:
             status = self.popen.wait(timeout=TIMEOUT)
-            return status, self.popen.stderr.read()
         finally:
             self.kill()
+        while self._take("stderr", time.monotonic()) is not None:
+            pass
+        return status, self.seen["stderr"]
 
     def kill(self) -> None:
         """SIGKILL if still running, then reap it and close the pipes."""
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait(timeout=TIMEOUT)
-        self.pump.join(timeout=TIMEOUT)
+        for pump in self.pumps:
+            pump.join(timeout=TIMEOUT)
         self.popen.stdout.close()
         self.popen.stderr.close()
 
@@ -138,3 +148,58 @@ def test_a_lock_that_cannot_be_taken_over_is_refused(tmp_path, capsys, holder):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert os.listdir(out) == ["train.lock"] and (out / "train.lock").read_text() == text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path, capsys, signum):
+    out = tmp_path / "run"
+    child = Process("train", *ENDLESS, "--no-progress", "--out", str(out))
+    try:
+        child.wait_for("validation loss")
+        child.popen.send_signal(signum)
+        status, err = child.finish()
+    finally:
+        child.kill()
+    assert status == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    found = re.fullmatch(
+        r"dprnn-jax: interrupted at step (\d+); checkpoint at step \1 written to (.+); "
+        r"continue with --resume\n",
+        err[0],
+    )
+    assert found, err
+    step, path = int(found[1]), found[2]
+    assert path == str(out / "checkpoint.npz")
+    # What it claims is on disk: the checkpoint of that very step, with its history.
+    run = dj.load_run(out)
+    assert run.metadata["step"] == step and len(run.metadata["history"]["loss"]) == step
+    assert step >= 1 and "train.lock" not in os.listdir(out)
+    # And it continues from there.
+    resume = ["train", *ENDLESS, "--steps", str(step + 2), "--resume", "--out", str(out)]
+    assert main([*resume, "--no-progress"]) == 0
+    assert f"resumed from {path} at step {step}" in capsys.readouterr().out
+    assert dj.load_run(out).metadata["step"] == step + 2
+
+
+@pytest.mark.parametrize(
+    "command, first_line",
+    [
+        (["omega", "--T", "128", "--hidden", "32"], ("stderr", "computing")),
+        (["demo"], ("stdout", "gradient check on")),
+        (["complexity"], ("stdout", "T=")),
+    ],
+    ids=["omega", "demo", "complexity"],
+)
+def test_ctrl_c_ends_a_long_command_with_one_line_and_status_130(tmp_path, command, first_line):
+    # Each command is far from done when its first line appears (about a minute of work).
+    child = Process(*command, "--out", str(tmp_path / "out"))
+    try:
+        stream, text = first_line
+        child.wait_for(text, stream)
+        child.popen.send_signal(signal.SIGINT)
+        status, err = child.finish()
+    finally:
+        child.kill()
+    assert status == 130
+    assert err[-1] == "dprnn-jax: interrupted\n", err
+    assert not any("Traceback" in line for line in err), err

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 
@@ -257,8 +260,9 @@ def _command_train(args: argparse.Namespace) -> int:
         _request_cpu_devices(args.devices)
 
     from .._training.checkpoint import CheckpointError
+    from .._training.interrupt import Interrupted, TrainingInterrupted
     from .._training.lock import RunLockedError
-    from .._training.loop import ResumeError, TrainConfig, train
+    from .._training.loop import ResumeError, TrainConfig, checkpoint_status, train
 
     method = _algorithm(args)
     config = TrainConfig(
@@ -285,12 +289,12 @@ def _command_train(args: argparse.Namespace) -> int:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; the last checkpoint in {args.out} is intact: continue with --resume",
-            file=sys.stderr,
-        )
-        return 130
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as error:
+        # Outside the loop (setup, or writing the final files): say what is on disk.
+        signum = getattr(error, "signal", signal.SIGINT)
+        raise Interrupted(signum, f"interrupted; {checkpoint_status(args.out)}") from None
     print_run_summary(result.metrics, args.out)
     return 0
 
@@ -489,13 +493,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a `dprnn-jax` command; returns its exit status: 0 done, 2 a usage error (one
+    line on stderr), 3 a diverged training run, 128 + the signal's number when SIGINT
+    (130) or SIGTERM (143) stopped it (one line on stderr, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["demo"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _sigterm_as_interrupt():
+        try:
+            return args.command(args)
+        except UsageError as error:
+            print(f"dprnn-jax: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as error:
+            signum = getattr(error, "signal", signal.SIGINT)
+            print(f"dprnn-jax: {str(error) or 'interrupted'}", file=sys.stderr)
+            return 128 + int(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    # SIGTERM would end the process on the spot; as a KeyboardInterrupt it is reported
+    # and cleaned up like Ctrl-C (files are closed, `train` writes its checkpoint).
+    ignored = signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    if ignored or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .._training.interrupt import raise_interrupted
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        return args.command(args)
-    except UsageError as error:
-        print(f"dprnn-jax: error: {error}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

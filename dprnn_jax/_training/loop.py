@@ -37,6 +37,7 @@ from .._backward.registry import algorithm_from_dict, resolve_method
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_choice, check_positive_int
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from .interrupt import Interrupted, TrainingInterrupted, stop_on_signals
 from .lock import run_lock
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
@@ -291,6 +292,35 @@ def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
     return state, metadata["step"], metadata["history"]
 
 
+def checkpoint_status(out: str) -> str:
+    """What `out` holds, in words for a message: its checkpoint's step, or none."""
+    path = os.path.join(out, CHECKPOINT)
+    try:
+        step = read_metadata(path)["step"]
+    except (CheckpointError, KeyError):
+        return f"no checkpoint exists in {out}: start again without --resume"
+    return f"the checkpoint in {path} is at step {step}; continue with --resume"
+
+
+def _interrupted(
+    signum: int, out: str, step: int, *, failure: OSError | None = None
+) -> TrainingInterrupted:
+    # The message is read back from the disk: it never claims a checkpoint that is not there.
+    path = os.path.join(out, CHECKPOINT)
+    try:
+        on_disk = read_metadata(path)["step"]
+    except (CheckpointError, KeyError):
+        on_disk = None
+    head = f"interrupted at step {step}" if step else "interrupted before the first step"
+    if failure is not None:
+        head += f"; writing its checkpoint failed ({failure.strerror or failure})"
+    if on_disk is not None and on_disk == step and failure is None:
+        message = f"{head}; checkpoint at step {step} written to {path}; continue with --resume"
+    else:
+        message = f"{head}; {checkpoint_status(out)}"
+    return TrainingInterrupted(signum, message, step=step, checkpoint_step=on_disk)
+
+
 def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     last = history["evaluations"][-1] if history["evaluations"] else None
     window = history["loss"][-max(1, len(history["loss"]) // 10) :]
@@ -373,6 +403,9 @@ def train(
     Raises:
         ResumeError: `resume` without a checkpoint, a checkpoint from other options, or a
             fresh run into a directory that already holds a checkpoint.
+        TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM stopped the run: the step in
+            flight finished and its checkpoint was written (a second signal stops at
+            once); the message says what is on disk. A `KeyboardInterrupt`.
         RunLockedError: another run holds `out` (its lock file `out/train.lock` names
             its pid and host); a lock left by a dead process on this host is taken over
             with a warning on `log`.
@@ -422,46 +455,62 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, 
         params, opt_state = replicate((params, opt_state), mesh)
         validation = replicate(validation, mesh)
 
+    saved_step = step if resume else None  # the step of the checkpoint on disk
+
     def save(step):
+        nonlocal saved_step
         metadata = {"step": step, "config": config.to_dict(), "history": history}
         save_checkpoint(checkpoint, (params, opt_state), metadata)
+        saved_step = step
 
     start, started = step, time.perf_counter()
     bar = tqdm(
         total=config.steps, initial=step, disable=not progress, desc=task.name, dynamic_ncols=True
     )
-    with bar:
-        while step < config.steps:
-            if stop_at is not None and step >= stop_at:
-                return TrainResult(params, {})
-            batch = sample(jax.random.fold_in(data_key, step), config.batch_size)
-            if mesh is not None:
-                batch = shard_batch(batch, mesh)
-            params, opt_state, metrics = train_step(params, opt_state, batch)
-            step += 1
-            metrics = jax.device_get(metrics)
-            for name in ("loss", "accuracy", "grad_norm"):
-                history[name].append(float(getattr(metrics, name)))
-            history["skipped"].append(int(metrics.skipped))
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
-            if step % config.eval_every == 0 or step == config.steps:
-                evaluation = jax.device_get(eval_step(params, validation))
-                entry = {
-                    "step": step,
-                    "loss": float(evaluation.loss),
-                    "accuracy": float(evaluation.accuracy),
-                }
-                history["evaluations"].append(entry)
-                line = (
-                    f"step {step:>6}  validation loss {entry['loss']:.4f}  "
-                    f"acc {entry['accuracy']:.4f}"
-                )
-                if task.name == "charlm":
-                    line += f"  perplexity {math.exp(entry['loss']):.3f}"
-                (bar.write if progress else log)(line)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step)
+    try:
+        with stop_on_signals() as stop, bar:
+            while step < config.steps and stop.signal is None:
+                if stop_at is not None and step >= stop_at:
+                    return TrainResult(params, {})
+                batch = sample(jax.random.fold_in(data_key, step), config.batch_size)
+                if mesh is not None:
+                    batch = shard_batch(batch, mesh)
+                params, opt_state, metrics = train_step(params, opt_state, batch)
+                step += 1
+                metrics = jax.device_get(metrics)
+                for name in ("loss", "accuracy", "grad_norm"):
+                    history[name].append(float(getattr(metrics, name)))
+                history["skipped"].append(int(metrics.skipped))
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
+                if step % config.eval_every == 0 or step == config.steps:
+                    evaluation = jax.device_get(eval_step(params, validation))
+                    entry = {
+                        "step": step,
+                        "loss": float(evaluation.loss),
+                        "accuracy": float(evaluation.accuracy),
+                    }
+                    history["evaluations"].append(entry)
+                    line = (
+                        f"step {step:>6}  validation loss {entry['loss']:.4f}  "
+                        f"acc {entry['accuracy']:.4f}"
+                    )
+                    if task.name == "charlm":
+                        line += f"  perplexity {math.exp(entry['loss']):.3f}"
+                    (bar.write if progress else log)(line)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    save(step)
+            if stop.signal is not None and step > start and step != saved_step:
+                try:
+                    save(step)
+                except OSError as error:
+                    raise _interrupted(stop.signal, out, step, failure=error) from None
+    except TrainingInterrupted:
+        raise
+    except Interrupted as error:  # a second signal: stop at once
+        raise _interrupted(error.signal, out, step) from None
+    if stop.signal is not None:
+        raise _interrupted(stop.signal, out, step)
     seconds = time.perf_counter() - started
 
     metrics = _final_metrics(config, task, step, history, seconds, step - start)
