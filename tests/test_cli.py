@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,7 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "loss_curve.png", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps_done"] == 6 and metrics["skipped_steps"] == 0
+    assert metrics["diverged"] is False and metrics["divergence"] is None
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A second fresh run into the same directory would overwrite it: refused.
@@ -145,6 +147,23 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
         for name in expected.files:
             np.testing.assert_array_equal(resumed[name], expected[name])
     assert dj.load_run(out).metadata["step"] == 8
+
+
+def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_path, capsys):
+    out = tmp_path / "run"
+    blow_up = ["--lr", "1e6", "--optimizer", "sgd", "--clip", "0", "--steps", "10"]
+    assert main([*TINY, *blow_up, "--out", str(out)]) == 3
+    line = _error_line(capsys)
+    assert re.fullmatch(
+        r"dprnn-jax: error: training diverged: (\d+) of 10 steps were skipped \(non-finite "
+        r"loss or gradient\) and the last validation loss is (inf|nan); try a lower --lr "
+        r"\(now 1e\+06\) or enable --clip \(e\.g\. --clip 1\)",
+        line,
+    ), line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["skipped_steps"] > 5
+    assert metrics["divergence"] in line
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "loss_curve.png", "metrics.json"]
 
 
 def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsys):

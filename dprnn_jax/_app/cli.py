@@ -183,6 +183,11 @@ def _add_train(subparsers) -> None:
         help="train an RNN on a bundled task with any gradient method (optax)",
         description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
         "metrics.json, loss_curve.png (and sample.txt for charlm) to --out.",
+        epilog="A step whose loss or gradient is not finite is skipped. The run has "
+        "diverged when its last validation loss is not finite or more than half of its "
+        "steps were skipped; it then exits with status 3 (after writing its files). "
+        "Exit status: 0 done, 2 a usage error, 3 diverged, 130 Ctrl-C, 143 SIGTERM "
+        "(after writing a checkpoint of the current step).",
     )
     parser.add_argument(
         "--task", choices=TASKS, default=defaults.task, help="what to learn (default charlm)"
@@ -296,6 +301,17 @@ def _command_train(args: argparse.Namespace) -> int:
         signum = getattr(error, "signal", signal.SIGINT)
         raise Interrupted(signum, f"interrupted; {checkpoint_status(args.out)}") from None
     print_run_summary(result.metrics, args.out)
+    if result.metrics["diverged"]:
+        clip = config.max_grad_norm
+        hint = (
+            "enable --clip (e.g. --clip 1)" if clip is None else f"a smaller --clip (now {clip:g})"
+        )
+        print(
+            f"dprnn-jax: error: training diverged: {result.metrics['divergence']}; "
+            f"try a lower --lr (now {config.learning_rate:g}) or {hint}",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

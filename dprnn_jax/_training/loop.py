@@ -13,6 +13,13 @@ Files in the output directory:
 * `metrics.json`: configuration, final training and validation numbers, wall time;
 * `loss_curve.png`: training loss per step and validation loss at each evaluation;
 * `sample.txt`: for "charlm", text generated from a prompt.
+
+Divergence. A step whose loss or gradient is not finite is skipped (the parameters stay
+as they were, see `make_train_step`) and counted. A run has *diverged* when its last
+validation loss is not finite, or when more than half of all its steps (every session of
+a resumed run) were skipped: `metrics.json` then says `"diverged": true` with the reason
+in `"divergence"`, and `dprnn-jax train` exits with status 3 after writing its files.
+The loss curve marks every skipped step.
 """
 
 from __future__ import annotations
@@ -321,6 +328,25 @@ def _interrupted(
     return TrainingInterrupted(signum, message, step=step, checkpoint_step=on_disk)
 
 
+def divergence(history: dict) -> str | None:
+    """Why a run's history counts as diverged (see the module docstring), or None."""
+    skipped, steps = int(sum(history["skipped"])), len(history["skipped"])
+    last = history["evaluations"][-1]["loss"] if history["evaluations"] else None
+    reasons = []
+    if 2 * skipped > steps:
+        reasons.append(f"{skipped} of {steps} steps were skipped (non-finite loss or gradient)")
+    if last is not None and not math.isfinite(last):
+        reasons.append(f"the last validation loss is {last}")
+    return " and ".join(reasons) or None
+
+
+def _perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     last = history["evaluations"][-1] if history["evaluations"] else None
     window = history["loss"][-max(1, len(history["loss"]) // 10) :]
@@ -330,33 +356,49 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
         "train_loss_last": history["loss"][-1] if history["loss"] else None,
         "train_loss_mean_last_10pct": float(np.mean(window)) if window else None,
         "skipped_steps": int(sum(history["skipped"])),
+        "diverged": divergence(history) is not None,
+        "divergence": divergence(history),
         "validation": last,
         "wall_seconds_this_session": seconds,
         "steps_this_session": steps_run,
         "backend": jax.default_backend(),
     }
     if task.name == "charlm" and last is not None:
-        metrics["validation_perplexity"] = math.exp(last["loss"])
+        metrics["validation_perplexity"] = _perplexity(last["loss"])
         metrics["validation_bits_per_character"] = last["loss"] / math.log(2)
     return metrics
 
 
 def plot_loss_curve(history: dict, path: str, title: str) -> None:
-    """Training loss per step (and its running mean) with validation loss, as a PNG."""
+    """Training loss per step (and its running mean) with validation loss, as a PNG;
+    non-finite losses are left out and every skipped step is marked along the bottom."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     loss = np.asarray(history["loss"], np.float64)
+    loss = np.where(np.isfinite(loss), loss, np.nan)  # gaps, not a ruined y axis
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     steps = np.arange(1, len(loss) + 1)
+    skipped = steps[np.asarray(history["skipped"], bool)]
+    if skipped.size:
+        # x in steps, y in axes coordinates: a row of ticks at the bottom, whatever the loss.
+        axes.plot(
+            skipped,
+            np.full(skipped.size, 0.03),
+            "|",
+            color="tab:red",
+            markersize=10,
+            transform=axes.get_xaxis_transform(),
+            label=f"skipped step ({skipped.size}, non-finite)",
+        )
     axes.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
     width = max(1, len(loss) // 50)
     if len(loss) >= width > 1:
         smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
         axes.plot(steps[width - 1 :], smooth, color="tab:blue", label=f"train ({width}-step mean)")
-    evaluations = history["evaluations"]
+    evaluations = [e for e in history["evaluations"] if math.isfinite(e["loss"])]
     if evaluations:
         axes.plot(
             [e["step"] for e in evaluations],
@@ -365,6 +407,9 @@ def plot_loss_curve(history: dict, path: str, title: str) -> None:
             color="tab:orange",
             label="validation",
         )
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0 and finite.max() > 1e3 * finite.min():
+        axes.set_yscale("log")  # a blow-up spans orders of magnitude
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)
@@ -496,7 +541,7 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, 
                         f"acc {entry['accuracy']:.4f}"
                     )
                     if task.name == "charlm":
-                        line += f"  perplexity {math.exp(entry['loss']):.3f}"
+                        line += f"  perplexity {_perplexity(entry['loss']):.3f}"
                     (bar.write if progress else log)(line)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     save(step)
