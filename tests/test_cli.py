@@ -100,7 +100,7 @@ def test_method_options_reach_training_and_are_recorded(tmp_path, capsys):
     # Resuming with another algorithm is refused, naming both.
     saved = (out / "checkpoint.npz").read_bytes()
     assert main([*TINY, "--steps", "4", "--method", "bptt", "--resume", "--out", str(out)]) == 2
-    assert "checkpoint Omega(truncation=3), now BPTT()" in _error_line(capsys)
+    assert "--method BPTT() given, Omega(truncation=3) in the checkpoint" in _error_line(capsys)
     assert (out / "checkpoint.npz").read_bytes() == saved
 
 
@@ -127,17 +127,25 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
     saved = (out / "checkpoint.npz").read_bytes()
     assert main([*TINY, "--steps", "6", "--out", str(out)]) == 2
     assert "already holds a checkpoint" in _error_line(capsys)
-    # Resuming with other options: refused.
-    assert main([*TINY, "--steps", "8", "--out", str(out), "--resume", "--hidden", "5"]) == 2
-    assert "hidden_size: checkpoint 4, now 5" in _error_line(capsys)
+    # Resuming with options that change the trajectory: refused, each one listed.
+    changed = ["--hidden", "5", "--lr", "0.01", "--clip", "0", "--seed", "0", "--task", "adding"]
+    assert main([*TINY, "--steps", "8", "--out", str(out), "--resume", *changed]) == 2
+    assert _error_line(capsys) == (
+        f"dprnn-jax: error: --resume: {out / 'checkpoint.npz'} was trained with other options "
+        "(--lr 0.01 given, 0.003 in the checkpoint; --hidden 5 given, 4 in the checkpoint; "
+        "--clip 0 (off) given, 1 in the checkpoint); leave them out to continue with the "
+        "checkpoint's (only --steps, --eval-every, --checkpoint-every, --devices may change)"
+    )
     assert (out / "checkpoint.npz").read_bytes() == saved
 
-    # Resume in a new process (a fresh compilation) to 8 steps; compare with an
-    # uninterrupted 8-step run in this one.
-    command = [sys.executable, "-m", "dprnn_jax", *TINY, "--steps", "8", "--out", str(out)]
-    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    # Resume in a new process (a fresh compilation) to 8 steps, with no option but the
+    # steps: the others are the checkpoint's. Compare with an uninterrupted 8-step run.
+    command = [sys.executable, "-m", "dprnn_jax", "train", "--out", str(out), "--resume"]
+    done = subprocess.run(
+        [*command, "--steps", "8", "--no-progress"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
-    assert "resumed from" in done.stdout
+    assert "resumed from" in done.stdout and "step      8  validation" in done.stdout
     straight = tmp_path / "straight"
     assert main([*TINY, "--steps", "8", "--out", str(straight)]) == 0
     resumed = np.load(out / "checkpoint.npz")
@@ -147,6 +155,30 @@ def test_tiny_run_files_errors_and_resume_across_processes(tmp_path, capsys):
         for name in expected.files:
             np.testing.assert_array_equal(resumed[name], expected[name])
     assert dj.load_run(out).metadata["step"] == 8
+
+
+def test_resume_takes_the_checkpoints_options_and_lets_the_schedule_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main([*TINY, "--steps", "2", "--lr", "0.01", "--truncation", "2", "--out", str(out)]) == 0
+    )
+    # The same values given again are no change; the schedule may change.
+    again = ["--lr", "0.01", "--truncation", "2", "--task", "adding", "--hidden", "4"]
+    schedule = ["--steps", "5", "--eval-every", "5", "--checkpoint-every", "5"]
+    assert main(["train", "--out", str(out), "--resume", *again, *schedule, "--no-progress"]) == 0
+    run = dj.load_run(out)
+    evaluated = [entry["step"] for entry in run.metadata["history"]["evaluations"]]
+    assert run.metadata["step"] == 5 and evaluated == [2, 5]  # every 2, then every 5
+    assert run.config == dj.TrainConfig(
+        task="adding", seq_len=6, hidden_size=4, batch_size=4, learning_rate=0.01,
+        method=dj.Omega(truncation=2), steps=5, eval_every=5, checkpoint_every=5,
+    )  # fmt: skip
+    capsys.readouterr()
+    # --resume where there is nothing to resume.
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert _error_line(capsys).endswith(
+        "no checkpoint.npz in " + str(tmp_path / "empty") + "; start without --resume"
+    )
 
 
 def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_path, capsys):

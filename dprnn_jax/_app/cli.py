@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -173,8 +174,30 @@ def _algorithm(args: argparse.Namespace):
         raise UsageError(f"--method {name}{flags}: {str(error).rstrip('.')}") from None
 
 
+# `dprnn-jax train`'s flag of each `TrainConfig` field; the method is `--method` with its
+# option flags. Every one defaults to None ("not given"): a fresh run fills it in from
+# `TrainConfig()`, a resumed run from the checkpoint.
+TRAIN_FLAGS = {
+    "task": "--task",
+    "seq_len": "--seq-len",
+    "hidden_size": "--hidden",
+    "layers": "--layers",
+    "activation": "--activation",
+    "method": "--method",
+    "optimizer": "--optimizer",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "max_grad_norm": "--clip",
+    "steps": "--steps",
+    "eval_every": "--eval-every",
+    "checkpoint_every": "--checkpoint-every",
+    "devices": "--devices",
+}
+
+
 def _add_train(subparsers) -> None:
-    from .._training.loop import OPTIMIZERS, TrainConfig
+    from .._training.loop import OPTIMIZERS, RESUMABLE_CHANGES, TrainConfig
     from .._training.tasks import TASKS
 
     defaults = TrainConfig()
@@ -182,111 +205,156 @@ def _add_train(subparsers) -> None:
         "train",
         help="train an RNN on a bundled task with any gradient method (optax)",
         description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
-        "metrics.json, loss_curve.png (and sample.txt for charlm) to --out.",
+        "metrics.json, loss_curve.png (and sample.txt for charlm) to --out. With --resume, "
+        "every option not given is the checkpoint's; "
+        + ", ".join(TRAIN_FLAGS[name] for name in RESUMABLE_CHANGES)
+        + " may change, the others must match it if given.",
         epilog="A step whose loss or gradient is not finite is skipped. The run has "
         "diverged when its last validation loss is not finite or more than half of its "
         "steps were skipped; it then exits with status 3 (after writing its files). "
         "Exit status: 0 done, 2 a usage error, 3 diverged, 130 Ctrl-C, 143 SIGTERM "
         "(after writing a checkpoint of the current step).",
     )
+    parser.add_argument("--task", choices=TASKS, help=f"what to learn ({defaults.task})")
+    _add_method_options(parser, "gradient method (omega)")
+    parser.add_argument("--steps", type=int, help=f"optimiser steps ({defaults.steps})")
     parser.add_argument(
-        "--task", choices=TASKS, default=defaults.task, help="what to learn (default charlm)"
-    )
-    _add_method_options(parser, "gradient method (default omega)")
-    parser.add_argument(
-        "--steps", type=int, default=defaults.steps, help="optimiser steps (default 1000)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="seed of the model and data order (0)"
+        "--seed", type=int, help=f"seed of the model and data order ({defaults.seed})"
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="sequences per step (32)"
+        "--batch-size", type=int, help=f"sequences per step ({defaults.batch_size})"
+    )
+    parser.add_argument("--lr", type=float, help=f"learning rate ({defaults.learning_rate:g})")
+    parser.add_argument(
+        "--optimizer", choices=tuple(OPTIMIZERS), help=f"optax ({defaults.optimizer})"
     )
     parser.add_argument(
-        "--lr", type=float, default=defaults.learning_rate, help="learning rate (default 3e-3)"
+        "--hidden", type=int, help=f"hidden units per layer ({defaults.hidden_size})"
     )
-    parser.add_argument(
-        "--optimizer", choices=tuple(OPTIMIZERS), default=defaults.optimizer, help="optax (adam)"
-    )
-    parser.add_argument(
-        "--hidden", type=int, default=defaults.hidden_size, help="hidden units per layer (128)"
-    )
-    parser.add_argument(
-        "--layers", type=int, default=defaults.layers, help="stacked recurrent layers (1)"
-    )
+    parser.add_argument("--layers", type=int, help=f"stacked recurrent layers ({defaults.layers})")
     parser.add_argument(
         "--seq-len",
         type=int,
-        default=None,
         help="T: charlm window (64), digits 8 or 64 (8), adding T (50), copy delay (20)",
     )
     parser.add_argument(
         "--activation",
         choices=("tanh", "sigmoid", "relu"),
-        default=defaults.activation,
-        help="recurrent activation (tanh)",
+        help=f"recurrent activation ({defaults.activation})",
     )
     parser.add_argument(
-        "--clip", type=float, default=defaults.max_grad_norm, help="global-norm clip, 0 = off (1.0)"
+        "--clip", type=float, help=f"global-norm clip, 0 = off ({defaults.max_grad_norm:g})"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=defaults.eval_every, help="validation interval (100)"
+        "--eval-every", type=int, help=f"validation interval ({defaults.eval_every})"
     )
     parser.add_argument(
-        "--checkpoint-every",
+        "--checkpoint-every", type=int, help=f"checkpoint interval ({defaults.checkpoint_every})"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out/checkpoint.npz, with its options as the defaults",
+    )
+    parser.add_argument(
+        "--devices",
         type=int,
-        default=defaults.checkpoint_every,
-        help="checkpoint interval (100)",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
-    parser.add_argument(
-        "--devices", type=int, default=1, help="data-parallel devices over the batch axis (1)"
+        help=f"data-parallel devices over the batch axis ({defaults.devices})",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(command=_command_train)
 
 
-def _command_train(args: argparse.Namespace) -> int:
-    for name in ("steps", "batch_size", "hidden", "layers", "eval_every", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.seq_len is not None and args.seq_len < 1:
-        raise UsageError(f"--seq-len must be >= 1, got {args.seq_len}")
-    if args.devices < 1:
-        raise UsageError(f"--devices must be >= 1, got {args.devices}")
-    if not args.lr > 0:
+def _given_train_options(args: argparse.Namespace) -> dict:
+    """The `TrainConfig` fields given on the command line (checked), by field name."""
+    positive = ("steps", "batch_size", "hidden", "layers", "seq_len", "eval_every")
+    for name in (*positive, "checkpoint_every", "devices"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
-    if not args.clip >= 0:
+    if args.clip is not None and not args.clip >= 0:
         raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {args.clip}")
-    if args.seed < 0:
+    if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if args.devices > 1:
-        _request_cpu_devices(args.devices)
+    values = {
+        "task": args.task,
+        "seq_len": args.seq_len,
+        "hidden_size": args.hidden,
+        "layers": args.layers,
+        "activation": args.activation,
+        "method": _algorithm(args),
+        "optimizer": args.optimizer,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every,
+        "devices": args.devices,
+    }
+    given = {name: value for name, value in values.items() if value is not None}
+    if args.clip is not None:
+        given["max_grad_norm"] = args.clip or None  # 0 turns clipping off
+    return given
+
+
+def _shown(name: str, value: object) -> str:
+    if name == "max_grad_norm" and value is None:
+        return "0 (off)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _train_config(args: argparse.Namespace):
+    """The run's `TrainConfig`: the given options over `TrainConfig()`, or with
+    `--resume` over the checkpoint's, whose trajectory they must not change."""
+    from .._training.checkpoint import CheckpointError
+    from .._training.loop import (
+        CHECKPOINT,
+        RESUMABLE_CHANGES,
+        TrainConfig,
+        config_differences,
+        saved_config,
+    )
+
+    given = _given_train_options(args)
+    if not args.resume:
+        return TrainConfig(**given)
+    path = os.path.join(args.out, CHECKPOINT)
+    if not os.path.exists(path):
+        raise UsageError(f"--resume: no {CHECKPOINT} in {args.out}; start without --resume")
+    try:
+        saved, _ = saved_config(path)
+    except CheckpointError as error:
+        raise UsageError(str(error).rstrip(".")) from None
+    config = dataclasses.replace(saved, **given)
+    changed = config_differences(saved, config)
+    if changed:
+        details = "; ".join(
+            f"{TRAIN_FLAGS[name]} {_shown(name, getattr(config, name))} given, "
+            f"{_shown(name, getattr(saved, name))} in the checkpoint"
+            for name in changed
+        )
+        may_change = ", ".join(TRAIN_FLAGS[name] for name in RESUMABLE_CHANGES)
+        raise UsageError(
+            f"--resume: {path} was trained with other options ({details}); leave them out "
+            f"to continue with the checkpoint's (only {may_change} may change)"
+        )
+    return config
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
+    if config.devices > 1:
+        _request_cpu_devices(config.devices)
 
     from .._training.checkpoint import CheckpointError
     from .._training.interrupt import Interrupted, TrainingInterrupted
     from .._training.lock import RunLockedError
-    from .._training.loop import ResumeError, TrainConfig, checkpoint_status, train
+    from .._training.loop import ResumeError, checkpoint_status, train
 
-    method = _algorithm(args)
-    config = TrainConfig(
-        task=args.task,
-        method="omega" if method is None else method,
-        steps=args.steps,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        hidden_size=args.hidden,
-        layers=args.layers,
-        seq_len=args.seq_len,
-        activation=args.activation,
-        max_grad_norm=args.clip or None,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        devices=args.devices,
-    )
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         result = train(config, args.out, resume=args.resume, progress=progress)
