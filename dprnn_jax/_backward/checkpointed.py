@@ -16,7 +16,9 @@ added at the segment's last step (docs/theory.md#blocked-omega):
 Every path from a later loss into the segment enters through step e, so this is exact.
 The gradients are accumulated segment by segment, so the (T, m, d) states and the
 (T, m, k) logits are never all alive: memory O(T/k · L·m·d + k·m·(d + k_out)), which is
-O(√T) for k = ⌈√T⌉, for one extra forward pass of compute.
+O(√T) for k = ⌈√T⌉, for one extra forward pass of compute. Each segment is read from
+the inputs where it lies (a dynamic slice), never from a padded copy; when k does not
+divide T the shorter last segment runs on its own.
 
 The loss must be fused for this to pay: a layer alone (`rnn_layer`) returns all its
 states, which are also its residuals, so checkpointing it would save nothing.
@@ -62,12 +64,17 @@ class _Static(NamedTuple):
 
 
 class _Segments(NamedTuple):
-    """Per-segment inputs, each with leading axes (segments, k)."""
+    """The inputs, each with leading axis T (or, sliced, one segment's k steps)."""
 
     xs: jax.Array
     targets: jax.Array
     weights: jax.Array
     valid: jax.Array
+
+    def at(self, start, length: int) -> _Segments:
+        """Steps [start, start + length); `start` may be traced. No copy of the inputs:
+        each segment is read from them where it lies."""
+        return _Segments(*(lax.dynamic_slice_in_dim(x, start, length) for x in self))
 
 
 def _layer_forward(activation, layer: LayerParams, inputs, h):
@@ -95,15 +102,27 @@ def _segment_value(static: _Static, params: RNNParams, starts, segment: _Segment
     return tuple(hs[-1] for hs in states), (loss, hits)
 
 
-def _forward(static: _Static, params: RNNParams, segments: _Segments, h0s):
-    """scan :: segments -> (loss, hits), keeping each segment's starting states."""
+def _layout(static: _Static, T: int) -> tuple[int, int]:
+    """(number of whole segments, steps in the last, shorter one (0 if none))."""
+    return T // static.segment, T % static.segment
 
-    def step(starts, segment):
-        ends, value = _segment_value(static, params, starts, segment)
+
+def _forward(static: _Static, params: RNNParams, inputs: _Segments, h0s):
+    """scan :: whole segments -> (loss, hits), keeping each segment's starting states;
+    then the shorter last segment, if any, from the last state."""
+    k = static.segment
+    whole, tail = _layout(static, inputs.weights.shape[0])
+
+    def step(starts, s):
+        ends, value = _segment_value(static, params, starts, inputs.at(s * k, k))
         return ends, (starts, value)
 
-    _, (boundaries, (losses, hits)) = lax.scan(step, tuple(h0s), segments)
-    return (losses.sum(), hits.sum()), boundaries
+    ends, (boundaries, (losses, hits)) = lax.scan(step, tuple(h0s), jnp.arange(whole))
+    loss, hit = losses.sum(), hits.sum()
+    if tail:
+        _, (tail_loss, tail_hits) = _segment_value(static, params, ends, inputs.at(whole * k, tail))
+        loss, hit = loss + tail_loss, hit + tail_hits
+    return (loss, hit), (boundaries, ends)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -118,14 +137,15 @@ def _fused_loss_fwd(static, params, segments, h0s):
 
 
 def _fused_loss_bwd(static, residuals, cotangents):
-    params, segments, boundaries = residuals
+    params, inputs, (boundaries, tail_start) = residuals
+    k = static.segment
+    whole, tail = _layout(static, inputs.weights.shape[0])
     loss_bar, _ = cotangents  # the hit count is not differentiable
     layers = params.layers
     activation = get_activation(static.activation)
 
-    def step(carry, inputs):
+    def backward_segment(carry, starts, segment):
         deltas_next, grads = carry
-        starts, segment = inputs
         # Recompute this segment's states; differentiate its readout and losses.
         states = _segment_states(static, params, starts, segment)
 
@@ -166,17 +186,28 @@ def _fused_loss_bwd(static, residuals, cotangents):
         grads = jax.tree.map(jnp.add, grads, (tuple(layer_grads), readout_bar))
         return (tuple(deltas_first), grads), xs_bar
 
+    def step(carry, s):
+        return backward_segment(
+            carry, jax.tree.map(lambda b: b[s], boundaries), inputs.at(s * k, k)
+        )
+
     zero_grads = jax.tree.map(jnp.zeros_like, (tuple(layers), params.readout))
-    zero_deltas = tuple(jnp.zeros_like(start[0]) for start in boundaries)
+    carry = (tuple(jnp.zeros_like(start) for start in tail_start), zero_grads)
+    tail_xs_bar = None
+    if tail:  # the shorter last segment first: no error arrives from after it
+        carry, tail_xs_bar = backward_segment(carry, tail_start, inputs.at(whole * k, tail))
     (deltas_first, (layer_grads, readout_grads)), xs_bar = lax.scan(
-        step, (zero_deltas, zero_grads), (boundaries, segments), reverse=True
+        step, carry, jnp.arange(whole), reverse=True
     )
+    if xs_bar is not None:
+        xs_bar = xs_bar.reshape(whole * k, *xs_bar.shape[2:])
+        if tail:
+            xs_bar = jnp.concatenate([xs_bar, tail_xs_bar])
     grad_params = RNNParams(layers=layer_grads, readout=ReadoutParams(*readout_grads))
     grad_params = jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(grad_params))
     # ∂C/∂h0 = Δ_0 S (docs/theory.md#gradients-from-delta).
     h0s_bar = tuple(delta @ layer.S for delta, layer in zip(deltas_first, layers))
-    segments_bar = _Segments(xs_bar, None, None, None)
-    return grad_params, segments_bar, h0s_bar
+    return grad_params, _Segments(xs_bar, None, None, None), h0s_bar
 
 
 _fused_loss.defvjp(_fused_loss_fwd, _fused_loss_bwd)
@@ -215,16 +246,7 @@ def checkpointed_loss(
     """
     T, m = weights.shape
     k = segment_length(algorithm.checkpoint, T)
-    segments = -(-T // k)
-    pad = segments * k - T
     if valid is None:
         valid = jnp.ones((T, m), bool)
-
-    def split(x, fill=0):
-        # Steps past T are padding with zero weight: no loss, so no error flows from them.
-        x = jnp.concatenate([x, jnp.full((pad, *x.shape[1:]), fill, x.dtype)])
-        return x.reshape(segments, k, *x.shape[1:])
-
     static = _Static(dataclasses.replace(algorithm, checkpoint=None), activation, k, segment_loss)
-    inputs = _Segments(split(xs), split(targets), split(weights), split(valid, False))
-    return _fused_loss(static, params, inputs, tuple(h0s))
+    return _fused_loss(static, params, _Segments(xs, targets, weights, valid), tuple(h0s))
