@@ -181,6 +181,39 @@ def test_resume_takes_the_checkpoints_options_and_lets_the_schedule_change(tmp_p
     )
 
 
+def test_an_earlier_runs_files_are_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "2", "--out", str(out)]) == 0
+    (out / "checkpoint.npz").unlink()  # an earlier run's files, without a checkpoint
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert main([*TINY, "--steps", "3", "--out", str(out)]) == 2
+    assert _error_line(capsys) == (
+        f"dprnn-jax: error: {out} holds the files of an earlier run (metrics.json, "
+        "loss_curve.png) but no checkpoint; pass --overwrite to replace them or choose "
+        "another --out (nothing was overwritten)"
+    )
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert main([*TINY, "--steps", "3", "--overwrite", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps_done"] == 3
+    # Over a checkpoint, --overwrite starts over: nothing of the old run is kept.
+    assert main([*TINY, "--steps", "1", "--overwrite", "--out", str(out)]) == 0
+    run = dj.load_run(out)
+    assert run.metadata["step"] == 1 and len(run.metadata["history"]["loss"]) == 1
+    capsys.readouterr()
+    assert main([*TINY, "--steps", "4", "--resume", "--overwrite", "--out", str(out)]) == 2
+    assert "--resume and --overwrite exclude each other" in _error_line(capsys)
+
+
+def test_complexity_writes_under_runs_by_default_never_into_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--T", "4", "8", "--m", "1", "--d", "2", "--repeats", "1", "--naive-max-T", "4"]
+    assert main(["complexity", *tiny]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["runs"]
+    assert sorted(os.listdir(tmp_path / "runs" / "complexity")) == [
+        "complexity.json", "complexity.md", "complexity.png"
+    ]  # fmt: skip
+
+
 def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_path, capsys):
     out = tmp_path / "run"
     blow_up = ["--lr", "1e6", "--optimizer", "sgd", "--clip", "0", "--steps", "10"]

@@ -258,6 +258,11 @@ def _add_train(subparsers) -> None:
         help="continue from --out/checkpoint.npz, with its options as the defaults",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds an earlier run (its files are removed)",
+    )
+    parser.add_argument(
         "--devices",
         type=int,
         help=f"data-parallel devices over the batch axis ({defaults.devices})",
@@ -320,6 +325,10 @@ def _train_config(args: argparse.Namespace):
     )
 
     given = _given_train_options(args)
+    if args.resume and args.overwrite:
+        raise UsageError(
+            "--resume and --overwrite exclude each other: continue a run or replace it"
+        )
     if not args.resume:
         return TrainConfig(**given)
     path = os.path.join(args.out, CHECKPOINT)
@@ -357,7 +366,9 @@ def _command_train(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        result = train(config, args.out, resume=args.resume, progress=progress)
+        result = train(
+            config, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress
+        )
     except (CheckpointError, ResumeError, RunLockedError, ValueError, ImportError) as error:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
@@ -532,7 +543,9 @@ def _add_complexity(subparsers) -> None:
         description="Writes complexity.md, complexity.png and complexity.json to --out "
         "(same as scripts/complexity.py).",
     )
-    parser.add_argument("--out", default="results", help="output directory (results)")
+    parser.add_argument(
+        "--out", default="runs/complexity", help="output directory (runs/complexity)"
+    )
     parser.add_argument("--T", type=int, nargs="+", default=list(DEFAULT_TS), help="lengths")
     parser.add_argument("--m", type=int, default=8, help="batch size (8)")
     parser.add_argument("--d", type=int, default=32, help="hidden size (32)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import statistics
 import time
@@ -19,7 +20,15 @@ from .._backward.registry import METHODS
 from .._model.loss import sequence_loss
 from .._model.params import init_rnn
 from .._training.checkpoint import CheckpointError
-from .._training.loop import CHECKPOINT, ResumeError, TrainConfig, saved_config, train
+from .._training.loop import (
+    CHECKPOINT,
+    METRICS,
+    RUN_FILES,
+    ResumeError,
+    TrainConfig,
+    saved_config,
+    train,
+)
 
 
 class MethodReport(NamedTuple):
@@ -145,18 +154,24 @@ def demo_config(
 
 
 def check_demo_dir(out: str) -> None:
-    """Refuses an `out` that holds a checkpoint not written by the demo (one that differs
-    from `DEMO_CONFIG` in more than steps, hidden size and window length).
+    """Refuses an `out` that holds the files of a run that is not the demo's (one that
+    differs from `DEMO_CONFIG` in more than steps, hidden size and window length, as its
+    checkpoint or, without one, its metrics.json records).
 
     Raises:
-        ResumeError: `out/checkpoint.npz` exists and is not a demo checkpoint.
+        ResumeError: `out` holds another run's files.
     """
-    path = os.path.join(out, CHECKPOINT)
-    if not os.path.exists(path):
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if not present:
         return
+    saved = None
     try:
-        saved, _ = saved_config(path)
-    except CheckpointError:
+        if CHECKPOINT in present:
+            saved, _ = saved_config(os.path.join(out, CHECKPOINT))
+        elif METRICS in present:
+            with open(os.path.join(out, METRICS), encoding="utf-8") as file:
+                saved = TrainConfig.from_dict(json.load(file)["config"])
+    except (CheckpointError, OSError, ValueError, TypeError, KeyError):
         saved = None
     if saved is None or any(
         getattr(saved, field.name) != getattr(DEMO_CONFIG, field.name)
@@ -164,8 +179,8 @@ def check_demo_dir(out: str) -> None:
         if field.name not in _DEMO_VARIABLES
     ):
         raise ResumeError(
-            f"{out} holds a checkpoint that is not from the demo; choose another --out "
-            "(nothing was overwritten)"
+            f"{out} holds a run that is not from the demo ({', '.join(present)}); choose "
+            "another --out (nothing was overwritten)"
         )
 
 
@@ -173,14 +188,11 @@ def train_demo(out: str = "runs/demo", config: TrainConfig = DEMO_CONFIG, *, pro
     """Trains the demo char-LM (`config`, from `demo_config`) from scratch into `out`;
     returns the `TrainResult`.
 
-    A previous demo run in `out` is replaced; any other checkpoint there is refused, so a
-    mistyped `--out` can never overwrite a real training run.
+    A previous demo run in `out` is replaced; any other run's files there are refused,
+    so a mistyped `--out` can never overwrite a real training run.
 
     Raises:
-        ResumeError: `out` holds a checkpoint that is not from the demo.
+        ResumeError: `out` holds the files of a run that is not the demo's.
     """
     check_demo_dir(out)
-    path = os.path.join(out, CHECKPOINT)
-    if os.path.exists(path):
-        os.remove(path)
-    return train(config, out, progress=progress)
+    return train(config, out, overwrite=True, progress=progress)

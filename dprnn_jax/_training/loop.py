@@ -54,6 +54,8 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
 LOSS_CURVE = "loss_curve.png"
 SAMPLE = "sample.txt"
+# Every file a run writes into its folder.
+RUN_FILES = (CHECKPOINT, METRICS, LOSS_CURVE, SAMPLE)
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "adam": optax.adam,
@@ -425,6 +427,7 @@ def train(
     out: str,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     stop_at: int | None = None,
@@ -437,6 +440,8 @@ def train(
         resume: continue from `out/checkpoint.npz`; the options must be the checkpoint's
             except those in `RESUMABLE_CHANGES` (steps, eval_every, checkpoint_every,
             devices).
+        overwrite: start afresh in an `out` that holds an earlier run's files (they
+            are removed first); without it such an `out` is refused.
         progress: show a tqdm progress bar with loss and accuracy.
         log: where evaluation lines go.
         stop_at: stop after this many steps without writing anything more, as a kill
@@ -447,7 +452,8 @@ def train(
 
     Raises:
         ResumeError: `resume` without a checkpoint, a checkpoint from other options, or a
-            fresh run into a directory that already holds a checkpoint.
+            fresh run (without `overwrite`) into a folder that holds an earlier run's
+            files: its checkpoint, metrics, loss curve or sample.
         TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM stopped the run: the step in
             flight finished and its checkpoint was written (a second signal stops at
             once); the message says what is on disk. A `KeyboardInterrupt`.
@@ -459,6 +465,8 @@ def train(
         ValueError, ImportError: bad options (from the task, the mesh, the step).
     """
     _check_config(config)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue a run or replace it")
     programs = _programs(
         config.task,
         config.seq_len,
@@ -475,10 +483,32 @@ def train(
     mesh = batch_mesh(config.devices) if config.devices > 1 else None
     check_output_dir(out)
     with run_lock(out, log=log):
-        return _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, stop_at)
+        return _train_holding_the_lock(
+            config, out, programs, mesh, resume, overwrite, progress, log, stop_at
+        )
 
 
-def _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, stop_at):
+def _clear_for_a_fresh_run(out: str, overwrite: bool) -> None:
+    # Never replace an earlier run's files silently, checkpoint or not.
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if present and not overwrite:
+        if CHECKPOINT in present:
+            raise ResumeError(
+                f"{out} already holds a checkpoint ({CHECKPOINT}); pass --resume to continue "
+                "it, --overwrite to start over, or choose another --out (nothing was "
+                "overwritten)"
+            )
+        raise ResumeError(
+            f"{out} holds the files of an earlier run ({', '.join(present)}) but no "
+            "checkpoint; pass --overwrite to replace them or choose another --out (nothing "
+            "was overwritten)"
+        )
+    # Removed before the run starts, so that no file of the old run outlives the new one.
+    for name in present:
+        os.remove(os.path.join(out, name))
+
+
+def _train_holding_the_lock(config, out, programs, mesh, resume, overwrite, progress, log, stop_at):
     from tqdm import tqdm
 
     task = programs.task
@@ -488,11 +518,8 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, progress, log, 
     if resume:
         (params, opt_state), step, history = _restore(out, config, (params, opt_state))
         log(f"resumed from {checkpoint} at step {step}")
-    elif os.path.exists(checkpoint):
-        raise ResumeError(
-            f"{out} already holds a checkpoint ({CHECKPOINT}); pass --resume to continue it "
-            "or choose another --out (nothing was overwritten)"
-        )
+    else:
+        _clear_for_a_fresh_run(out, overwrite)
 
     train_step, eval_step, sample = programs.train_step, programs.eval_step, programs.sample
     validation = task.validation
