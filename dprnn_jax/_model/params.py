@@ -66,17 +66,16 @@ def init_gru_layer(
         >>> init_gru_layer(jax.random.key(0), 3, 8).b_hh.shape
         (24,)
     """
+    return GRUParams(*_uniform_gates(key, input_size, hidden_size, 3, dtype))
+
+
+def _uniform_gates(key, input_size: int, hidden_size: int, gates: int, dtype):
+    """W, S, b_ih, b_hh of a gated layer, uniform in [−1/√d, 1/√d] as PyTorch draws them."""
     bound = 1.0 / jnp.sqrt(hidden_size)
-    shapes = (
-        (3 * hidden_size, input_size),
-        (3 * hidden_size, hidden_size),
-        (3 * hidden_size,),
-        (3 * hidden_size,),
-    )
+    rows = gates * hidden_size
+    shapes = ((rows, input_size), (rows, hidden_size), (rows,), (rows,))
     keys = jax.random.split(key, 4)
-    return GRUParams(
-        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
-    )
+    return [jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes)]
 
 
 class LSTMParams(NamedTuple):
@@ -103,17 +102,7 @@ def init_lstm_layer(
         >>> init_lstm_layer(jax.random.key(0), 3, 8).b_ih.shape
         (32,)
     """
-    bound = 1.0 / jnp.sqrt(hidden_size)
-    shapes = (
-        (4 * hidden_size, input_size),
-        (4 * hidden_size, hidden_size),
-        (4 * hidden_size,),
-        (4 * hidden_size,),
-    )
-    keys = jax.random.split(key, 4)
-    return LSTMParams(
-        *(jax.random.uniform(k, shape, dtype, -bound, bound) for k, shape in zip(keys, shapes))
-    )
+    return LSTMParams(*_uniform_gates(key, input_size, hidden_size, 4, dtype))
 
 
 class RNNParams(NamedTuple):
