@@ -50,14 +50,16 @@ def grad_errors(dtype, T=17, m=5, n_layers=3):
 
         def loss(p, x, h, method=method):
             out = dj.rnn_apply(p, x, h, method=method)
-            return dj.per_step_losses(out, targets, mask, loss=CE).sum() / m
+            return dj.per_step_losses(out, targets, mask=mask, loss=CE).sum() / m
 
         grads = jax.jit(jax.grad(loss, (0, 1, 2)))(params, xs, h0s)
         rows[f"method={method!r}"] = max_relative_error(grads, oracle)
-    online = jax.jit(lambda p: dj.rtrl_gradient(p, xs, targets, mask, h0s, loss=CE)[1])(params)
+    online = jax.jit(lambda p: dj.rtrl_gradient(p, xs, targets, mask=mask, h0s=h0s, loss=CE)[1])(
+        params
+    )
     rows["rtrl_gradient (online)"] = max_relative_error(online, oracle[0])
     rows["tol=0.0"] = max_relative_error(
-        jax.jit(jax.grad(lambda p: dj.sequence_loss(p, xs, targets, mask, tol=0.0, h0s=h0s)))(
+        jax.jit(jax.grad(lambda p: dj.sequence_loss(p, xs, targets, mask=mask, tol=0.0, h0s=h0s)))(
             params
         ),
         oracle[0],
@@ -77,7 +79,7 @@ def truncation_errors(dtype):
 
             def loss(p, x, h, method=method, K=K):
                 out = dj.rnn_apply(p, x, h, method=method, truncation=K)
-                return dj.per_step_losses(out, targets, mask, loss=CE).sum() / xs.shape[1]
+                return dj.per_step_losses(out, targets, mask=mask, loss=CE).sum() / xs.shape[1]
 
             grads = jax.jit(jax.grad(loss, (0, 1, 2)))(params, xs, h0s)
             rows[f"method={method!r}, truncation={K}"] = max_relative_error(grads, oracle)

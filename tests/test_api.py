@@ -75,7 +75,7 @@ def test_mask_none_equals_mask_of_ones():
     xs = jax.random.normal(jax.random.key(1), (5, 2, 3))
     ys = jnp.zeros((5, 2), jnp.int32)
     without = jax.grad(dj.sequence_loss)(params, xs, ys)
-    with_ones = jax.grad(dj.sequence_loss)(params, xs, ys, jnp.ones((5, 2)))
+    with_ones = jax.grad(dj.sequence_loss)(params, xs, ys, mask=jnp.ones((5, 2)))
     assert_trees_close(without, with_ones, rtol=0.0)
 
 

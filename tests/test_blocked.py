@@ -44,7 +44,7 @@ def make_problem(key, dtype):
 
 def library_loss(params, xs, targets, mask, h0s, *, block):
     outputs = dj.rnn_apply(params, xs, h0s, method="omega", block=block)
-    losses = dj.per_step_losses(outputs, targets, mask, loss="softmax_cross_entropy")
+    losses = dj.per_step_losses(outputs, targets, mask=mask, loss="softmax_cross_entropy")
     return losses.sum() / xs.shape[1]
 
 

@@ -106,7 +106,7 @@ def test_sequence_loss_rejects_bad_targets_mask_and_loss(params):
     with pytest.raises(ValueError, match=r"targets must have shape \(T, m, k\) = \(4, 2, 6\)"):
         dj.sequence_loss(params, xs(), jnp.zeros((T, M, K - 1)), loss="mse")
     with pytest.raises(ValueError, match=r"mask must have shape \(T, m\) = \(4, 2\), got \(2, 4\)"):
-        dj.sequence_loss(params, xs(), labels, jnp.ones((M, T)))
+        dj.sequence_loss(params, xs(), labels, mask=jnp.ones((M, T)))
 
 
 def test_initialisers_reject_bad_sizes():
@@ -130,8 +130,8 @@ def test_nan_in_xs_propagates_like_jax_grad(params, method):
     labels = jnp.zeros((T, M), jnp.int32)
     mask = jnp.ones((T, M)).at[3:, 0].set(0)
     loss = jax.jit(jax.value_and_grad(dj.sequence_loss, (0, 1)), static_argnames="method")
-    value, grads = loss(params, bad, labels, mask, method=method)
-    ref_value, ref_grads = loss(params, bad, labels, mask, method="autodiff")
+    value, grads = loss(params, bad, labels, mask=mask, method=method)
+    ref_value, ref_grads = loss(params, bad, labels, mask=mask, method="autodiff")
     assert jnp.isnan(value) and jnp.isnan(ref_value)
     for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))

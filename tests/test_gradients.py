@@ -49,7 +49,7 @@ def make_problem(key, T, m, n_layers, dtype, *, loss="softmax_cross_entropy"):
 
 def library_loss(params, xs, targets, mask, h0s, *, loss, activation, method):
     outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method)
-    return dj.per_step_losses(outputs, targets, mask, loss=loss).sum() / xs.shape[1]
+    return dj.per_step_losses(outputs, targets, mask=mask, loss=loss).sum() / xs.shape[1]
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "activation"))

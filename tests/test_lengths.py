@@ -47,7 +47,9 @@ def all_results(params, xs, targets, labels, *, method):
             params, xs, targets, mask, loss="softmax_cross_entropy", activation="tanh"
         ),
         "alone": jax.grad(alone_loss, (0, 1))(params, xs, targets, LENGTHS),
-        "many_to_one": jax.grad(dj.many_to_one_loss)(params, xs, labels, lengths, method=method),
+        "many_to_one": jax.grad(dj.many_to_one_loss)(
+            params, xs, labels, lengths=lengths, method=method
+        ),
         "many_to_one_alone": jax.grad(many_to_one_alone)(params, xs, labels, LENGTHS),
         "final_states": dj.rnn_forward(params, poisoned, lengths=lengths).final_states,
     }
@@ -100,6 +102,6 @@ def test_invalid_lengths_and_targets_are_rejected():
     with pytest.raises(TypeError, match="lengths must be integers"):
         dj.rnn_apply(params, xs, lengths=jnp.array([1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="not both"):
-        dj.sequence_loss(params, xs, targets, jnp.ones((T, M)), lengths=jnp.array([1, 2, 3]))
+        dj.sequence_loss(params, xs, targets, mask=jnp.ones((T, M)), lengths=jnp.array([1, 2, 3]))
     with pytest.raises(ValueError, match="one class index per sequence"):
-        dj.many_to_one_loss(params, xs, targets, jnp.array([1, 2, 3]))
+        dj.many_to_one_loss(params, xs, targets, lengths=jnp.array([1, 2, 3]))

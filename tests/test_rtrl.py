@@ -22,7 +22,7 @@ def online_and_oracle(params, xs, targets, mask, h0s):
 
     def step(state, inputs):
         x, target, step_mask = inputs
-        state, _ = dj.rtrl_step(params, state, x, target, step_mask, **OPTIONS)
+        state, _ = dj.rtrl_step(params, state, x, target, mask=step_mask, **OPTIONS)
         return state, (state.loss, state.gradient)
 
     _, (losses, gradients) = lax.scan(step, dj.rtrl_init(params, M, h0s), (xs, targets, mask))
@@ -35,7 +35,7 @@ def online_and_oracle(params, xs, targets, mask, h0s):
     # The full-sequence form is a scan of the same step; checked once, in float64.
     total = None
     if xs.dtype == jnp.float64:
-        total = dj.rtrl_gradient(params, xs, targets, mask, h0s, **OPTIONS)
+        total = dj.rtrl_gradient(params, xs, targets, mask=mask, h0s=h0s, **OPTIONS)
     return (losses, gradients), (oracle_losses, oracle_gradients), total
 
 

@@ -75,7 +75,7 @@ def make_problem(dtype, seed=0, bias=0.0):
 
 def library_loss(params, xs, targets, mask, h0s, *, activation, method, K):
     outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method, truncation=K)
-    return dj.per_step_losses(outputs, targets, mask, loss="softmax_cross_entropy").sum() / M
+    return dj.per_step_losses(outputs, targets, mask=mask, loss="softmax_cross_entropy").sum() / M
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "Ks"))

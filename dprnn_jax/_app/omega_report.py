@@ -54,7 +54,7 @@ def _gradient_error(params, xs, targets, mask, *, loss, activation, method):
     # max over leaves of max|g − g_exact| / max|g_exact|, the exact gradient by jax.grad.
     def gradient(method):
         return jax.grad(sequence_loss)(
-            params, xs, targets, mask, loss=loss, activation=activation, method=method
+            params, xs, targets, mask=mask, loss=loss, activation=activation, method=method
         )
 
     pairs = zip(jax.tree.leaves(gradient(method)), jax.tree.leaves(gradient("autodiff")))

@@ -111,8 +111,8 @@ def rtrl_step(
     state: RTRLState,
     x: jax.Array,
     target: jax.Array,
-    mask: jax.Array | None = None,
     *,
+    mask: jax.Array | None = None,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
 ) -> tuple[RTRLState, jax.Array]:
@@ -167,7 +167,7 @@ def rtrl_step(
     step_mask = None if mask is None else jnp.asarray(mask)[None]
 
     def step_cost(outputs):
-        return per_step_losses(outputs[None], target[None], step_mask, loss=loss).sum() / m
+        return per_step_losses(outputs[None], target[None], mask=step_mask, loss=loss).sum() / m
 
     cost, error = jax.value_and_grad(step_cost)(outputs)  # ∂ℓ_t/∂ŷ_t: local, no time
     h_bar = error @ params.readout.W
@@ -192,9 +192,9 @@ def rtrl_gradient(
     params: RNNParams,
     xs: jax.Array,
     targets: jax.Array,
+    *,
     mask: jax.Array | None = None,
     h0s: Sequence[jax.Array | None] | None = None,
-    *,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
 ) -> tuple[jax.Array, RNNParams]:
@@ -227,7 +227,9 @@ def rtrl_gradient(
 
     def step(state, inputs):
         x, target, step_mask = inputs
-        state, _ = rtrl_step(params, state, x, target, step_mask, loss=loss, activation=activation)
+        state, _ = rtrl_step(
+            params, state, x, target, mask=step_mask, loss=loss, activation=activation
+        )
         return state, None
 
     ones = jnp.ones((T, m), xs.dtype) if mask is None else jnp.asarray(mask)

@@ -39,8 +39,8 @@ def closed_form_products(method: str | GradientAlgorithm, T: int) -> int | None:
     Ω, (T³−T)/6 for the naive expansion, …; None when it depends on the data.
 
     Example:
-        >>> closed_form_products("omega", 8)
-        28
+        >>> closed_form_products(Omega(), 8), closed_form_products("omega", 8)
+        (28, 28)
     """
     return resolve_method(method).closed_form_products(check_positive_int("T", T))
 
@@ -49,7 +49,8 @@ def count_products(method: str | GradientAlgorithm, T: int) -> ProductCount:
     """Runs `method`'s backward on a (T, 1, 1) problem and reads its product counters.
 
     Args:
-        method: a `GradientAlgorithm` (e.g. `Omega(block=4)`) or a name in `METHODS`.
+        method: the algorithm object, with its options (`Omega(block=4)`,
+            `BPTT(truncation=8)`, …), or a name in `METHODS` for its default options.
         T: sequence length.
 
     Returns:
@@ -58,6 +59,8 @@ def count_products(method: str | GradientAlgorithm, T: int) -> ProductCount:
         fixed-length phases.
 
     Example:
+        >>> count_products(Omega(block=4), 8)
+        ProductCount(method='Omega(block=4)', T=8, useful=13, performed=13, closed_form=13)
         >>> count_products("omega", 8).useful
         28
     """

@@ -28,8 +28,8 @@ def sequence_loss(
     params: RNNParams,
     xs: jax.Array,
     targets: jax.Array,
-    mask: jax.Array | None = None,
     *,
+    mask: jax.Array | None = None,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
     method: str | GradientAlgorithm = "omega",
@@ -50,7 +50,8 @@ def sequence_loss(
         xs: inputs (T, m, n), or integer token indices (T, m).
         targets: integer classes (T, m) for "softmax_cross_entropy"; floats (T, m, k)
             in [0, 1] for "sigmoid_binary_cross_entropy"; floats (T, m, k) for "mse".
-        mask: optional (T, m); entries equal to 0 (or False) mark padded steps.
+        mask: optional (T, m), keyword-only; entries equal to 0 (or False) mark padded
+            (unsupervised) steps.
         loss: "softmax_cross_entropy" (softmax readout), "sigmoid_binary_cross_entropy"
             (logistic readout, summed over the k outputs) or "mse" (identity readout,
             ½‖ŷ − y‖²).
@@ -60,8 +61,8 @@ def sequence_loss(
         block: with the name "omega": Ω triangle size (see `rnn_layer`).
         truncation: with the names "omega", "bptt": K-step truncation (see `rnn_layer`).
         tol: with the name "omega": adaptive Ω tolerance (see `rnn_layer`).
-        lengths: valid steps per sequence (m,); steps t ≥ lengths[v] are masked. Give
-            `mask` or `lengths`, not both.
+        lengths: valid steps per sequence (m,), keyword-only; steps t ≥ lengths[v] are
+            masked. Give `mask` or `lengths`, not both.
         h0s: initial states, one per layer (see `rnn_forward`), or None for zeros.
 
     Returns:
@@ -100,7 +101,7 @@ def sequence_loss(
     ).outputs
     if lengths is not None:
         mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
-    losses = per_step_losses(outputs, targets, mask, loss=loss)
+    losses = per_step_losses(outputs, targets, mask=mask, loss=loss)
     return losses.sum() / xs.shape[1]
 
 
@@ -108,8 +109,8 @@ def many_to_one_loss(
     params: RNNParams,
     xs: jax.Array,
     targets: jax.Array,
-    lengths: jax.Array | None = None,
     *,
+    lengths: jax.Array | None = None,
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
     method: str | GradientAlgorithm = "omega",
@@ -128,7 +129,7 @@ def many_to_one_loss(
         xs: inputs (T, m, n) or integer tokens (T, m), right-padded.
         targets: one per sequence: integer classes (m,) for "softmax_cross_entropy",
             floats (m, k) for "sigmoid_binary_cross_entropy" and "mse".
-        lengths: valid steps per sequence (m,), or None for all T.
+        lengths: valid steps per sequence (m,), keyword-only, or None for all T.
         loss: as in `sequence_loss`.
         activation: as in `sequence_loss`.
         method: as in `sequence_loss`.
@@ -143,7 +144,7 @@ def many_to_one_loss(
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys = jnp.ones((5, 2, 3)), jnp.array([1, 3])
-        >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, jnp.array([5, 2]))
+        >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, lengths=jnp.array([5, 2]))
     """
     check_choice("loss", loss, LOSSES)
     algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)

@@ -49,7 +49,7 @@ def check_targets(loss: str, targets: object, outputs_shape: tuple[int, int, int
 
 
 def per_step_losses(
-    outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *, loss: str
+    outputs: jax.Array, targets: jax.Array, *, mask: jax.Array | None = None, loss: str
 ) -> jax.Array:
     """Loss of every (step, sequence) pair, shape (T, m); masked entries are exactly 0."""
     check_choice("loss", loss, LOSSES)

@@ -87,7 +87,7 @@ def batch_metrics(
             )
         )
     outputs = rnn_apply(params, batch.inputs, activation=activation, method=algorithm)
-    losses = per_step_losses(outputs, batch.targets, batch.mask, loss=loss)
+    losses = per_step_losses(outputs, batch.targets, mask=batch.mask, loss=loss)
     weight = jnp.sum(batch.mask)
     hits = per_step_hits(outputs, batch.targets, loss=loss)
     accuracy = jnp.sum(jnp.where(batch.mask != 0, hits, False)) / weight

@@ -1,0 +1,114 @@
+"""One shape for the API: `mask` and `lengths` are keyword-only everywhere, every layer
+function takes `lengths=`, `init_rnn` builds bidirectional stacks, `count_products`
+takes algorithm objects, and the scale of `sequence_loss` is chosen by `reduction=`."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dprnn_jax as dj
+
+T, M, N, D, K = 6, 3, 2, 4, 3
+LENGTHS = (6, 3, 0)
+NAMESPACES = (dj, dj.backward, dj.diagnostics, dj.training)
+
+
+def _public_functions():
+    for namespace in NAMESPACES:
+        for name in namespace.__all__:
+            obj = getattr(namespace, name)
+            if inspect.isfunction(obj):
+                yield f"{namespace.__name__}.{name}", obj
+
+
+def test_mask_and_lengths_are_keyword_only_everywhere():
+    positional = [
+        f"{name}({parameter})"
+        for name, function in _public_functions()
+        for parameter, spec in inspect.signature(function).parameters.items()
+        if parameter in ("mask", "lengths") and spec.kind is not inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert not positional, f"mask/lengths must be keyword-only: {positional}"
+
+
+def test_a_positional_mask_or_lengths_is_a_type_error():
+    params = dj.init_rnn(jax.random.key(0), N, (D,), K)
+    xs, targets = jnp.ones((T, M, N)), jnp.zeros((T, M), jnp.int32)
+    mask, lengths = jnp.ones((T, M)), jnp.asarray(LENGTHS)
+    outputs = dj.rnn_apply(params, xs)
+    calls = {
+        "sequence_loss": lambda: dj.sequence_loss(params, xs, targets, mask),
+        "many_to_one_loss": lambda: dj.many_to_one_loss(params, xs, targets[0], lengths),
+        "per_step_losses": lambda: dj.per_step_losses(outputs, targets, mask),
+        "gradient_flow": lambda: dj.gradient_flow(params, xs, targets, mask),
+        "rtrl_gradient": lambda: dj.rtrl_gradient(params, xs, targets, mask),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"{name}\\(\\) takes .* positional argument"):
+            call()
+    # The keywords work.
+    assert np.isfinite(dj.sequence_loss(params, xs, targets, mask=mask))
+    assert np.isfinite(dj.many_to_one_loss(params, xs, targets[0], lengths=jnp.full(M, T)))
+
+
+def test_rnn_layer_takes_lengths_like_rnn_forward(x64):
+    params = dj.init_rnn(jax.random.key(0), N, (D,), K, dtype=jnp.float64)
+    layer = params.layers[0]
+    xs = jax.random.normal(jax.random.key(1), (T, M, N), jnp.float64)
+    lengths = jnp.asarray(LENGTHS)
+    valid = np.arange(T)[:, None] < np.asarray(LENGTHS)[None, :]
+    poisoned = jnp.where(valid[..., None], xs, jnp.nan)
+    hs = jax.jit(dj.rnn_layer)(layer, poisoned, lengths=lengths)
+    assert np.all(np.isfinite(hs))  # NaN padding reaches nothing
+    # The valid steps are those of each sequence run alone.
+    for v, L in enumerate(LENGTHS):
+        if L:
+            alone = dj.rnn_layer(layer, xs[:L, v : v + 1])
+            np.testing.assert_allclose(hs[:L, v : v + 1], alone, rtol=1e-12)
+    # The states are exactly what rnn_forward runs, and its final state is hs[L − 1]
+    # (h0 = 0 for an empty sequence), not hs[-1].
+    final = dj.rnn_forward(params, poisoned, lengths=lengths).final_states[0]
+    expected = [hs[L - 1, v] if L else jnp.zeros(D) for v, L in enumerate(LENGTHS)]
+    np.testing.assert_allclose(final, jnp.stack(expected), rtol=1e-12)
+    # Past each length the layer runs on over zero inputs.
+    zeroed = dj.rnn_layer(layer, jnp.where(valid[..., None], xs, 0.0))
+    np.testing.assert_allclose(hs, zeroed, rtol=1e-12)
+    # The gradient never sees the padding either.
+    grads = jax.grad(lambda p: dj.rnn_layer(p, poisoned, lengths=lengths)[valid].sum())(layer)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        dj.rnn_layer(layer, xs, lengths=jnp.array([1, 2, T + 1]))
+
+
+def test_init_rnn_builds_bidirectional_stacks():
+    params = dj.init_rnn(jax.random.key(0), N, (D, D + 1), K, bidirectional=True)
+    assert all(isinstance(layer, dj.BidirectionalParams) for layer in params.layers)
+    assert params.layers[0].forward.W.shape == (D, N)
+    assert params.layers[1].backward.W.shape == (D + 1, 2 * D)
+    assert params.readout.W.shape == (K, 2 * (D + 1))
+    xs = jnp.ones((T, M, N))
+    assert dj.rnn_apply(params, xs, lengths=jnp.asarray(LENGTHS)).shape == (T, M, K)
+    mixed = dj.init_rnn(jax.random.key(0), N, (D, D), K, bidirectional=(False, True))
+    assert isinstance(mixed.layers[0], dj.LayerParams)
+    assert isinstance(mixed.layers[1], dj.BidirectionalParams)
+    # Unidirectional stacks are exactly as before.
+    plain = dj.init_rnn(jax.random.key(0), N, (D, D), K)
+    same = dj.init_rnn(jax.random.key(0), N, (D, D), K, bidirectional=False)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), plain, same))
+    with pytest.raises(ValueError, match="one bool per layer"):
+        dj.init_rnn(jax.random.key(0), N, (D, D), K, bidirectional=(True,))
+
+
+def test_count_products_takes_algorithm_objects():
+    for algorithm in (dj.Omega(block=4), dj.BPTT(truncation=3), dj.Omega(truncation=5)):
+        count = dj.count_products(algorithm, 16)
+        assert count.method == str(algorithm)
+        assert count.useful == count.closed_form == dj.closed_form_products(algorithm, 16)
+    assert dj.count_products(dj.Omega(), 8) == dj.count_products("omega", 8)._replace(
+        method="Omega()"
+    )
