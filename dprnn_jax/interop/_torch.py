@@ -1,0 +1,203 @@
+"""PyTorch's recurrent modules as the library's layer parameters.
+
+`torch.nn.RNN`, `torch.nn.GRU` and `torch.nn.LSTM` keep, per layer `k` and direction,
+`weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (and the same with
+`_reverse` for the backward direction). The library's layers use PyTorch's layout and
+gate order, so the weights load unchanged; only the Elman layer folds its two biases
+into one. torch is imported when a function here is called, never before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._model.gru import GRUParams
+from .._model.lstm import LSTMParams
+from .._model.params import BidirectionalParams, LayerParams
+
+Layer = LayerParams | GRUParams | LSTMParams | BidirectionalParams
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "dprnn_jax.interop.from_torch reads a torch module, but torch is not installed; "
+            "install it with `pip install 'dprnn_jax[torch]'` (or `pip install torch`)."
+        ) from error
+    return torch
+
+
+def _kind(module: object, torch) -> str:
+    """'elman', 'gru' or 'lstm'; anything else is refused with the reason."""
+    nn = torch.nn
+    if isinstance(module, nn.LSTM):
+        if getattr(module, "proj_size", 0) > 0:
+            raise ValueError(
+                f"from_torch got an nn.LSTM with proj_size={module.proj_size}: LSTMs with "
+                "projections (weight_hr) have no counterpart in the library; build the "
+                "module with proj_size=0."
+            )
+        return "lstm"
+    if isinstance(module, nn.GRU):
+        return "gru"
+    if isinstance(module, nn.RNN):
+        if module.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"from_torch got an nn.RNN with nonlinearity={module.nonlinearity!r}; "
+                "expected 'tanh' or 'relu'."
+            )
+        return "elman"
+    raise TypeError(
+        "from_torch takes a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM module, got "
+        f"{type(module).__module__}.{type(module).__qualname__}. Single-step cells "
+        "(nn.RNNCell, nn.GRUCell, nn.LSTMCell) and other modules are not supported."
+    )
+
+
+_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+def _jax_dtype(module, torch) -> Any:
+    """The jnp dtype of the module's weights; float64 needs x64 enabled in JAX."""
+    dtype = module.weight_ih_l0.dtype
+    name = str(dtype).removeprefix("torch.")
+    if name == "float64":
+        if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+            raise ValueError(
+                "from_torch got a float64 module, but JAX is running without float64 "
+                "(jax_enable_x64 is off), so its weights would be rounded to float32. "
+                'Enable it with jax.config.update("jax_enable_x64", True) (or the '
+                "jax.enable_x64 context), or convert the module with module.float()."
+            )
+        return jnp.float64
+    if name not in _DTYPES:
+        raise TypeError(
+            f"from_torch takes modules with float16, bfloat16, float32 or float64 weights, "
+            f"got {dtype}."
+        )
+    return _DTYPES[name]
+
+
+def _array(tensor, dtype) -> jax.Array:
+    # numpy has no bfloat16: go through float32, exact for every 16-bit float.
+    host = tensor.detach().cpu()
+    if dtype in (jnp.bfloat16, jnp.float16):
+        host = host.float()
+    return jnp.array(host.numpy(), dtype=dtype)
+
+
+def _direction(module, kind: str, name: str, dtype) -> LayerParams | GRUParams | LSTMParams:
+    """One direction of one layer; `name` is the parameter suffix, e.g. 'l1_reverse'."""
+    W = getattr(module, f"weight_ih_{name}")
+    S = getattr(module, f"weight_hh_{name}")
+    if module.bias:
+        b_ih, b_hh = getattr(module, f"bias_ih_{name}"), getattr(module, f"bias_hh_{name}")
+    else:
+        b_ih = b_hh = W.new_zeros(W.shape[0])
+    if kind == "elman":
+        # The Elman layer has one bias: σ(x Wᵀ + b_ih + h Sᵀ + b_hh) = σ(x Wᵀ + h Sᵀ + b).
+        return LayerParams(_array(W, dtype), _array(S, dtype), _array(b_ih + b_hh, dtype))
+    params_type = GRUParams if kind == "gru" else LSTMParams
+    return params_type(*(_array(tensor, dtype) for tensor in (W, S, b_ih, b_hh)))
+
+
+def from_torch(module: Any) -> tuple[Layer, ...]:
+    """The weights of a PyTorch recurrent module as the library's layer parameters.
+
+    One entry per layer `k` of `module.num_layers`:
+
+    * `nn.RNN` (tanh or relu): `LayerParams(W, S, b)` with `W = weight_ih_l{k}`,
+      `S = weight_hh_l{k}` and `b = bias_ih_l{k} + bias_hh_l{k}`;
+    * `nn.GRU`: `GRUParams(W, S, b_ih, b_hh)`, the four tensors unchanged (gates r, z, n);
+    * `nn.LSTM`: `LSTMParams(W, S, b_ih, b_hh)`, unchanged (gates i, f, g, o);
+    * `bidirectional=True`: `BidirectionalParams(forward, backward)`, `backward` from the
+      `_reverse` tensors.
+
+    With `bias=False` the biases are zeros. The arrays are copies in the module's dtype
+    (float32 or float64; float16 and bfloat16 too). The result is the `layers` of an
+    `RNNParams` stack, and each entry runs alone with `rnn_layer` (with
+    `activation=torch_activation(module)`), `gru_layer`, `lstm_layer` or
+    `bidirectional_layer`; the outputs equal the module's for time-major inputs (a
+    `batch_first` module reads `(m, T, n)`: transpose). `dropout` between layers is a
+    training-time option of the module and is not represented: the layers are those of
+    the module in `eval()` mode.
+
+    Args:
+        module: a `torch.nn.RNN` (nonlinearity "tanh" or "relu"), `torch.nn.GRU` or
+            `torch.nn.LSTM`, with any `num_layers`, `bidirectional`, `bias` and
+            `batch_first`.
+
+    Returns:
+        A tuple of `num_layers` layer parameters: `LayerParams`, `GRUParams` or
+        `LSTMParams`, each wrapped in a `BidirectionalParams` for a bidirectional module.
+
+    Raises:
+        ImportError: torch is not installed.
+        TypeError: `module` is not one of the three classes (e.g. `nn.Linear`, or the
+            single-step `nn.GRUCell`), or its weights are not floating.
+        ValueError: an `nn.LSTM` with `proj_size > 0`, or a float64 module while JAX
+            runs without float64 (enable `jax_enable_x64`, or call `module.float()`).
+
+    Example:
+        >>> import pytest
+        >>> torch = pytest.importorskip("torch")
+        >>> module = torch.nn.GRU(input_size=3, hidden_size=8, num_layers=2)
+        >>> layers = dj.interop.from_torch(module)
+        >>> [type(layer).__name__ for layer in layers], layers[1].W.shape
+        (['GRUParams', 'GRUParams'], (24, 8))
+        >>> xs = torch.randn(5, 2, 3)
+        >>> hs = dj.gru_layer(layers[1], dj.gru_layer(layers[0], jnp.asarray(xs.numpy())))
+        >>> expected = module(xs)[0].detach().numpy()
+        >>> bool(np.allclose(hs, expected, atol=1e-5))
+        True
+    """
+    torch = _import_torch()
+    kind = _kind(module, torch)
+    dtype = _jax_dtype(module, torch)
+    layers: list[Layer] = []
+    for k in range(module.num_layers):
+        forward = _direction(module, kind, f"l{k}", dtype)
+        if module.bidirectional:
+            backward = _direction(module, kind, f"l{k}_reverse", dtype)
+            layers.append(BidirectionalParams(forward, backward))
+        else:
+            layers.append(forward)
+    return tuple(layers)
+
+
+def torch_activation(module: Any) -> str:
+    """The `activation=` argument that runs `from_torch(module)`'s layers as the module.
+
+    For an `nn.RNN` it is its `nonlinearity`, "tanh" or "relu". GRU and LSTM layers fix
+    their own nonlinearities (the library's stacks ignore `activation` for them), and
+    "tanh" is returned so that the result can always be passed along.
+
+    Args:
+        module: a module `from_torch` accepts.
+
+    Returns:
+        "tanh" or "relu".
+
+    Raises:
+        ImportError, TypeError, ValueError: as `from_torch`.
+
+    Example:
+        >>> import pytest
+        >>> torch = pytest.importorskip("torch")
+        >>> module = torch.nn.RNN(3, 8, nonlinearity="relu")
+        >>> layer, = dj.interop.from_torch(module)
+        >>> xs = torch.randn(5, 2, 3)
+        >>> hs = dj.rnn_layer(
+        ...     layer, jnp.asarray(xs.numpy()), activation=dj.interop.torch_activation(module)
+        ... )
+        >>> bool(np.allclose(hs, module(xs)[0].detach().numpy(), atol=1e-5))
+        True
+    """
+    torch = _import_torch()
+    kind = _kind(module, torch)
+    return module.nonlinearity if kind == "elman" else "tanh"
