@@ -3,6 +3,7 @@ programme over the Ω gradient-distance matrix Ω(j, i) = ∂Z_j/∂Z_i."""
 
 from . import backward as backward  # noqa: E402
 from . import diagnostics as diagnostics  # noqa: E402
+from . import interop as interop  # noqa: E402
 from . import training as training  # noqa: E402
 from ._backward.autodiff import Autodiff as Autodiff
 from ._backward.bptt import BPTT as BPTT

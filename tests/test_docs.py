@@ -17,7 +17,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-NAMESPACES = ("dprnn_jax", "dprnn_jax.backward", "dprnn_jax.diagnostics", "dprnn_jax.training")
+NAMESPACES = (
+    "dprnn_jax",
+    "dprnn_jax.backward",
+    "dprnn_jax.diagnostics",
+    "dprnn_jax.training",
+    "dprnn_jax.interop",
+)
 
 # Where citations are checked: the package, the manual, the scripts, the notebooks and the
 # committed results, plus the top-level files that point into them.
@@ -54,8 +60,9 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_mkdocs_builds_strict(site):
-    pages = ["", "theory", "algorithms", "diagnostics", "training", "performance"]
-    pages += ["references", "api", "api/backward", "api/diagnostics", "api/training"]
+    pages = ["", "theory", "algorithms", "cells", "interop", "diagnostics", "training"]
+    pages += ["performance", "references", "api", "api/backward", "api/diagnostics"]
+    pages += ["api/training", "api/interop"]
     for page in pages:
         assert (site / page / "index.html").is_file(), f"no page docs/{page or 'index'}.md"
 
