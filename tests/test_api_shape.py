@@ -112,3 +112,46 @@ def test_count_products_takes_algorithm_objects():
     assert dj.count_products(dj.Omega(), 8) == dj.count_products("omega", 8)._replace(
         method="Omega()"
     )
+
+
+@pytest.mark.parametrize("method", [dj.Omega(), dj.BPTT(checkpoint=2)])
+def test_sequence_loss_reduction_sums_over_steps_or_averages_per_supervised_step(x64, method):
+    params = dj.init_rnn(jax.random.key(0), N, (D,), K, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (T, M, N), jnp.float64)
+    targets = jax.random.randint(jax.random.key(2), (T, M), 0, K)
+    mask = (jnp.arange(T)[:, None] < jnp.asarray(LENGTHS)).astype(jnp.float64)
+    by_hand = dj.per_step_losses(dj.rnn_apply(params, xs), targets, loss="softmax_cross_entropy")
+    for where, weights in (
+        ({}, jnp.ones((T, M))),
+        ({"mask": mask}, mask),
+        ({"lengths": jnp.asarray(LENGTHS)}, mask),
+    ):
+        total = jnp.sum(by_hand * weights)
+        options = dict(method=method, **where)
+        summed = dj.sequence_loss(params, xs, targets, **options)
+        mean = dj.sequence_loss(params, xs, targets, reduction="mean", **options)
+        default = dj.sequence_loss(params, xs, targets, reduction="sum_over_steps", **options)
+        np.testing.assert_allclose(summed, total / M, rtol=1e-12)
+        np.testing.assert_allclose(default, summed, rtol=0)
+        np.testing.assert_allclose(mean, total / jnp.sum(weights), rtol=1e-12)
+        # Same minimiser: the gradients differ by the constant Σ mask / m only.
+        scale = jnp.sum(weights) / M
+        grad_sum = jax.grad(dj.sequence_loss)(params, xs, targets, **options)
+        grad_mean = jax.grad(dj.sequence_loss)(params, xs, targets, reduction="mean", **options)
+        for a, b in zip(jax.tree.leaves(grad_sum), jax.tree.leaves(grad_mean)):
+            np.testing.assert_allclose(a, scale * b, rtol=1e-10, atol=1e-14)
+
+
+def test_the_mean_reduction_is_the_loss_that_training_reports():
+    task = dj.make_task("copy", 12)
+    batch = task.sample(jax.random.key(0), 4)
+    params = dj.init_rnn(jax.random.key(1), task.input_size, (8,), task.output_size)
+    reported = dj.batch_metrics(params, batch, loss=task.loss).loss
+    mean = dj.sequence_loss(
+        params, batch.inputs, batch.targets, mask=batch.mask, loss=task.loss, reduction="mean"
+    )
+    np.testing.assert_allclose(mean, reported, rtol=1e-6)
+    summed = dj.sequence_loss(params, batch.inputs, batch.targets, mask=batch.mask, loss=task.loss)
+    np.testing.assert_allclose(summed, mean * jnp.sum(batch.mask != 0) / 4, rtol=1e-6)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        dj.sequence_loss(params, batch.inputs, batch.targets, reduction="sum")

@@ -23,6 +23,10 @@ from .params import RNNParams
 from .per_step_loss import LOSSES as LOSSES
 from .per_step_loss import per_step_losses as per_step_losses
 
+# How `sequence_loss` scales the summed losses: by the batch size m, or by the number of
+# supervised (step, sequence) pairs.
+REDUCTIONS = ("sum_over_steps", "mean")
+
 
 def sequence_loss(
     params: RNNParams,
@@ -38,12 +42,22 @@ def sequence_loss(
     tol: float | None = None,
     lengths: jax.Array | None = None,
     h0s=None,
+    reduction: str = "sum_over_steps",
 ) -> jax.Array:
     """Sequence cost `C = (1/m) Σ_t Σ_rows loss(ŷ_t, y_t)`, masked steps contributing 0.
 
     Many-to-many: a target at every step. For a right-padded batch pass either `mask`
     or `lengths` (which also zeroes the padded inputs and reverses bidirectional
     layers within each length, see `rnn_forward`).
+
+    The scale of the cost. By default (`reduction="sum_over_steps"`) C sums the losses
+    over the steps and averages them over the m sequences, as in the theory
+    (docs/theory.md#model): it grows with T. The training loop, `batch_metrics` and the
+    command line (`dprnn-jax train`, the main job) report instead the mean loss per
+    supervised step, `Σ mask · loss / Σ mask` (for a language model, the cross-entropy
+    per character): `reduction="mean"` gives that number. The two differ by the factor
+    (number of supervised steps) / m, a constant of the batch's mask, so they have the
+    same minimiser and gradients that differ by that factor only.
 
     Args:
         params: `RNNParams`.
@@ -64,19 +78,29 @@ def sequence_loss(
         lengths: valid steps per sequence (m,), keyword-only; steps t ≥ lengths[v] are
             masked. Give `mask` or `lengths`, not both.
         h0s: initial states, one per layer (see `rnn_forward`), or None for zeros.
+        reduction: "sum_over_steps" (default): `Σ_t Σ_rows loss / m`; "mean": the mean
+            over the supervised (step, sequence) pairs, `Σ mask · loss / Σ mask`, the
+            per-step loss that training and the command line report (NaN when no step
+            is supervised, as there).
 
     Returns:
         A scalar. Class indices outside [0, k) give NaN rather than a wrong number.
 
     Raises:
-        ValueError: if both `mask` and `lengths` are given, and as `rnn_forward`.
+        ValueError: if both `mask` and `lengths` are given, an unknown `reduction`, and
+            as `rnn_forward`.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32)
         >>> grads = jax.grad(sequence_loss)(params, xs, ys)
+        >>> total = sequence_loss(params, xs, ys)  # summed over the 5 steps
+        >>> per_step = sequence_loss(params, xs, ys, reduction="mean")
+        >>> bool(jnp.allclose(total, 5 * per_step))
+        True
     """
     check_choice("loss", loss, LOSSES)
+    check_choice("reduction", reduction, REDUCTIONS)
     if mask is not None and lengths is not None:
         raise ValueError(
             "sequence_loss takes mask or lengths, not both: lengths already defines the "
@@ -95,6 +119,7 @@ def sequence_loss(
             mask=mask,
             lengths=lengths,
             h0s=h0s,
+            normalise="batch" if reduction == "sum_over_steps" else "supervised",
         )[0]
     outputs = rnn_forward(
         params, xs, h0s, lengths=lengths, activation=activation, method=algorithm
@@ -102,6 +127,9 @@ def sequence_loss(
     if lengths is not None:
         mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
     losses = per_step_losses(outputs, targets, mask=mask, loss=loss)
+    if reduction == "mean":
+        supervised = losses.size if mask is None else jnp.sum(jnp.asarray(mask) != 0)
+        return losses.sum() / supervised
     return losses.sum() / xs.shape[1]
 
 

@@ -55,7 +55,8 @@ def batch_metrics(
     """Loss and accuracy of a batch, averaged over its supervised steps.
 
     The loss is `Σ mask · loss(ŷ_t, y_t) / Σ mask`: per character for a language model,
-    per sequence for a many-to-one task. Accuracy is the argmax hit rate for
+    per sequence for a many-to-one task; `sequence_loss(..., reduction="mean")` on the
+    same batch (whose default sums over the steps instead). Accuracy is the argmax hit rate for
     "softmax_cross_entropy", the rate of all k bits right for
     "sigmoid_binary_cross_entropy", and the rate of |ŷ − y| < 0.04 for "mse" (the
     adding problem's criterion). A batch whose mask is all zero has no supervised step:
