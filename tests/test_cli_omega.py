@@ -41,7 +41,10 @@ def test_omega_command_on_a_fresh_model(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "Lyapunov" in printed.out and "Omega(): gradient relative error" in printed.out
     # A line per stage on stderr, so a long report is never silent.
-    assert "computing ‖Ω‖" in printed.err and "plotting" in printed.err
+    stages = [line.split("]")[0] + "]" for line in printed.err.splitlines()]
+    assert stages == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"], printed.err
+    assert "[1/5] ‖Ω(j, i)‖₂ of all 66 pairs × 2 sequences" in printed.err
+    assert f"[5/5] plotting into {out}" in printed.err
 
 
 def test_omega_command_compares_the_chosen_algorithm_with_the_exact_gradient(tmp_path, capsys):
@@ -81,7 +84,10 @@ def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
     assert (summary["T"], summary["batch"], summary["hidden"]) == (8, 3, 4)
     # The checkpoint's own algorithm is the one compared, unless a flag names another.
     assert summary["method"] == dj.BPTT(truncation=3).to_dict()
-    assert "adding after 2 steps (BPTT(truncation=3))" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "adding after 2 steps (BPTT(truncation=3))" in printed.out
+    assert printed.err.startswith(f"reading {run / 'checkpoint.npz'} and its task's held-out")
+    assert "[5/5] plotting" in printed.err
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path,
 @pytest.mark.parametrize(
     "command, first_line",
     [
-        (["omega", "--T", "128", "--hidden", "32"], ("stderr", "computing")),
+        (["omega", "--T", "128", "--hidden", "32"], ("stderr", "[1/5]")),
         (["demo"], ("stdout", "gradient check on")),
         (["complexity"], ("stdout", "T=")),
     ],

@@ -484,6 +484,7 @@ def _command_omega(args: argparse.Namespace) -> int:
 
     try:
         if args.checkpoint is not None:
+            _progress_line(f"reading {args.checkpoint} and its task's held-out sequences …")
             model = trained_model(args.checkpoint, batch=args.batch)
         else:
             model = fresh_model(

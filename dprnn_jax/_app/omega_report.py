@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,19 +35,22 @@ from .._validation import check_sequence
 REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "activation", "layer", "fit_lag", "burn_in"))
-def _report_arrays(params, xs, targets, mask, *, loss, activation, layer, fit_lag, burn_in):
-    # Everything in one compiled program: the diagnostics share the forward pass.
-    logs = omega_norms(params, xs, activation=activation, layer=layer, log=True)
-    flow = gradient_flow(
-        params, xs, targets, mask=mask, layer=layer, loss=loss, activation=activation
-    )
+# The report's stages, each its own compiled program, so that progress can be shown
+# between them (the first, ‖Ω‖ with its batched SVDs, dominates at a large d).
+_omega_log_norms = jax.jit(
+    functools.partial(omega_norms, log=True), static_argnames=("activation", "layer")
+)
+_gradient_flow = jax.jit(gradient_flow, static_argnames=("layer", "loss", "activation"))
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "layer", "fit_lag", "burn_in"))
+def _lyapunov_arrays(params, xs, *, activation, layer, fit_lag, burn_in):
     estimate = lyapunov_exponent(
         params, xs, activation=activation, layer=layer, max_lag=fit_lag, burn_in=burn_in
     )
     qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=burn_in)
     bound = decay_bound(params, xs, activation=activation, layer=layer)
-    return logs, flow, estimate, qr, bound
+    return estimate, qr, bound
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "activation", "method"))
@@ -114,26 +118,42 @@ def omega_report(
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     # The API's default fit range, so that the report and lyapunov_exponent agree.
     fit_lag = default_max_lag(T) if max_lag is None else max_lag
+    burn_in = default_burn_in(T)
+    stages = [
+        (
+            f"‖Ω(j, i)‖₂ of all {T * (T - 1) // 2} pairs × {xs.shape[1]} sequences (an SVD "
+            "each: the slow stage for a large hidden size)",
+            lambda: _omega_log_norms(params, xs, activation=activation, layer=layer),
+        ),
+        (
+            "the gradient flow ‖G(j, i)‖",
+            lambda: _gradient_flow(
+                params, xs, targets, mask=mask, layer=layer, loss=loss, activation=activation
+            ),
+        ),
+        (
+            "the Lyapunov exponents and the decay bound γ",
+            lambda: _lyapunov_arrays(
+                params, xs, activation=activation, layer=layer, fit_lag=fit_lag, burn_in=burn_in
+            ),
+        ),
+        (
+            f"the gradient of {method} against jax.grad's",
+            lambda: _gradient_error(
+                params, xs, targets, mask, loss=loss, activation=activation, method=method
+            ),
+        ),
+    ]
+    results, started = [], time.perf_counter()
+    for number, (label, compute) in enumerate(stages, start=1):
+        say(f"[{number}/{len(stages) + 1}] {label} …")
+        results.append(jax.block_until_ready(compute()))
+    logs, flow, (estimate, qr, bound), gradient_error = results
+    gradient_error = float(gradient_error)
     say(
-        f"computing ‖Ω‖, the gradient flow and the Lyapunov exponents (T = {T}, "
-        f"batch {xs.shape[1]}; the first call compiles) …"
+        f"[{len(stages) + 1}/{len(stages) + 1}] plotting into {out_dir} (computing took "
+        f"{time.perf_counter() - started:.1f} s) …"
     )
-    logs, flow, estimate, qr, bound = _report_arrays(
-        params,
-        xs,
-        targets,
-        mask,
-        loss=loss,
-        activation=activation,
-        layer=layer,
-        fit_lag=fit_lag,
-        burn_in=default_burn_in(T),
-    )
-    say(f"comparing the gradient of {method} with jax.grad's …")
-    gradient_error = float(
-        _gradient_error(params, xs, targets, mask, loss=loss, activation=activation, method=method)
-    )
-    say(f"plotting into {out_dir} …")
     out_dir = Path(out_dir)
     heading = title or f"layer {layer}, {activation}, T = {T}"
     save_figure(
@@ -162,7 +182,7 @@ def omega_report(
         "lyapunov_qr_standard_error": _finite_or_none(estimate.qr_standard_error),
         "lyapunov_consistent": bool(estimate.consistent),
         "lyapunov_caveat": estimate.caveat() or None,
-        "fit_burn_in": default_burn_in(T),
+        "fit_burn_in": burn_in,
         "fit_max_lag": int(fit_lag),
         "method": method.to_dict(),
         "method_gradient_relative_error": gradient_error,
