@@ -36,6 +36,7 @@ from .omega_norms import check_max_lag
 from .trajectory import (
     Trajectory,
     check_layer_index,
+    compiled,
     layer_trajectory,
     network_order,
     valid_steps,
@@ -69,6 +70,7 @@ def error_flow_squared_norms(injected: jax.Array, jacobian: ElmanJacobian, last:
     return norms
 
 
+@compiled("max_lag")
 def error_flow_norms(
     injected: jax.Array, sigma_prime: jax.Array, S: jax.Array, *, max_lag: int | None = None
 ) -> jax.Array:
@@ -157,6 +159,7 @@ def injected_errors(
     return hs_bar * trajectory.sigma_prime, trajectory
 
 
+@compiled("layer", "direction", "loss", "activation", "max_lag")
 def gradient_flow(
     params,
     xs: jax.Array,

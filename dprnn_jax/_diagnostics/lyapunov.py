@@ -37,6 +37,7 @@ from jax import lax
 from .omega_norms import check_max_lag, omega_log_norms_from_jacobians
 from .trajectory import (
     Trajectory,
+    compiled,
     layer_trajectory,
     one_step_jacobians,
     time_and_batch,
@@ -234,6 +235,7 @@ def _weighted_mean(values: jax.Array, weights: jax.Array, axis) -> jax.Array:
     return jnp.where(weights, values, 0).sum(axis=axis) / weights.sum(axis=axis)
 
 
+@compiled("activation", "layer", "direction", "max_lag", "min_lag", "burn_in")
 def lyapunov_exponent(
     params,
     xs: jax.Array,
@@ -343,6 +345,7 @@ def lyapunov_exponent(
     )
 
 
+@compiled("activation", "layer", "direction", "burn_in")
 def lyapunov_qr(
     params,
     xs: jax.Array,
@@ -397,6 +400,7 @@ def lyapunov_qr(
     return jnp.sort(exponents)[::-1]
 
 
+@compiled("activation", "layer", "direction")
 def decay_bound(
     params,
     xs: jax.Array,

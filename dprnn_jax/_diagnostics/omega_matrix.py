@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._backward.jacobian import ElmanJacobian
-from .trajectory import layer_trajectory, network_order
+from .trajectory import compiled, layer_trajectory, network_order
 
 
+@compiled("activation", "layer", "direction")
 def omega_matrix(
     params,
     xs: jax.Array,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._validation import check_positive_int
-from .trajectory import layer_trajectory, network_order, one_step_jacobians
+from .trajectory import compiled, layer_trajectory, network_order, one_step_jacobians
 
 
 class OmegaNorms(NamedTuple):
@@ -89,6 +89,7 @@ def omega_log_norms_from_jacobians(one_step: jax.Array, max_lag: int) -> OmegaNo
     return OmegaNorms(log_spectral, log_frobenius)
 
 
+@compiled("activation", "layer", "direction", "max_lag", "log")
 def omega_norms(
     params,
     xs: jax.Array,

@@ -17,6 +17,8 @@ results back to the network's time steps and blanks (NaN) the entries at padded 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -58,6 +60,30 @@ class Trajectory(NamedTuple):
     sigma_prime: jax.Array
     lengths: jax.Array | None
     backward: bool
+
+
+def compiled(*static_argnames: str) -> Callable[[Callable], Callable]:
+    """Runs a diagnostic `f(params, xs, …)` as one compiled program.
+
+    A diagnostic is hundreds of small operations; run eagerly, each is compiled on its
+    own, which costs more than compiling them once together. The checks that need
+    concrete values (the range of `lengths`) run first, outside the compiled program;
+    every other check runs while it is traced, with the same messages. `static_argnames`
+    are the options that change the program (`activation`, `layer`, `max_lag`, …).
+    """
+
+    def decorate(function: Callable) -> Callable:
+        program = jax.jit(function, static_argnames=static_argnames)
+
+        @functools.wraps(function)
+        def run(params, xs, *args, **kwargs):
+            if kwargs.get("lengths") is not None:
+                check_lengths(kwargs["lengths"], *time_and_batch(xs))
+            return program(params, xs, *args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 def check_layer_index(layer: object, num_layers: int) -> int:
