@@ -51,11 +51,12 @@ def gradients(loss_fn, method, params, xs, h0s, tokens):
     ("T", "sizes", "checkpoint", "tokens", "ragged", "dtype"),
     [
         (7, (4,), 3, False, False, "float32"),  # T not a multiple of k
-        (7, (4,), 3, False, False, "float64"),
         (7, (4, 5), 1, False, True, "float64"),  # k = 1, two layers, lengths
         (9, (4,), 20, True, False, "float64"),  # k ≥ T, token inputs
-        (10, (3, 4, 3), "sqrt", False, True, "float64"),  # three layers, k = ⌈√T⌉ = 4
-        (1, (4,), "sqrt", False, False, "float64"),  # T = 1
+        # Longer variants (deselected by default, `-m slow`).
+        pytest.param(7, (4,), 3, False, False, "float64", marks=pytest.mark.slow),
+        pytest.param(10, (3, 4, 3), "sqrt", False, True, "float64", marks=pytest.mark.slow),
+        pytest.param(1, (4,), "sqrt", False, False, "float64", marks=pytest.mark.slow),
     ],
 )
 def test_sequence_loss_matches_the_oracle(T, sizes, checkpoint, tokens, ragged, dtype, x64):
