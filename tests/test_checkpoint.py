@@ -155,6 +155,10 @@ def test_resume_after_a_kill_ends_bitwise_like_an_uninterrupted_run(tmp_path):
     assert load_run(interrupted).metadata["step"] == 3
     resumed = train(CONFIG, interrupted, resume=True, progress=False, log=lambda _: None)
     _assert_bitwise_equal(resumed.params, straight.params)
+    # What `load_run` reads back is that state and that configuration.
+    run = load_run(interrupted)
+    _assert_bitwise_equal(run.params, resumed.params)
+    assert run.config == CONFIG and run.metadata["step"] == CONFIG.steps
     for key in ("steps_done", "validation", "train_loss_last", "skipped_steps"):
         assert resumed.metrics[key] == straight.metrics[key]
     histories = [load_run(run).metadata["history"] for run in (interrupted, tmp_path / "straight")]

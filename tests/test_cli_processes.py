@@ -30,7 +30,7 @@ class Process:
     """A `python -m dprnn_jax …` child whose output lines arrive on queues, so that
     waiting for one is bounded in time."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, cwd=None):
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "dprnn_jax", *args],
@@ -38,6 +38,7 @@ class Process:
             stderr=subprocess.PIPE,
             text=True,
             env=environment,
+            cwd=cwd,
         )
         self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
         self.seen: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -184,7 +185,7 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path,
 @pytest.mark.parametrize(
     "command, first_line",
     [
-        (["omega", "--T", "128", "--hidden", "32"], ("stderr", "[1/5]")),
+        (["omega", "--T", "128", "--hidden", "32", "--out", "omega"], ("stderr", "[1/5]")),
         (["demo"], ("stdout", "gradient check on")),
         (["complexity"], ("stdout", "T=")),
     ],
@@ -192,7 +193,7 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path,
 )
 def test_ctrl_c_ends_a_long_command_with_one_line_and_status_130(tmp_path, command, first_line):
     # Each command is far from done when its first line appears (about a minute of work).
-    child = Process(*command, "--out", str(tmp_path / "out"))
+    child = Process(*command, cwd=tmp_path)
     try:
         stream, text = first_line
         child.wait_for(text, stream)
@@ -203,3 +204,6 @@ def test_ctrl_c_ends_a_long_command_with_one_line_and_status_130(tmp_path, comma
     assert status == 130
     assert err[-1] == "dprnn-jax: interrupted\n", err
     assert not any("Traceback" in line for line in err), err
+    if command == ["complexity"]:
+        # Its default --out is under runs/, never the repository's committed results/.
+        assert os.listdir(tmp_path) == ["runs"] and os.listdir(tmp_path / "runs") == ["complexity"]

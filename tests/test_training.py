@@ -141,13 +141,10 @@ def test_train_config_takes_an_algorithm_or_its_name_and_its_options_reach_train
             progress=False,
             log=lambda _: None,
         ).params
-        for name, method in [
-            ("omega K=1", dj.Omega(truncation=1)),
-            ("bptt K=1", dj.BPTT(truncation=1)),
-            ("exact", "omega"),
-        ]
+        for name, method in [("truncated", dj.Omega(truncation=1)), ("exact", "omega")]
     }
-    # Two algorithms with the same truncation train the same model; the exact gradient
-    # trains another: the option reached the step.
-    assert_trees_close(params["omega K=1"], params["bptt K=1"], rtol=RTOL[jnp.dtype("float32")])
-    assert max_relative_error(params["omega K=1"], params["exact"]) > 1e-3
+    # Two programs from the same start on the same batches: had the option been dropped,
+    # they would be the same program and agree bitwise; a K = 1 truncation of a T = 6
+    # many-to-one task drops most of the gradient, so the parameters differ far beyond
+    # round-off.
+    assert max_relative_error(params["truncated"], params["exact"]) > 1e-3

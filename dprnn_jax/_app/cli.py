@@ -61,12 +61,10 @@ def _command_demo(args: argparse.Namespace) -> int:
 
     from .demo import format_table, gradient_check_table
 
-    for name in ("T", "batch", "hidden", "naive_T", "repeats"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("train_hidden", "train_seq_len"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("T", "batch", "hidden", "naive_T", "repeats", "train_hidden", "train_seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.train_steps is not None and args.train_steps < 0:
         raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
     if args.train_steps != 0:
@@ -512,7 +510,7 @@ def _command_omega(args: argparse.Namespace) -> int:
             method=method or model.method or "omega",
             log=_progress_line,
         )
-    except (CheckpointError, ValueError, TypeError) as error:
+    except (CheckpointError, ValueError, TypeError, ImportError) as error:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None

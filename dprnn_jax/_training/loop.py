@@ -78,6 +78,11 @@ class TrainConfig:
     ("omega"); a name is turned into the algorithm with its default options, so
     `TrainConfig(method="bptt").method == BPTT()`. `seq_len=None` becomes the task's
     default length.
+
+    Example:
+        >>> config = TrainConfig(task="adding", method="bptt", steps=200)
+        >>> config.method == BPTT(), config.seq_len
+        (True, 50)
     """
 
     task: str = "charlm"
@@ -131,14 +136,34 @@ def config_differences(saved: TrainConfig, config: TrainConfig) -> list[str]:
 
 
 class TrainResult(NamedTuple):
-    """The trained parameters and the final metrics dict (also written to metrics.json)."""
+    """The trained parameters and the final metrics dict (also written to metrics.json).
+
+    Example:
+        >>> TrainResult._fields
+        ('params', 'metrics')
+        >>> config = TrainConfig(task="adding", seq_len=8, steps=20)
+        >>> result = train(config, "runs/adding", progress=False)  # doctest: +SKIP
+        >>> result.metrics["diverged"]  # doctest: +SKIP
+        False
+    """
 
     params: RNNParams
     metrics: dict
 
 
 class ResumeError(Exception):
-    """The output directory's state and the requested run do not fit together."""
+    """The output directory's state and the requested run do not fit together.
+
+    Example:
+        >>> import tempfile
+        >>> config = TrainConfig(task="adding", seq_len=8)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     try:
+        ...         train(config, folder, resume=True, progress=False)
+        ...     except ResumeError as error:
+        ...         print(str(error).replace(folder, "<folder>"))
+        --resume: no checkpoint.npz in <folder>; start without --resume
+    """
 
 
 def check_output_dir(out: str) -> None:
@@ -234,7 +259,13 @@ def saved_config(path: str) -> tuple[TrainConfig, dict]:
 class SavedRun(NamedTuple):
     """A `train` run read back from its checkpoint: the parameters and optimiser state at
     `metadata["step"]`, the run's configuration, and the checkpoint's metadata (step,
-    configuration as recorded, history of losses and evaluations)."""
+    configuration as recorded, history of losses and evaluations).
+
+    Example:
+        >>> SavedRun._fields
+        ('params', 'opt_state', 'config', 'metadata')
+        >>> run = load_run("runs/adding")  # a folder that `train` wrote  # doctest: +SKIP
+    """
 
     params: RNNParams
     opt_state: optax.OptState
@@ -257,9 +288,9 @@ def load_run(path: str | os.PathLike) -> SavedRun:
         ImportError: a "digits" run without scikit-learn (the task gives the sizes).
 
     Example:
-        >>> run = load_run("runs/charlm")
+        >>> run = load_run("runs/charlm")  # a folder that `train` wrote  # doctest: +SKIP
         >>> sample_text(run.params, "The ", 100, jax.random.key(0),
-        ...             activation=run.config.activation)
+        ...             activation=run.config.activation)  # doctest: +SKIP
     """
     path = os.fspath(path)
     checkpoint = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
@@ -301,32 +332,37 @@ def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
     return state, metadata["step"], metadata["history"]
 
 
-def checkpoint_status(out: str) -> str:
-    """What `out` holds, in words for a message: its checkpoint's step, or none."""
-    path = os.path.join(out, CHECKPOINT)
+def _checkpoint_step(out: str) -> int | None:
+    # Read back from the file itself: a message built on it never claims a checkpoint
+    # that is not there.
     try:
-        step = read_metadata(path)["step"]
+        return read_metadata(os.path.join(out, CHECKPOINT))["step"]
     except (CheckpointError, KeyError):
+        return None
+
+
+def checkpoint_status(out: str, step: int | None = None) -> str:
+    """What `out` holds, in words for a message: its checkpoint's step, or none
+    (`step`: the step of its checkpoint if already read)."""
+    step = _checkpoint_step(out) if step is None else step
+    if step is None:
         return f"no checkpoint exists in {out}: start again without --resume"
+    path = os.path.join(out, CHECKPOINT)
     return f"the checkpoint in {path} is at step {step}; continue with --resume"
 
 
 def _interrupted(
     signum: int, out: str, step: int, *, failure: OSError | None = None
 ) -> TrainingInterrupted:
-    # The message is read back from the disk: it never claims a checkpoint that is not there.
-    path = os.path.join(out, CHECKPOINT)
-    try:
-        on_disk = read_metadata(path)["step"]
-    except (CheckpointError, KeyError):
-        on_disk = None
+    on_disk = _checkpoint_step(out)
     head = f"interrupted at step {step}" if step else "interrupted before the first step"
     if failure is not None:
         head += f"; writing its checkpoint failed ({failure.strerror or failure})"
     if on_disk is not None and on_disk == step and failure is None:
+        path = os.path.join(out, CHECKPOINT)
         message = f"{head}; checkpoint at step {step} written to {path}; continue with --resume"
     else:
-        message = f"{head}; {checkpoint_status(out)}"
+        message = f"{head}; {checkpoint_status(out, on_disk)}"
     return TrainingInterrupted(signum, message, step=step, checkpoint_step=on_disk)
 
 
@@ -352,14 +388,15 @@ def _perplexity(loss: float) -> float:
 def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     last = history["evaluations"][-1] if history["evaluations"] else None
     window = history["loss"][-max(1, len(history["loss"]) // 10) :]
+    diverged = divergence(history)
     metrics = {
         "config": config.to_dict(),
         "steps_done": step,
         "train_loss_last": history["loss"][-1] if history["loss"] else None,
         "train_loss_mean_last_10pct": float(np.mean(window)) if window else None,
         "skipped_steps": int(sum(history["skipped"])),
-        "diverged": divergence(history) is not None,
-        "divergence": divergence(history),
+        "diverged": diverged is not None,
+        "divergence": diverged,
         "validation": last,
         "wall_seconds_this_session": seconds,
         "steps_this_session": steps_run,
@@ -438,8 +475,8 @@ def train(
         config: the run's options.
         out: output directory (created if needed).
         resume: continue from `out/checkpoint.npz`; the options must be the checkpoint's
-            except those in `RESUMABLE_CHANGES` (steps, eval_every, checkpoint_every,
-            devices).
+            except steps, eval_every, checkpoint_every and devices (on another device
+            count the result agrees to round-off instead of bitwise).
         overwrite: start afresh in an `out` that holds an earlier run's files (they
             are removed first); without it such an `out` is refused.
         progress: show a tqdm progress bar with loss and accuracy.
@@ -448,7 +485,11 @@ def train(
             would (for testing resume).
 
     Returns:
-        `TrainResult(params, metrics)`.
+        `TrainResult(params, metrics)`. A step whose loss or gradient is not finite is
+        skipped and counted (`metrics["skipped_steps"]`). The run has diverged when its
+        last validation loss is not finite or more than half of all its steps (every
+        session of a resumed run) were skipped: `metrics["diverged"]` is then True and
+        `metrics["divergence"]` says which; the files are written all the same.
 
     Raises:
         ResumeError: `resume` without a checkpoint, a checkpoint from other options, or a
@@ -463,6 +504,12 @@ def train(
         CheckpointError: a corrupt checkpoint (the file is left as it is).
         OSError: an unwritable `out`.
         ValueError, ImportError: bad options (from the task, the mesh, the step).
+
+    Example:
+        >>> config = TrainConfig(task="adding", seq_len=8, steps=200, hidden_size=16)
+        >>> result = train(config, "runs/adding", progress=False)  # doctest: +SKIP
+        >>> sorted(result.metrics)[:3]  # doctest: +SKIP
+        ['backend', 'config', 'device_count']
     """
     _check_config(config)
     if resume and overwrite:
