@@ -4,13 +4,13 @@ exponents, the products each algorithm performs, and their plots.
 Every name here is also available at the top level (`dprnn_jax.omega_norms`, …).
 """
 
-from ._diagnostics.hlo_flops import HloFlops as HloFlops
-from ._diagnostics.hlo_flops import hlo_dot_flops as hlo_dot_flops
 from ._diagnostics.counts import ProductCount as ProductCount
 from ._diagnostics.counts import closed_form_products as closed_form_products
 from ._diagnostics.counts import count_products as count_products
 from ._diagnostics.gradient_flow import error_flow_norms as error_flow_norms
 from ._diagnostics.gradient_flow import gradient_flow as gradient_flow
+from ._diagnostics.hlo_flops import HloFlops as HloFlops
+from ._diagnostics.hlo_flops import hlo_dot_flops as hlo_dot_flops
 from ._diagnostics.lyapunov import DecayBound as DecayBound
 from ._diagnostics.lyapunov import LyapunovEstimate as LyapunovEstimate
 from ._diagnostics.lyapunov import decay_bound as decay_bound

@@ -155,3 +155,66 @@ def test_the_mean_reduction_is_the_loss_that_training_reports():
     np.testing.assert_allclose(summed, mean * jnp.sum(batch.mask != 0) / 4, rtol=1e-6)
     with pytest.raises(ValueError, match="reduction must be one of"):
         dj.sequence_loss(params, batch.inputs, batch.targets, reduction="sum")
+
+
+def _own_docstring(obj) -> str:
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    return doc or ""
+
+
+def test_every_public_name_has_a_runnable_example():
+    import sys
+
+    missing = []
+    for namespace in NAMESPACES:
+        for name in namespace.__all__:
+            obj = getattr(namespace, name)
+            if inspect.ismodule(obj):
+                continue
+            if inspect.isclass(obj) or callable(obj):
+                doc = _own_docstring(obj)
+                example = doc.split("Example:", 1)[1] if "Example:" in doc else ""
+                if ">>> " not in example:
+                    missing.append(f"{namespace.__name__}.{name}")
+                continue
+            # A constant (a dict or a tuple) cannot carry a docstring: the module that
+            # defines it shows it in an example of its own docstring.
+            homes = [
+                module
+                for module_name, module in sorted(sys.modules.items())
+                if module_name.startswith("dprnn_jax._")
+                and getattr(module, name, None) is obj
+                and any(
+                    line.strip().startswith(">>> ") and name in line
+                    for line in (module.__doc__ or "").splitlines()
+                )
+            ]
+            if not homes:
+                missing.append(f"{namespace.__name__}.{name} (constant)")
+    assert not missing, f"public names without a runnable Example: section: {missing}"
+
+
+def test_the_test_command_runs_the_examples():
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(dj.__file__).parent.parent
+    options = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert "dprnn_jax" in options["ini_options"]["testpaths"]
+    assert "--doctest-modules" in options["ini_options"]["addopts"]
+    readme = (root / "README.md").read_text()
+    assert 'pip install -e ".[test]" && python -m pytest -n 2\n' in readme
+
+
+def test_every_module_imports_cleanly_without_side_effects():
+    import importlib
+    import pkgutil
+
+    names = [
+        module.name
+        for module in pkgutil.walk_packages(dj.__path__, prefix="dprnn_jax.")
+        if not module.name.endswith("__main__")  # `python -m dprnn_jax` runs the main job
+    ]
+    assert "dprnn_jax._diagnostics.plotting" in names and "dprnn_jax._app.cli" in names
+    for name in names:
+        importlib.import_module(name)

@@ -34,6 +34,10 @@ class GradientAlgorithm(abc.ABC):
     Subclasses set `name` (the string that selects them, e.g. `method="omega"`) and
     implement `error_flow`; their dataclass fields are their options, validated in
     `__post_init__`.
+
+    Example:
+        >>> isinstance(Omega(), GradientAlgorithm), Omega.name, BPTT().closed_form_products(8)
+        (True, 'omega', 7)
     """
 
     name: ClassVar[str]

@@ -29,6 +29,12 @@ class ErrorFlow(NamedTuple):
         products_performed: number actually executed, including padding rows of
             fixed-shape batched products (equal to `products_useful` except for
             `omega`, whose diagonals are processed in phases of static length).
+
+    Example:
+        >>> P = jnp.ones((4, 1, 2))  # an error of 1 injected at every step
+        >>> flow = BPTT().error_flow(P, ElmanJacobian(0.5 * jnp.eye(2), jnp.ones((4, 1, 2))))
+        >>> flow.delta[:, 0, 0].tolist(), int(flow.products_useful)  # Δ_i = Σ_j 0.5^(j−i)
+        ([1.875, 1.75, 1.5, 1.0], 3)
     """
 
     delta: jax.Array

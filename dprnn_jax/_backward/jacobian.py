@@ -30,7 +30,12 @@ PerStep = Any  # a pytree whose leaves all lead with the time axis
 
 
 class StepJacobian(abc.ABC):
-    """The per-step Jacobians Ω(i+1, i) of one layer, seen through vector products."""
+    """The per-step Jacobians Ω(i+1, i) of one layer, seen through vector products.
+
+    Example:
+        >>> issubclass(ElmanJacobian, StepJacobian)  # any cell plugs in the same way
+        True
+    """
 
     @property
     @abc.abstractmethod
@@ -88,6 +93,12 @@ class ElmanJacobian(StepJacobian, NamedTuple("_Elman", [("S", Any), ("sigma_prim
     Attributes:
         S: recurrent weights (d, d).
         sigma_prime: σ'(Z_i), shape (T, m, d): the per-step data.
+
+    Example:
+        >>> S = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+        >>> jacobian = ElmanJacobian(S, jnp.array([[0.5, 1.0]]))  # σ'(Z) of one sample
+        >>> jacobian.pull(jnp.array([[1.0, 0.0]]), jacobian.per_step).tolist()  # (g S) ⊙ σ'
+        [[0.0, 1.0]]
     """
 
     __slots__ = ()

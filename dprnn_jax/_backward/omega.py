@@ -158,8 +158,10 @@ class Omega(GradientAlgorithm):
             `truncation`/`tol`.
 
     Example:
-        >>> Omega(truncation=32)
-        Omega(truncation=32, tol=None, block=None)
+        >>> print(Omega(truncation=32))
+        Omega(truncation=32)
+        >>> Omega(truncation=32) == resolve_method("omega", truncation=32)
+        True
     """
 
     truncation: int | None = None

@@ -5,6 +5,11 @@ or its name (`"omega"`), with today's option keywords for the name form
 (`method="omega", truncation=32` means `Omega(truncation=32)`). Adding an algorithm means
 adding its module and one entry here; the tests take their list from `ALGORITHMS`, so a
 new algorithm cannot skip the oracle.
+
+    >>> METHODS
+    ('omega', 'bptt', 'naive', 'scan', 'rtrl', 'autodiff')
+    >>> ALGORITHMS["bptt"] is BPTT
+    True
 """
 
 from __future__ import annotations
@@ -89,6 +94,12 @@ def resolve_method(method: object = "omega", **options: object) -> GradientAlgor
 
 
 def algorithm_from_dict(record: dict) -> GradientAlgorithm:
-    """Rebuilds an algorithm from `GradientAlgorithm.to_dict()` (e.g. from metrics.json)."""
+    """Rebuilds an algorithm from `GradientAlgorithm.to_dict()` (e.g. from metrics.json).
+
+    Example:
+        >>> record = Omega(truncation=4).to_dict()
+        >>> record["name"], algorithm_from_dict(record) == Omega(truncation=4)
+        ('omega', True)
+    """
     record = dict(record)
     return resolve_method(record.pop("name"), **record)

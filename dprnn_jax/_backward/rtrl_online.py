@@ -47,6 +47,11 @@ class RTRLState(NamedTuple):
             arrays (m, d_l, *shape of θ^{l'}'s leaf).
         gradient: ∂C_t/∂θ, an `RNNParams` like the parameters.
         loss: C_t, the cost of the steps seen so far.
+
+    Example:
+        >>> state = rtrl_init(init_rnn(jax.random.key(0), 2, (3,), 2), 4)
+        >>> state.hidden[0].shape, float(state.loss)
+        ((4, 3), 0.0)
     """
 
     hidden: tuple[jax.Array, ...]
@@ -135,7 +140,7 @@ def rtrl_step(
     Example:
         >>> params = init_rnn(jax.random.key(0), 2, (3,), 2)
         >>> state = rtrl_init(params, 1)
-        >>> state, y = rtrl_step(params, state, jnp.ones((1, 2)), jnp.array([1]))
+        >>> state, y = jax.jit(rtrl_step)(params, state, jnp.ones((1, 2)), jnp.array([1]))
     """
     check_choice("loss", loss, LOSSES)
     sigma = get_activation(activation)

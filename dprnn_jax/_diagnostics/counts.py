@@ -25,6 +25,10 @@ class ProductCount(NamedTuple):
         useful: products the algorithm needs.
         performed: products executed, including padding rows of fixed-shape batches.
         closed_form: the closed form at T, or None when it depends on the data (`tol`).
+
+    Example:
+        >>> count_products(BPTT(), 8)
+        ProductCount(method='BPTT()', T=8, useful=7, performed=7, closed_form=7)
     """
 
     method: str

@@ -25,7 +25,12 @@ _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
 class HloFlops(NamedTuple):
-    """Dot flops of a program; `exact` is False when some loop's trip count is unknown."""
+    """Dot flops of a program; `exact` is False when some loop's trip count is unknown.
+
+    Example:
+        >>> HloFlops(flops=48, exact=True).flops
+        48
+    """
 
     flops: int
     exact: bool
@@ -64,6 +69,11 @@ def hlo_dot_flops(hlo_text: str) -> HloFlops:
     Returns:
         `HloFlops(flops, exact)`; a loop without a known trip count (e.g. one whose bounds
         depend on an outer loop's index) is counted once and makes `exact` False.
+
+    Example:
+        >>> product = jax.jit(lambda a, b: a @ b).lower(jnp.ones((2, 3)), jnp.ones((3, 4)))
+        >>> hlo_dot_flops(product.compile().as_text())  # 2 · 2 · 3 · 4
+        HloFlops(flops=48, exact=True)
     """
     computations, entry = _computations(hlo_text)
     memo: dict[str, HloFlops] = {}

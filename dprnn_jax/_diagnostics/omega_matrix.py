@@ -49,9 +49,9 @@ def omega_matrix(
         ValueError, TypeError: as `omega_norms`.
 
     Example:
-        >>> omega = omega_matrix(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
+        >>> omega = omega_matrix(init_layer(jax.random.key(0), 3, 8), jnp.ones((5, 2, 3)))
         >>> omega.shape
-        (4, 4, 1, 3, 3)
+        (5, 5, 2, 8, 8)
     """
     trajectory = layer_trajectory(
         params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths

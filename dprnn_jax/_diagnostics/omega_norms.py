@@ -36,7 +36,7 @@ class OmegaNorms(NamedTuple):
     """‖Ω(j, i)‖ per sample, shape (T, T, m) indexed `[j, i, v]`: spectral and Frobenius.
 
     Example:
-        >>> norms = omega_norms(init_layer(jax.random.key(0), 2, 3), jnp.ones((4, 1, 2)))
+        >>> norms = omega_norms(init_layer(jax.random.key(0), 3, 8), jnp.ones((5, 2, 3)))
         >>> float(norms.spectral[2, 2, 0]), bool(jnp.isnan(norms.spectral[0, 2, 0]))
         (1.0, True)
     """
@@ -144,15 +144,15 @@ def omega_norms(
             (missing for a bidirectional layer), `lengths` or `max_lag`.
 
     Example:
-        >>> layer = init_layer(jax.random.key(0), 2, 3)
-        >>> norms = omega_norms(layer, jnp.ones((4, 1, 2)))
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> norms = omega_norms(layer, jnp.ones((5, 2, 3)))
         >>> norms.spectral.shape
-        (4, 4, 1)
-        >>> params = init_rnn(jax.random.key(0), 2, (3,), 2, bidirectional=True)
-        >>> backward = omega_norms(
-        ...     params, jnp.ones((4, 2, 2)), direction="backward", lengths=jnp.array([4, 2])
-        ... )
-        >>> bool(jnp.isnan(backward.spectral[3, 0, 0])), bool(jnp.isnan(backward.spectral[0, 3, 1]))
+        (5, 5, 2)
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4, bidirectional=True)
+        >>> xs, lengths = jnp.ones((5, 2, 3)), jnp.array([5, 2])
+        >>> backward = omega_norms(params, xs, direction="backward", lengths=lengths)
+        >>> # Z←_0 depends on Z←_4 (upper triangle); step 4 of the 2nd sequence is padding.
+        >>> bool(backward.spectral[0, 4, 0] > 0), bool(jnp.isnan(backward.spectral[0, 4, 1]))
         (True, True)
     """
     trajectory = layer_trajectory(

@@ -119,9 +119,10 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
         ValueError: arrays that are not square triangles.
 
     Example:
-        >>> params = init_rnn(jax.random.key(0), 2, (4,), 3)
-        >>> xs, ys = jnp.ones((6, 2, 2)), jnp.zeros((6, 2), jnp.int32)
-        >>> figure = plot_omega_triangles(omega_norms(params, xs), gradient_flow(params, xs, ys))
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> xs, ys, lengths = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32), jnp.array([3, 2])
+        >>> norms = omega_norms(params, xs, lengths=lengths)
+        >>> figure = plot_omega_triangles(norms, gradient_flow(params, xs, ys, lengths=lengths))
         >>> figure.axes[0].get_title()
         '‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂\\ngeometric mean over the batch'
     """
@@ -180,8 +181,8 @@ def plot_decay(
         ValueError: an empty or non-1-D array.
 
     Example:
-        >>> layer = init_layer(jax.random.key(0), 2, 4)
-        >>> xs = jax.random.normal(jax.random.key(1), (16, 4, 2))
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> xs = jax.random.normal(jax.random.key(1), (16, 2, 3))
         >>> figure = plot_decay(lyapunov_exponent(layer, xs), gamma=decay_bound(layer, xs))
         >>> [line.get_label()[:10] for line in figure.axes[0].get_lines()]
         ['geometric ', 'bound γ^k,', 'λ₁ (diagon', 'λ₁ (QR) = ']

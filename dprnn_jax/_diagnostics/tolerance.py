@@ -25,8 +25,8 @@ class ToleranceReport(NamedTuple):
         last_relative_size: relative Frobenius size of the last diagonal added.
 
     Example:
-        >>> layer = init_layer(jax.random.key(0), 2, 4)
-        >>> report = tolerance_report(layer, jnp.ones((9, 1, 2)), jnp.ones((9, 1, 4)), tol=0.5)
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> report = tolerance_report(layer, jnp.ones((9, 1, 3)), jnp.ones((9, 1, 8)), tol=0.5)
         >>> 1 <= int(report.diagonals) <= report.max_diagonals
         True
     """
@@ -75,9 +75,9 @@ def tolerance_report(
             shapes, dtypes, `tol`, `truncation` or `direction`.
 
     Example:
-        >>> layer = init_layer(jax.random.key(0), 2, 4)
-        >>> xs = jnp.ones((9, 1, 2))
-        >>> report = tolerance_report(layer, xs, jnp.ones((9, 1, 4)), tol=1e-3)
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> xs = jnp.ones((9, 1, 3))
+        >>> report = tolerance_report(layer, xs, jnp.ones((9, 1, 8)), tol=1e-3)
         >>> int(report.max_diagonals)
         8
     """

@@ -19,6 +19,11 @@ def cell(params: LayerParams, h: jax.Array, x: jax.Array, *, activation: str = "
 
     Returns:
         The new state `h_t`, shape (m, d).
+
+    Example:
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> cell(layer, jnp.zeros((2, 8)), jnp.ones((2, 3))).shape
+        (2, 8)
     """
     sigma = get_activation(activation).fn
     return sigma(x @ params.W.T + h @ params.S.T + params.b)

@@ -93,7 +93,7 @@ def sequence_loss(
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32)
-        >>> grads = jax.grad(sequence_loss)(params, xs, ys)
+        >>> grads = jax.jit(jax.grad(sequence_loss))(params, xs, ys)
         >>> total = sequence_loss(params, xs, ys)  # summed over the 5 steps
         >>> per_step = sequence_loss(params, xs, ys, reduction="mean")
         >>> bool(jnp.allclose(total, 5 * per_step))
@@ -172,7 +172,7 @@ def many_to_one_loss(
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys = jnp.ones((5, 2, 3)), jnp.array([1, 3])
-        >>> grads = jax.grad(many_to_one_loss)(params, xs, ys, lengths=jnp.array([5, 2]))
+        >>> grads = jax.jit(jax.grad(many_to_one_loss))(params, xs, ys, lengths=jnp.array([5, 2]))
     """
     check_choice("loss", loss, LOSSES)
     algorithm = resolve_method(method, block=block, truncation=truncation, tol=tol)

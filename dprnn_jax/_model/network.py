@@ -40,6 +40,11 @@ class RNNOutput(NamedTuple):
         outputs: readout pre-activations (T, m, k) at every step.
         final_states: one (m, d_l) array per layer: the state after each sequence's own
             last valid step (for a bidirectional layer `[h→_{L−1}, h←_0]`, 2·d_l wide).
+
+    Example:
+        >>> out = rnn_forward(init_rnn(jax.random.key(0), 3, (8,), 4), jnp.ones((5, 2, 3)))
+        >>> out.outputs.shape, [state.shape for state in out.final_states]
+        ((5, 2, 4), [(2, 8)])
     """
 
     outputs: jax.Array

@@ -15,7 +15,13 @@ import jax.numpy as jnp
 
 
 class LayerParams(NamedTuple):
-    """One Elman layer: `z_t = x_t Wᵀ + h_{t-1} Sᵀ + b`; W (d, n), S (d, d), b (d,)."""
+    """One Elman layer: `z_t = x_t Wᵀ + h_{t-1} Sᵀ + b`; W (d, n), S (d, d), b (d,).
+
+    Example:
+        >>> layer = init_layer(jax.random.key(0), 3, 8)
+        >>> layer.W.shape, layer.S.shape, layer.b.shape
+        ((8, 3), (8, 8), (8,))
+    """
 
     W: jax.Array
     S: jax.Array
@@ -23,7 +29,13 @@ class LayerParams(NamedTuple):
 
 
 class ReadoutParams(NamedTuple):
-    """Linear readout `y_t = h_t Wᵀ + b`; W (k, d), b (k,)."""
+    """Linear readout `y_t = h_t Wᵀ + b`; W (k, d), b (k,).
+
+    Example:
+        >>> readout = init_rnn(jax.random.key(0), 3, (8,), 4).readout
+        >>> readout.W.shape, readout.b.shape
+        ((4, 8), (4,))
+    """
 
     W: jax.Array
     b: jax.Array
@@ -232,12 +244,12 @@ def init_rnn(
             sequence whose length is not the number of layers.
 
     Example:
-        >>> params = init_rnn(jax.random.key(0), 3, (16, 16), 5)
+        >>> params = init_rnn(jax.random.key(0), 3, (8, 8), 4)
         >>> len(params.layers), params.readout.W.shape
-        (2, (5, 16))
-        >>> params = init_rnn(jax.random.key(0), 3, (16, 16), 5, bidirectional=True)
+        (2, (4, 8))
+        >>> params = init_rnn(jax.random.key(0), 3, (8, 8), 4, bidirectional=True)
         >>> params.layers[1].forward.W.shape, params.readout.W.shape
-        ((16, 32), (5, 32))
+        ((8, 16), (4, 16))
         >>> params = init_rnn(jax.random.key(0), 3, (16,), 5, cell="lstm")
         >>> type(params.layers[0]).__name__
         'LSTMParams'

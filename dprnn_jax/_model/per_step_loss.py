@@ -1,4 +1,10 @@
-"""Per-step losses: the loss of every (step, sequence) pair of a readout's outputs."""
+"""Per-step losses: the loss of every (step, sequence) pair of a readout's outputs.
+
+`LOSSES` maps each name to its loss of one step:
+
+    >>> sorted(LOSSES)
+    ['mse', 'sigmoid_binary_cross_entropy', 'softmax_cross_entropy']
+"""
 
 from __future__ import annotations
 
@@ -51,7 +57,17 @@ def check_targets(loss: str, targets: object, outputs_shape: tuple[int, int, int
 def per_step_losses(
     outputs: jax.Array, targets: jax.Array, *, mask: jax.Array | None = None, loss: str
 ) -> jax.Array:
-    """Loss of every (step, sequence) pair, shape (T, m); masked entries are exactly 0."""
+    """Loss of every (step, sequence) pair, shape (T, m); masked entries are exactly 0.
+
+    Example:
+        >>> logits = jnp.zeros((3, 2, 4))  # a uniform guess over 4 classes: log 4 each
+        >>> mask = jnp.array([[1, 1], [1, 0], [0, 0]])
+        >>> losses = per_step_losses(
+        ...     logits, jnp.zeros((3, 2), jnp.int32), mask=mask, loss="softmax_cross_entropy"
+        ... )
+        >>> [[round(loss, 3) for loss in row] for row in losses.tolist()]
+        [[1.386, 1.386], [1.386, 0.0], [0.0, 0.0]]
+    """
     check_choice("loss", loss, LOSSES)
     check_rank("outputs", outputs, 3, "(T, m, k)")
     check_targets(loss, targets, outputs.shape)

@@ -32,7 +32,15 @@ _METADATA = "metadata"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not match the expected state."""
+    """A checkpoint that cannot be read or does not match the expected state.
+
+    Example:
+        >>> try:
+        ...     load_checkpoint("missing.npz", None)
+        ... except CheckpointError as error:
+        ...     print(error)
+        no checkpoint at missing.npz
+    """
 
 
 def _leaf_name(i: int) -> str:
@@ -52,7 +60,14 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, metadata: dict | None = 
         TypeError: metadata that JSON cannot encode.
 
     Example:
-        >>> save_checkpoint("run/checkpoint.npz", (params, opt_state), {"step": 100})
+        >>> import os, tempfile
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> opt_state = optax.adam(1e-3).init(params)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "checkpoint.npz")
+        ...     save_checkpoint(path, (params, opt_state), {"step": 100})
+        ...     print(sorted(os.listdir(folder)))
+        ['checkpoint.npz']
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -141,7 +156,14 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
             number, shape or dtype (the message says which).
 
     Example:
-        >>> (params, opt_state), meta = load_checkpoint(path, (params, opt_state))
+        >>> import os, tempfile
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "checkpoint.npz")
+        ...     save_checkpoint(path, params, {"step": 100})
+        ...     restored, metadata = load_checkpoint(path, params)
+        >>> metadata["step"], bool(jnp.all(restored.layers[0].S == params.layers[0].S))
+        (100, True)
     """
     path = os.fspath(path)
     arrays = _read(path)

@@ -37,6 +37,10 @@ class TrainingInterrupted(Interrupted):
         step: the steps completed when the run stopped.
         checkpoint_step: the step of the checkpoint in the output folder after the stop
             (None: there is none), read back from the file itself.
+
+    Example:
+        >>> issubclass(TrainingInterrupted, KeyboardInterrupt)  # Ctrl-C handlers catch it
+        True
     """
 
     def __init__(self, signum: int, message: str, *, step: int, checkpoint_step: int | None):

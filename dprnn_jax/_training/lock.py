@@ -27,7 +27,20 @@ LOCK = "train.lock"
 
 
 class RunLockedError(Exception):
-    """The output folder is held by another training run (or by an unreadable lock)."""
+    """The output folder is held by another training run (or by an unreadable lock).
+
+    Example:
+        >>> import json, os, socket, tempfile
+        >>> holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     with open(os.path.join(folder, "train.lock"), "w") as lock:
+        ...         _ = lock.write(json.dumps(holder))  # a live run holds the folder
+        ...     try:
+        ...         train(TrainConfig(task="adding", seq_len=8), folder, progress=False)
+        ...     except RunLockedError as error:
+        ...         print(type(error).__name__)
+        RunLockedError
+    """
 
 
 def _holder_text() -> str:

@@ -25,7 +25,9 @@ def batch_mesh(num_devices: int | None = None) -> Mesh:
             `jax.config.update("jax_num_cpu_devices", N)` before JAX first runs).
 
     Example:
-        >>> mesh = batch_mesh(4)
+        >>> mesh = batch_mesh(1)  # or batch_mesh() for every device JAX sees
+        >>> dict(mesh.shape)
+        {'batch': 1}
     """
     devices = jax.devices()
     if num_devices is None:
@@ -46,6 +48,12 @@ def shard_batch(batch, mesh: Mesh):
 
     Raises:
         ValueError: a batch size not divisible by the number of devices.
+
+    Example:
+        >>> batch = Batch(jnp.ones((5, 4, 3)), jnp.zeros((5, 4), jnp.int32), jnp.ones((5, 4)))
+        >>> sharded = shard_batch(batch, batch_mesh(1))
+        >>> tuple(sharded.inputs.sharding.spec)  # axis 1, the batch, split over the mesh
+        (None, 'batch')
     """
     size = mesh.devices.size
     for leaf in jax.tree.leaves(batch):
@@ -60,5 +68,11 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-    """Places a full copy of every leaf (parameters, optimiser state) on each device."""
+    """Places a full copy of every leaf (parameters, optimiser state) on each device.
+
+    Example:
+        >>> params = replicate(init_rnn(jax.random.key(0), 3, (8,), 4), batch_mesh(1))
+        >>> tuple(params.readout.W.sharding.spec)  # no axis split: a full copy
+        ()
+    """
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -11,6 +11,11 @@ of a PRNG key.
 Every batch is time-major and carries a `(T, m)` mask of supervised steps, so a
 many-to-one task is a many-to-many task whose mask selects the last step: the masked
 steps inject zero error and the gradient stays exact (docs/theory.md#lengths-and-bidirectional).
+
+`TASKS` names them:
+
+    >>> TASKS
+    ('charlm', 'digits', 'adding', 'copy')
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ VALIDATION_SEED = 20_161_001
 
 
 class Batch(NamedTuple):
-    """Time-major inputs (T, m, n), targets (T, m) or (T, m, k) and a (T, m) 0/1 loss mask."""
+    """Time-major inputs (T, m, n), targets (T, m) or (T, m, k) and a (T, m) 0/1 loss mask.
+
+    Example:
+        >>> batch = Batch(jnp.ones((4, 2, 3)), jnp.zeros((4, 2), jnp.int32), jnp.ones((4, 2)))
+        >>> batch.inputs.shape, batch.mask.shape
+        ((4, 2, 3), (4, 2))
+    """
 
     inputs: jax.Array
     targets: jax.Array
@@ -39,7 +50,13 @@ class Batch(NamedTuple):
 
 
 class Task(NamedTuple):
-    """A task: model sizes, loss, a pure batch sampler `sample(key, m)` and a held-out set."""
+    """A task: model sizes, loss, a pure batch sampler `sample(key, m)` and a held-out set.
+
+    Example:
+        >>> task = make_task("adding", 8)
+        >>> task.input_size, task.output_size, task.loss, task.validation.inputs.shape
+        (2, 1, 'mse', (8, 1000, 2))
+    """
 
     name: str
     input_size: int
@@ -66,7 +83,12 @@ _TRANSLATIONS = str.maketrans(
 
 def bundled_text() -> str:
     """The English text of CPython's `pydoc_data.topics` (help() topics), concatenated in
-    sorted topic order, mapped onto `VOCABULARY` (other characters become '?')."""
+    sorted topic order, mapped onto `VOCABULARY` (other characters become '?').
+
+    Example:
+        >>> len(bundled_text()) > 100_000
+        True
+    """
     from pydoc_data.topics import topics
 
     text = "".join(topics[name] for name in sorted(topics)).translate(_TRANSLATIONS)
@@ -147,7 +169,10 @@ def sample_text(
         ValueError: empty prompt, `length` < 1 or `temperature` <= 0.
 
     Example:
-        >>> text = sample_text(params, "The ", 100, jax.random.key(0))
+        >>> params = init_rnn(jax.random.key(0), 96, (8,), 96)  # charlm's 96 characters
+        >>> text = sample_text(params, "The ", 5, jax.random.key(0))  # an untrained model
+        >>> text[:4], len(text)
+        ('The ', 9)
     """
     if not prompt:
         raise ValueError("prompt must hold at least one character, got ''.")
@@ -325,9 +350,9 @@ def make_task(name: str, seq_len: int | None = None) -> Task:
         ImportError: "digits" without scikit-learn.
 
     Example:
-        >>> task = make_task("adding", 100)
+        >>> task = make_task("adding", 8)
         >>> task.sample(jax.random.key(0), 32).inputs.shape
-        (100, 32, 2)
+        (8, 32, 2)
     """
     check_choice("task", name, TASKS)
     seq_len = DEFAULT_SEQ_LEN[name] if seq_len is None else check_positive_int("seq_len", seq_len)

@@ -74,7 +74,8 @@ def equinox_scan(
         >>> xs, h0 = jnp.ones((6, 2, 3)), jnp.zeros((2, 4))
         >>> dj.interop.equinox_scan(cell, xs, h0, method=dj.BPTT()).shape
         (6, 2, 4)
-        >>> @eqx.filter_grad
+        >>> @eqx.filter_jit
+        ... @eqx.filter_grad
         ... def grads(cell):
         ...     return dj.interop.equinox_scan(cell, xs, h0, method=dj.Omega()).sum()
         >>> grads(cell).weight_hh.shape

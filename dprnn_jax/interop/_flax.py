@@ -106,8 +106,8 @@ class FlaxRNN(nn.Module):
         True
         >>> rnn.apply(variables, x).shape
         (2, 6, 4)
-        >>> grads = jax.grad(lambda v: rnn.apply(v, x).sum())(variables)
-        >>> expected = jax.grad(lambda v: reference.apply(v, x).sum())(variables)
+        >>> grads = jax.jit(jax.grad(lambda v: rnn.apply(v, x).sum()))(variables)
+        >>> expected = jax.jit(jax.grad(lambda v: reference.apply(v, x).sum()))(variables)
         >>> bool(np.allclose(grads["params"]["cell"]["hn"]["kernel"],
         ...                  expected["params"]["cell"]["hn"]["kernel"], atol=1e-5))
         True
