@@ -259,3 +259,23 @@ def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     assert "not from the demo" in _error_line(capsys)
     assert "gradient check" not in capsys.readouterr().out
     assert (other / "checkpoint.npz").read_bytes() == saved
+
+
+def test_cell_and_checkpoint_flags_reach_training(tmp_path, capsys):
+    """`--cell lstm` trains LSTM layers; `--checkpoint sqrt` the fused O(√T) loss; both
+    are recorded and come back with the run."""
+    gated, long = tmp_path / "gated", tmp_path / "long"
+    assert main([*TINY, "--steps", "2", "--cell", "lstm", "--out", str(gated)]) == 0
+    run = dj.load_run(gated)
+    assert run.config.cell == "lstm" and type(run.params.layers[0]).__name__ == "LSTMParams"
+    command = [*TINY, "--steps", "2", "--method", "bptt", "--checkpoint", "sqrt"]
+    assert main([*command, "--out", str(long)]) == 0
+    assert dj.load_run(long).config.method == dj.BPTT(checkpoint="sqrt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error for the value
+        main([*TINY, "--checkpoint", "often", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
+    assert (
+        main([*TINY, "--method", "naive", "--checkpoint", "4", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "checkpoint is an option of methods ['omega', 'bptt']" in _error_line(capsys)

@@ -126,10 +126,25 @@ class UsageError(Exception):
 
 
 # The options of the gradient algorithms that have a flag (`--truncation K`, …).
-ALGORITHM_OPTIONS = ("truncation", "tol", "block")
+ALGORITHM_OPTIONS = ("truncation", "tol", "block", "checkpoint")
+# `omega --checkpoint FILE` names a file; `train --checkpoint K` is the algorithm's option,
+# stored under another name so the two never meet.
+OPTION_DESTS = {"checkpoint": "algorithm_checkpoint"}
 
 
-def _add_method_options(parser, method_help: str) -> None:
+def _segment_length(value: str) -> int | str:
+    """`--checkpoint K` (a segment length) or `--checkpoint sqrt`."""
+    if value == "sqrt":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a segment length K or 'sqrt', got {value!r}"
+        ) from None
+
+
+def _add_method_options(parser, method_help: str, *, checkpoint: bool = False) -> None:
     from .._backward.registry import METHODS
 
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
@@ -154,6 +169,16 @@ def _add_method_options(parser, method_help: str) -> None:
         metavar="B",
         help="omega: triangles of B steps chained by BPTT (exact)",
     )
+    if checkpoint:
+        parser.add_argument(
+            "--checkpoint",
+            dest=OPTION_DESTS["checkpoint"],
+            type=_segment_length,
+            default=None,
+            metavar="K|sqrt",
+            help="omega, bptt: keep every K-th state (sqrt: K = ceil(sqrt(T))) and recompute "
+            "segments in the backward, loss fused: O(sqrt(T)) memory, exact",
+        )
 
 
 def _algorithm(args: argparse.Namespace):
@@ -161,7 +186,9 @@ def _algorithm(args: argparse.Namespace):
     defaults to omega when only an option is given); None when no such flag is given."""
     from .._backward.registry import resolve_method
 
-    options = {name: getattr(args, name) for name in ALGORITHM_OPTIONS}
+    options = {
+        name: getattr(args, OPTION_DESTS.get(name, name), None) for name in ALGORITHM_OPTIONS
+    }
     if args.method is None and all(value is None for value in options.values()):
         return None
     name = "omega" if args.method is None else args.method
@@ -180,6 +207,7 @@ TRAIN_FLAGS = {
     "seq_len": "--seq-len",
     "hidden_size": "--hidden",
     "layers": "--layers",
+    "cell": "--cell",
     "activation": "--activation",
     "method": "--method",
     "optimizer": "--optimizer",
@@ -202,7 +230,7 @@ def _add_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train an RNN on a bundled task with any gradient method (optax)",
-        description="Train an Elman RNN on a bundled task. Writes checkpoint.npz, "
+        description="Train an RNN (Elman, GRU or LSTM) on a bundled task. Writes checkpoint.npz, "
         "metrics.json, loss_curve.png (and sample.txt for charlm) to --out. With --resume, "
         "every option not given is the checkpoint's; "
         + ", ".join(TRAIN_FLAGS[name] for name in RESUMABLE_CHANGES)
@@ -214,7 +242,7 @@ def _add_train(subparsers) -> None:
         "(after writing a checkpoint of the current step).",
     )
     parser.add_argument("--task", choices=TASKS, help=f"what to learn ({defaults.task})")
-    _add_method_options(parser, "gradient method (omega)")
+    _add_method_options(parser, "gradient method (omega)", checkpoint=True)
     parser.add_argument("--steps", type=int, help=f"optimiser steps ({defaults.steps})")
     parser.add_argument(
         "--seed", type=int, help=f"seed of the model and data order ({defaults.seed})"
@@ -231,6 +259,9 @@ def _add_train(subparsers) -> None:
         "--hidden", type=int, help=f"hidden units per layer ({defaults.hidden_size})"
     )
     parser.add_argument("--layers", type=int, help=f"stacked recurrent layers ({defaults.layers})")
+    parser.add_argument(
+        "--cell", choices=("elman", "gru", "lstm"), help=f"recurrent cell ({defaults.cell})"
+    )
     parser.add_argument(
         "--seq-len",
         type=int,
@@ -287,6 +318,7 @@ def _given_train_options(args: argparse.Namespace) -> dict:
         "seq_len": args.seq_len,
         "hidden_size": args.hidden,
         "layers": args.layers,
+        "cell": args.cell,
         "activation": args.activation,
         "method": _algorithm(args),
         "optimizer": args.optimizer,

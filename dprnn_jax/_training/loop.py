@@ -94,6 +94,7 @@ class TrainConfig:
     optimizer: str = "adam"
     hidden_size: int = 128
     layers: int = 1
+    cell: str = "elman"
     seq_len: int | None = None
     activation: str = "tanh"
     max_grad_norm: float | None = 1.0
@@ -224,13 +225,13 @@ def _programs(
     train_step = make_train_step(
         optimizer, loss=task.loss, activation=activation, method=method, max_grad_norm=max_grad_norm
     )
-    eval_step = make_eval_step(loss=task.loss, activation=activation)
+    eval_step = make_eval_step(loss=task.loss, activation=activation, method=method)
     return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
 
 
 def _fresh_state(config: TrainConfig, task: Task, optimizer, key: jax.Array):
     sizes = (config.hidden_size,) * config.layers
-    params = init_rnn(key, task.input_size, sizes, task.output_size)
+    params = init_rnn(key, task.input_size, sizes, task.output_size, cell=config.cell)
     return params, optimizer.init(params)
 
 

@@ -193,8 +193,17 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(*, loss: str, activation: str = "tanh") -> Callable[[RNNParams, Batch], Metrics]:
+def make_eval_step(
+    *,
+    loss: str,
+    activation: str = "tanh",
+    method: str | GradientAlgorithm | None = None,
+) -> Callable[[RNNParams, Batch], Metrics]:
     """Builds the jit-compiled evaluation `eval_step(params, batch) -> Metrics`.
+
+    No gradient is taken, so the method only matters for its memory: with an algorithm
+    that has `checkpoint=k` the forward runs in fused segments and keeps O(√T) states,
+    otherwise it is the plain forward scan.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -203,10 +212,12 @@ def make_eval_step(*, loss: str, activation: str = "tanh") -> Callable[[RNNParam
         >>> float(eval_step(params, batch).accuracy) in (0.0, 1.0)
         True
     """
+    algorithm = resolve_method("autodiff" if method is None else method)
+    if not uses_checkpoint(algorithm):
+        algorithm = resolve_method("autodiff")
 
     @jax.jit
     def eval_step(params, batch):
-        # No gradient is taken, so the method is irrelevant: the plain forward scan.
-        return batch_metrics(params, batch, loss=loss, activation=activation, method="autodiff")
+        return batch_metrics(params, batch, loss=loss, activation=activation, method=algorithm)
 
     return eval_step
