@@ -63,10 +63,8 @@ def count_products(method: str | GradientAlgorithm, T: int) -> ProductCount:
         fixed-length phases.
 
     Example:
-        >>> count_products(Omega(block=4), 8)
+        >>> count_products(Omega(block=4), 8)  # or a name: count_products("omega", 8)
         ProductCount(method='Omega(block=4)', T=8, useful=13, performed=13, closed_form=13)
-        >>> count_products("omega", 8).useful
-        28
     """
     algorithm = resolve_method(method)
     T = check_positive_int("T", T)
