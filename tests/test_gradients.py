@@ -11,45 +11,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
-
-import dprnn_jax as dj
+from helpers import RTOL, library_loss, make_problem, max_relative_error, reference_loss
 
 METHODS = ["omega", "bptt", "naive", "autodiff"]
 ACTIVATIONS = ["tanh", "sigmoid", "relu"]
 HIDDEN = {1: (4,), 2: (4, 3), 3: (4, 3, 5)}
 N_INPUTS, N_CLASSES = 3, 4
-
-
-def make_problem(key, T, m, n_layers, dtype, *, loss="softmax_cross_entropy"):
-    """Random params, inputs, targets, a ragged mask and random initial states."""
-    k_params, k_x, k_y, k_len, k_h = jax.random.split(key, 5)
-    params = dj.init_rnn(k_params, N_INPUTS, HIDDEN[n_layers], N_CLASSES, dtype=dtype)
-    # Random (not orthogonal) S and non-zero biases exercise every term of the gradient.
-    leaves, treedef = jax.tree.flatten(params)
-    noise_keys = jax.random.split(k_params, len(leaves))
-    params = treedef.unflatten(
-        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, noise_keys)]
-    )
-    xs = jax.random.normal(k_x, (T, m, N_INPUTS), dtype)
-    if loss == "softmax_cross_entropy":
-        targets = jax.random.randint(k_y, (T, m), 0, N_CLASSES)
-    elif loss == "sigmoid_binary_cross_entropy":
-        targets = jax.random.uniform(k_y, (T, m, N_CLASSES), dtype)
-    else:
-        targets = jax.random.normal(k_y, (T, m, N_CLASSES), dtype)
-    lengths = jax.random.randint(k_len, (m,), 1, T + 1)
-    mask = (jnp.arange(T)[:, None] < lengths[None, :]).astype(dtype)
-    h0s = [
-        0.5 * jax.random.normal(k, (m, d), dtype)
-        for k, d in zip(jax.random.split(k_h, n_layers), HIDDEN[n_layers])
-    ]
-    return params, xs, targets, mask, h0s
-
-
-def library_loss(params, xs, targets, mask, h0s, *, loss, activation, method):
-    outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method)
-    return dj.per_step_losses(outputs, targets, mask=mask, loss=loss).sum() / xs.shape[1]
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "activation"))

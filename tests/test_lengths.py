@@ -14,8 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
-from test_bidirectional import alone_loss, alone_states, make_data, make_params
+from helpers import (
+    RTOL,
+    alone_loss,
+    alone_states,
+    make_bidirectional_data,
+    make_bidirectional_params,
+    max_relative_error,
+    reference_loss,
+)
 
 import dprnn_jax as dj
 
@@ -58,8 +65,8 @@ def all_results(params, xs, targets, labels, *, method):
 def test_mixed_lengths_are_exact_and_equal_to_running_alone(dtype, method="omega"):
     """One method: the padding logic sits outside the custom rules, which the grid of
     test_gradients.py checks with ragged masks for every method."""
-    params = make_params(("uni", "uni"), dtype)
-    xs, targets = make_data(dtype)
+    params = make_bidirectional_params(("uni", "uni"), dtype)
+    xs, targets = make_bidirectional_data(dtype)
     labels = jnp.array([0, 2, 1])
     r = all_results(params, xs, targets, labels, method=method)
     rtol = RTOL[jnp.dtype(dtype)]
@@ -74,8 +81,8 @@ def test_mixed_lengths_are_exact_and_equal_to_running_alone(dtype, method="omega
 
 
 def test_lengths_under_vmap_and_zero_length(x64):
-    params = make_params(("uni",), jnp.float64)
-    xs, targets = make_data(jnp.float64)
+    params = make_bidirectional_params(("uni",), jnp.float64)
+    xs, targets = make_bidirectional_data(jnp.float64)
     h0 = jnp.full((M, 3), 0.25)
     batches = jnp.array([[6, 3, 1], [0, 2, 6]])
     finals = jax.vmap(
@@ -93,8 +100,8 @@ def test_lengths_under_vmap_and_zero_length(x64):
 
 
 def test_invalid_lengths_and_targets_are_rejected():
-    params = make_params(("uni",), jnp.float32)
-    xs, targets = make_data(jnp.float32)
+    params = make_bidirectional_params(("uni",), jnp.float32)
+    xs, targets = make_bidirectional_data(jnp.float32)
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\]"):
         dj.rnn_apply(params, xs, lengths=jnp.array([7, 1, 1]))
     with pytest.raises(ValueError, match="lengths must have shape"):

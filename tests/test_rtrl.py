@@ -6,9 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
+from helpers import RTOL, make_problem, max_relative_error, reference_loss
 from jax import lax
-from test_gradients import make_problem
 
 import dprnn_jax as dj
 

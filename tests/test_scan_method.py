@@ -14,8 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
-from test_gradients import library_loss, make_problem
+from helpers import RTOL, library_loss, make_problem, max_relative_error, reference_loss
 
 import dprnn_jax as dj
 

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
-from test_bidirectional import alone_loss
+from helpers import RTOL, alone_loss, max_relative_error, reference_loss
 
 import dprnn_jax as dj
 
