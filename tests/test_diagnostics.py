@@ -112,7 +112,8 @@ def test_gradient_flow_of_a_lower_layer_propagates_its_injected_errors(x64):
     # max_lag keeps the first diagonals exactly and leaves the rest undefined (NaN).
     lag = np.subtract.outer(np.arange(T), np.arange(T))
     kept = (lag >= 0) & (lag <= 2)
-    np.testing.assert_array_equal(np.asarray(cut)[kept], np.asarray(flow)[kept])
+    # Two programs (a shorter fill and the full one): equal to rounding.
+    assert_trees_close(np.asarray(cut)[kept], np.asarray(flow)[kept], rtol=1e-12)
     assert np.all(np.isnan(np.asarray(cut)[~kept]))
 
 
