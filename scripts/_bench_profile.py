@@ -30,6 +30,7 @@ import dprnn_jax as dj  # noqa: E402
 from dprnn_jax._app.complexity import machine_description  # noqa: E402
 from dprnn_jax._backward.bptt import bptt_error_flow  # noqa: E402
 from dprnn_jax._backward.error_flow import sum_over_steps  # noqa: E402
+from dprnn_jax._backward.jacobian import ElmanJacobian  # noqa: E402
 from dprnn_jax._model.forward import hoisted_layer  # noqa: E402
 
 POINTS = ((128, 32, 128), (1024, 16, 32))
@@ -63,7 +64,7 @@ def parts(T: int, m: int, d: int) -> dict:
             (layer, xs, h0),
         ),
         "part: backward recurrence (bptt_error_flow)": (
-            jax.jit(lambda P, s, S: bptt_error_flow(P, s, S).delta),
+            jax.jit(lambda P, s, S: bptt_error_flow(P, ElmanJacobian(S, s)).delta),
             (hs, hs, layer.S),
         ),
         "part: weight contractions (dW, dS, db)": (jax.jit(contractions), (hs, xs, hs)),

@@ -1,6 +1,6 @@
 """Side-by-side timings of one full gradient of the sequence loss, in ONE process.
 
-    python scripts/benchmark.py [--out results] [--rounds 15] [--quick]
+    python scripts/benchmark.py [--out results] [--rounds 15] [--quick] [--floor]
 
 Contenders, all computing ∂C/∂params of the same model (one tanh Elman layer of d units
 on n = d inputs, a linear readout to k = 10 classes, softmax cross-entropy summed over
@@ -23,7 +23,16 @@ the Ω backward against `jax.grad`; the achieved GFLOP/s of the Ω backward next
 matmul with the same total number of rows on the same machine (its roofline); and
 omega against naive for T ∈ {32, 64, 128}.
 
-Writes results/benchmark.md and results/benchmark.json.
+First, the floor comparison (docs/performance.md#floor): at (T, m, d) = (128, 32, 128)
+and (1024, 16, 32) the fastest exact method (`bptt`, `Omega(block=1)`) against the floor
+(the same work done by the fastest plain pieces: the four (T·m, d) × (d, d) GEMMs of the
+gradient, one forward loop of T steps `tanh(h Sᵀ + u)`, one backward loop of T steps
+`(g S) ⊙ s`) and against the best plain JAX (`jax.grad` through `lax.scan`, unroll 1, 4,
+16, input projection hoisted or not); and, there and at (256, 16, 64), the Ω fill
+(omega's time − bptt's) against its loop floor (T − 1 products of the average
+diagonal's size with the same multiply-add). `--floor` runs only this part.
+
+Writes results/benchmark.md and results/benchmark.json (`--floor`: benchmark_floor.*).
 """
 
 from __future__ import annotations
@@ -45,13 +54,22 @@ from jax import lax
 
 import dprnn_jax as dj
 from dprnn_jax._app.complexity import machine_description
+from dprnn_jax._backward.gradients import Residuals, cotangents_from_delta
+from dprnn_jax._backward.jacobian import ElmanJacobian
 from dprnn_jax._backward.omega import omega_error_flow
+from dprnn_jax._model.forward import hoisted_layer
 
 N_CLASSES = 10
 GRID = ((128, 32, 128), (1024, 16, 32), (64, 32, 64))
 BLOCKS = (1, 4, 16, 64)  # swept at the first grid point
 NAIVE_GRID = ((32, 8, 32), (64, 8, 32), (128, 8, 32))
 MEMORY_POINT = (4096, 16, 32)
+# The floor comparison (docs/performance.md#floor): the fastest exact method against the
+# same work done by the fastest plain pieces, and the Ω fill against its loop floor.
+FLOOR_GRID = ((128, 32, 128), (1024, 16, 32))
+FILL_GRID = ((128, 32, 128), (1024, 16, 32), (256, 16, 64))
+UNROLLS = (1, 4, 16)
+FLOOR_TARGET = 0.9
 
 
 # --------------------------------------------------------------------------- problems
@@ -220,8 +238,9 @@ def omega_throughput(T: int, m: int, d: int, rounds: int, max_rows: int) -> dict
     sigma_prime = jax.random.uniform(keys[1], (T, m, d), jnp.float32)
     Q = jax.nn.initializers.orthogonal()(keys[2], (d, d), jnp.float32)
     S = 0.9 * Q
+    jacobian = ElmanJacobian(S, sigma_prime)
     flow_fn = jax.jit(omega_error_flow)
-    flow = flow_fn(injected, sigma_prime, S)
+    flow = flow_fn(injected, jacobian)
     useful, performed = int(flow.products_useful), int(flow.products_performed)
     rows = min(useful * m, max_rows)
     a = jax.random.normal(jax.random.key(1), (rows, d), jnp.float32)
@@ -235,7 +254,7 @@ def omega_throughput(T: int, m: int, d: int, rounds: int, max_rows: int) -> dict
 
     seconds = alternate(
         {
-            "omega": functools.partial(flow_fn, injected, sigma_prime, S),
+            "omega": functools.partial(flow_fn, injected, jacobian),
             "looped matmul": functools.partial(looped, injected.reshape(T * m, d), Q),
             "matmul": functools.partial(matmul, a, S),
         },
@@ -259,6 +278,369 @@ def omega_throughput(T: int, m: int, d: int, rounds: int, max_rows: int) -> dict
         "matmul_seconds": seconds["matmul"],
         "matmul_gflops": 2 * rows * d * d / seconds["matmul"] / 1e9,
     }
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def plain_jax_loss(unroll: int, hoisted: bool) -> Callable:
+    """`scan_loss` as a JAX user may tune it: `lax.scan(unroll=…)`, and the input projection
+    of every step hoisted out of the loop (one product) or inside each step."""
+
+    def loss(params, xs, ys):
+        layer, readout = params.layers[0], params.readout
+        h0 = jnp.zeros((xs.shape[1], layer.S.shape[0]), xs.dtype)
+        if hoisted:
+            inputs = xs @ layer.W.T + layer.b
+
+            def step(h, u):
+                h = jnp.tanh(u + h @ layer.S.T)
+                return h, h
+
+        else:
+            inputs = xs
+
+            def step(h, x):
+                h = jnp.tanh(x @ layer.W.T + h @ layer.S.T + layer.b)
+                return h, h
+
+        _, hs = lax.scan(step, h0, inputs, unroll=unroll)
+        logits = hs @ readout.W.T + readout.b
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ys).sum() / xs.shape[1]
+
+    return loss
+
+
+def floor_pieces(T: int, m: int, d: int) -> dict[str, Callable[[], object]]:
+    """The plain pieces of one exact gradient's work, each written the fastest ways we know.
+
+    * "4 GEMMs": X Wᵀ, ∂W, ∂S and ∂X as four (T·m, d) × (d, d) products in one program;
+    * "forward loop": T steps of `h = tanh(h Sᵀ + u_t)`, every h_t stored;
+    * "backward loop": T steps of `g = (g S) ⊙ s_t`, every g_t stored.
+
+    Each loop is written as a `lax.scan` stacking its outputs (unroll 1, 4, 16) and as a
+    `fori_loop` writing each step over its input row in place (no output buffer to fill
+    first); the floor takes the fastest of each. The backward's `s_t` are ±1 and `S`
+    orthogonal, so the iterates keep their norm (no overflow, no denormals).
+    """
+    keys = jax.random.split(jax.random.key(7), 8)
+    rows = [jax.random.normal(keys[i], (T * m, d), jnp.float32) for i in range(4)]
+    W = jax.random.normal(keys[4], (d, d), jnp.float32) / np.sqrt(d)
+    S = jax.nn.initializers.orthogonal()(keys[5], (d, d), jnp.float32)
+    u = jax.random.normal(keys[6], (T, m, d), jnp.float32)
+    signs = jnp.sign(jax.random.normal(keys[7], (T, m, d), jnp.float32))
+    h0 = jnp.zeros((m, d), jnp.float32)
+
+    @jax.jit
+    def gemms(a, b, c, e, W):
+        return a @ W, b @ W, c @ W, e @ W
+
+    def forward_scan(unroll):
+        def run(S, u, h0):
+            def step(h, u_t):
+                h = jnp.tanh(h @ S.T + u_t)
+                return h, h
+
+            return lax.scan(step, h0, u, unroll=unroll)[1]
+
+        return jax.jit(run)
+
+    @jax.jit
+    def forward_in_place(S, u, h0):
+        def body(t, state):
+            h, buffer = state
+            h = jnp.tanh(
+                h @ S.T
+                + lax.dynamic_index_in_dim(buffer, t, keepdims=False, allow_negative_indices=False)
+            )
+            return h, lax.dynamic_update_index_in_dim(buffer, h, t, 0, allow_negative_indices=False)
+
+        return lax.fori_loop(0, T, body, (h0, u))[1]
+
+    def backward_scan(unroll):
+        def run(S, s, g0):
+            def step(g, s_t):
+                g = (g @ S) * s_t
+                return g, g
+
+            return lax.scan(step, g0, s, reverse=True, unroll=unroll)[1]
+
+        return jax.jit(run)
+
+    @jax.jit
+    def backward_in_place(S, s, g0):
+        def body(j, state):
+            g, buffer = state
+            t = T - 1 - j
+            g = (g @ S) * lax.dynamic_index_in_dim(
+                buffer, t, keepdims=False, allow_negative_indices=False
+            )
+            return g, lax.dynamic_update_index_in_dim(buffer, g, t, 0, allow_negative_indices=False)
+
+        return lax.fori_loop(0, T, body, (g0, s))[1]
+
+    g0 = u[0]
+    pieces = {"floor: 4 GEMMs": functools.partial(gemms, *rows, W)}
+    for unroll in UNROLLS:
+        pieces[f"floor: forward loop, scan unroll={unroll}"] = functools.partial(
+            forward_scan(unroll), S, u, h0
+        )
+        pieces[f"floor: backward loop, scan unroll={unroll}"] = functools.partial(
+            backward_scan(unroll), S, signs, g0
+        )
+    pieces["floor: forward loop, in place"] = functools.partial(forward_in_place, S, u, h0)
+    pieces["floor: backward loop, in place"] = functools.partial(backward_in_place, S, signs, g0)
+    return pieces
+
+
+def fill_floor(T: int, m: int, d: int) -> tuple[Callable[[], object], int]:
+    """The Ω fill's loop floor: a `fori_loop` of T−1 products of the average diagonal's
+    size, ⌈T/2⌉ steps of m rows, each with the DP's multiply-add `acc += (x S) ⊙ s`.
+
+    The fill multiplies T(T−1)/2 (m, d) rows by S in T−1 sequential diagonals; the floor
+    does as many rows in as many steps, with static operands (no offsets into the
+    Jacobian data or into Δ, no phases). Returns the thunk and its rows per step.
+    """
+    rows = -(-T // 2)
+    keys = jax.random.split(jax.random.key(9), 3)
+    x = jax.random.normal(keys[0], (rows, m, d), jnp.float32)
+    signs = jnp.sign(jax.random.normal(keys[1], (rows, m, d), jnp.float32))
+    S = jax.nn.initializers.orthogonal()(keys[2], (d, d), jnp.float32)
+
+    @jax.jit
+    def loop(x, signs, S):
+        def body(_, state):
+            x, accumulated = state
+            x = (x @ S) * signs
+            return x, accumulated + x
+
+        return lax.fori_loop(0, T - 1, body, (x, x))[1]
+
+    return functools.partial(loop, x, signs, S), rows
+
+
+def bptt_parts(params, xs, ys) -> dict[str, Callable[[], object]]:
+    """The parts of the bptt gradient, each compiled on its own: where its time goes.
+
+    The forward layer (projection + loop), the readout and softmax cross-entropy (value
+    and gradient w.r.t. the states and the readout: work the floor does not count), the
+    fused backward loop, the weight contractions; and a loop of T steps doing nothing but
+    one tiny elementwise update, the fixed cost of a loop step. Empty for a dprnn_jax
+    older than the fused loop (to time a tree from before it with this script).
+    """
+    try:
+        from dprnn_jax._backward.bptt import elman_bptt_delta
+    except ImportError:
+        return {}
+    layer, readout = params.layers[0], params.readout
+    T, m, _ = xs.shape
+    h0 = jnp.zeros((m, layer.S.shape[0]), xs.dtype)
+    forward = jax.jit(hoisted_layer)
+    hs = forward(layer, xs, h0)
+
+    def readout_loss(hs, readout, ys):
+        logits = hs @ readout.W.T + readout.b
+        return dj.per_step_losses(logits, ys, loss="softmax_cross_entropy").sum() / m
+
+    readout_gradient = jax.jit(jax.value_and_grad(readout_loss, argnums=(0, 1)))
+    hs_bar = readout_gradient(hs, readout, ys)[1][0]
+    backward = jax.jit(elman_bptt_delta, static_argnums=3)
+    delta = backward(hs, hs_bar, layer.S, "tanh")
+    residuals = Residuals(layer, xs, h0, hs)
+    contractions = jax.jit(lambda residuals, delta: cotangents_from_delta(residuals, delta)[0])
+
+    @jax.jit
+    def empty_loop(h):
+        return lax.fori_loop(0, T, lambda _, h: h * 0.5 + 1.0, h)
+
+    return {
+        "part: forward layer (projection + loop)": functools.partial(forward, layer, xs, h0),
+        "part: readout + softmax CE, value and gradient": functools.partial(
+            readout_gradient, hs, readout, ys
+        ),
+        "part: backward loop (elman_bptt_delta)": functools.partial(
+            backward, hs, hs_bar, layer.S, "tanh"
+        ),
+        "part: weight contractions (cotangents_from_delta)": functools.partial(
+            contractions, residuals, delta
+        ),
+        "part: empty loop of T steps": functools.partial(empty_loop, h0),
+    }
+
+
+def floor_point(T: int, m: int, d: int, rounds: int, *, floor: bool, fill: bool) -> dict:
+    """One grid point of the floor comparison, every program alternated in one process.
+
+    `floor`: the exact methods, the plain-JAX sweep and the floor pieces; `fill`: omega,
+    bptt and the Ω fill's loop floor.
+    """
+    params, xs, ys = make_problem(T, m, d)
+    args = (params, xs, ys)
+    programs = {
+        "dprnn bptt": library_gradient("bptt"),
+        "dprnn omega block=1": library_gradient("omega", 1),
+    }
+    if fill:
+        programs["dprnn omega"] = library_gradient("omega")
+    if floor:
+        for unroll in UNROLLS:
+            for hoisted in (False, True):
+                name = f"jax.grad(lax.scan) unroll={unroll}{', hoisted' if hoisted else ''}"
+                programs[name] = jax.jit(jax.grad(plain_jax_loss(unroll, hoisted)))
+    thunks = {name: functools.partial(fn, *args) for name, fn in programs.items()}
+    if floor:
+        thunks.update(floor_pieces(T, m, d))
+        thunks.update(bptt_parts(*args))
+    if fill:
+        thunks["fill floor"], fill_rows = fill_floor(T, m, d)
+    minima: dict[str, float] = {}
+    seconds = alternate(thunks, rounds, minima)
+    point: dict = {
+        "T": T,
+        "m": m,
+        "d": d,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "seconds": seconds,
+        "min_seconds": minima,
+    }
+    exact = {name: seconds[name] for name in ("dprnn bptt", "dprnn omega block=1")}
+    fastest = min(exact, key=exact.get)
+    point["fastest_exact"] = fastest
+    if floor:
+        forward = {n: s for n, s in seconds.items() if n.startswith("floor: forward")}
+        backward = {n: s for n, s in seconds.items() if n.startswith("floor: backward")}
+        plain = {n: s for n, s in seconds.items() if n.startswith("jax.grad")}
+        best_forward = min(forward, key=forward.get)
+        best_backward = min(backward, key=backward.get)
+        best_plain = min(plain, key=plain.get)
+        floor_seconds = seconds["floor: 4 GEMMs"] + forward[best_forward] + backward[best_backward]
+        # The same by the fastest rounds: what is left when other processes' load is not.
+        floor_min = minima["floor: 4 GEMMs"] + min(minima[n] for n in forward)
+        floor_min += min(minima[n] for n in backward)
+        point.update(
+            floor_seconds=floor_seconds,
+            floor_min_seconds=floor_min,
+            floor_over_fastest_min=floor_min / min(minima[n] for n in exact),
+            floor_parts={
+                "4 GEMMs": seconds["floor: 4 GEMMs"],
+                best_forward: forward[best_forward],
+                best_backward: backward[best_backward],
+            },
+            floor_over_bptt=floor_seconds / seconds["dprnn bptt"],
+            floor_over_fastest=floor_seconds / seconds[fastest],
+            best_plain=best_plain,
+            best_plain_over_bptt=plain[best_plain] / seconds["dprnn bptt"],
+            best_plain_over_fastest=plain[best_plain] / seconds[fastest],
+        )
+    if fill:
+        fill_seconds = seconds["dprnn omega"] - seconds["dprnn bptt"]
+        point.update(
+            fill_rows=fill_rows,
+            fill_seconds=fill_seconds,
+            fill_floor_seconds=seconds["fill floor"],
+            fill_floor_over_fill=seconds["fill floor"] / fill_seconds,
+            fill_floor_over_fill_min=minima["fill floor"]
+            / (minima["dprnn omega"] - minima["dprnn bptt"]),
+        )
+    return point
+
+
+def print_floor_point(point: dict) -> None:
+    T, m, d, seconds = point["T"], point["m"], point["d"], point["seconds"]
+    minima = point["min_seconds"]
+    print(f"\nT={T} m={m} d={d} (load {point['load_average']}), median and fastest round:")
+    for name, s in sorted(seconds.items(), key=lambda item: item[1]):
+        print(f"  {name:50s} {s * 1e3:9.3f} ms  {minima[name] * 1e3:9.3f} ms")
+    if "floor_seconds" in point:
+        fastest = point["fastest_exact"]
+        print(
+            f"  floor {point['floor_seconds'] * 1e3:.3f} ms; fastest exact ({fastest}) "
+            f"{seconds[fastest] * 1e3:.3f} ms: floor / fastest {point['floor_over_fastest']:.0%}"
+            f" (fastest rounds: {point['floor_over_fastest_min']:.0%}; target ≥ "
+            f"{FLOOR_TARGET:.0%}), floor / bptt {point['floor_over_bptt']:.0%}; best plain JAX "
+            f"({point['best_plain']}) ×{point['best_plain_over_fastest']:.2f} the fastest exact"
+        )
+    if "fill_seconds" in point:
+        print(
+            f"  Ω fill (omega − bptt) {point['fill_seconds'] * 1e3:.3f} ms; loop floor "
+            f"({point['fill_rows']}·m rows × {T - 1} steps) "
+            f"{point['fill_floor_seconds'] * 1e3:.3f} ms: {point['fill_floor_over_fill']:.0%} "
+            f"(fastest rounds: {point['fill_floor_over_fill_min']:.0%}; target ≥ "
+            f"{FLOOR_TARGET:.0%})"
+        )
+
+
+def floor_section(rounds: int, quick: bool) -> list[dict]:
+    points = FILL_GRID[:1] if quick else FILL_GRID
+    result = []
+    for T, m, d in points:
+        point = floor_point(
+            T, m, d, rounds, floor=(T, m, d) in FLOOR_GRID, fill=(T, m, d) in FILL_GRID
+        )
+        print_floor_point(point)
+        result.append(point)
+    return result
+
+
+def floor_markdown(points: list[dict]) -> list[str]:
+    lines = [
+        "## The floor: the fastest exact method against the same work done by plain pieces",
+        "",
+        "Floor = the four time-parallel GEMMs of the gradient (X Wᵀ, ∂W, ∂S, ∂X as "
+        "(T·m, d) × (d, d) products) + one forward loop of T steps `tanh(h Sᵀ + u)` + one "
+        "backward loop of T steps `(g S) ⊙ s`, each loop the fastest of `lax.scan` (unroll "
+        "1, 4, 16) and an in-place `fori_loop`. Best plain JAX = the fastest `jax.grad` "
+        "through `lax.scan` (unroll 1, 4, 16; input projection hoisted or not). Target: "
+        f"fastest exact ≥ {FLOOR_TARGET:.0%} of the floor. Medians; in brackets the same "
+        "ratio from each program's fastest round (the machine's load weighs least there).",
+        "",
+        "| (T, m, d) | load | floor ms | bptt ms | omega block=1 ms | floor / fastest exact "
+        "| best plain JAX | its ms | its time / fastest exact |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for p in points:
+        if "floor_seconds" not in p:
+            continue
+        s = p["seconds"]
+        load = ", ".join(f"{x:.1f}" for x in p["load_average"]) if p["load_average"] else "—"
+        lines.append(
+            f"| ({p['T']}, {p['m']}, {p['d']}) | {load} | {p['floor_seconds'] * 1e3:.3f} | "
+            f"{s['dprnn bptt'] * 1e3:.3f} | {s['dprnn omega block=1'] * 1e3:.3f} | "
+            f"{p['floor_over_fastest']:.0%} ({p['floor_over_fastest_min']:.0%}) | "
+            f"{p['best_plain']} | {s[p['best_plain']] * 1e3:.3f} | "
+            f"{p['best_plain_over_fastest']:.2f} |"
+        )
+    lines += ["", "Floor parts and the parts of the bptt gradient (median ms):", ""]
+    for p in points:
+        if "floor_parts" in p:
+            parts = "; ".join(f"{n}: {v * 1e3:.3f}" for n, v in p["floor_parts"].items())
+            bptt = "; ".join(
+                f"{n[len('part: ') :]}: {v * 1e3:.3f}"
+                for n, v in p["seconds"].items()
+                if n.startswith("part: ")
+            )
+            lines.append(f"* ({p['T']}, {p['m']}, {p['d']}): floor: {parts}. bptt: {bptt}.")
+    lines += [
+        "",
+        "Ω fill = omega's gradient time − bptt's, against its loop floor: a `fori_loop` of "
+        "T − 1 steps, each one ⌈T/2⌉·m-row product (the average diagonal) with the same "
+        "multiply-add `acc += (x S) ⊙ s`, static operands.",
+        "",
+        "| (T, m, d) | load | omega ms | bptt ms | Ω fill ms | loop floor ms | floor / fill |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        if "fill_seconds" in p:
+            s = p["seconds"]
+            load = ", ".join(f"{x:.1f}" for x in p["load_average"]) if p["load_average"] else "—"
+            lines.append(
+                f"| ({p['T']}, {p['m']}, {p['d']}) | {load} | {s['dprnn omega'] * 1e3:.3f} | "
+                f"{s['dprnn bptt'] * 1e3:.3f} | {p['fill_seconds'] * 1e3:.3f} | "
+                f"{p['fill_floor_seconds'] * 1e3:.3f} | {p['fill_floor_over_fill']:.0%} "
+                f"({p['fill_floor_over_fill_min']:.0%}) |"
+            )
+    lines.append("")
+    return lines
 
 
 # --------------------------------------------------------------------------- report
@@ -292,6 +674,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-matmul-rows", type=int, default=1 << 21, help="cap of the roofline matmul rows"
     )
     parser.add_argument("--quick", action="store_true", help="first grid point only, 10 rounds")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only the floor comparison; writes benchmark_floor.md and .json",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
@@ -300,7 +687,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = machine_description()
     print(f"machine: {machine}", flush=True)
-    report: dict = {"machine": machine, "rounds": rounds, "python": platform.python_version()}
+    report: dict = {
+        "machine": machine,
+        "rounds": rounds,
+        "python": platform.python_version(),
+        "command": " ".join(
+            ["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+    }
+
+    print("\nthe floor (fastest exact method vs the same work by plain pieces):", flush=True)
+    report["floor"] = floor_section(rounds, args.quick)
+    if args.floor:
+        report["wall_seconds"] = time.perf_counter() - started
+        write_report(args.out, "benchmark_floor", report, floor_only_markdown(report))
+        return 0
 
     report["grid"] = []
     for index, (T, m, d) in enumerate(grid):
@@ -379,29 +780,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:28s} {value / 2**20:8.2f} MiB  ({ratio:.2f}× jax.grad)")
 
     report["wall_seconds"] = time.perf_counter() - started
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, "benchmark.md"), "w") as f:
-        f.write(markdown(report))
-    print(
-        f"\nwrote {args.out}/benchmark.md, {args.out}/benchmark.json "
-        f"({report['wall_seconds']:.0f} s)"
-    )
+    write_report(args.out, "benchmark", report, markdown(report))
     return 0
 
 
-def markdown(report: dict) -> str:
-    lines = [
-        "# Benchmark: one full gradient of the sequence loss (forward + backward)",
+def write_report(out: str, stem: str, report: dict, text: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(text)
+    print(f"\nwrote {out}/{stem}.md, {out}/{stem}.json ({report['wall_seconds']:.0f} s)")
+
+
+def header(report: dict, title: str) -> list[str]:
+    return [
+        f"# {title}",
         "",
-        f"Machine: {report['machine']}. Median of {report['rounds']} alternating rounds "
-        "after two warm-up calls, compile excluded, all contenders in one process. "
-        f"One tanh layer, n = d, k = {N_CLASSES} classes, softmax cross-entropy, float32. "
+        f"Machine: {report['machine']}. Command: `{report['command']}`. Median of "
+        f"{report['rounds']} alternating rounds after two warm-up calls, compile excluded, "
+        "all contenders in one process. One tanh layer, n = d, "
+        f"k = {N_CLASSES} classes, softmax cross-entropy, float32.",
+        "",
+    ]
+
+
+def floor_only_markdown(report: dict) -> str:
+    lines = header(report, "Benchmark: the floor comparison")
+    lines += floor_markdown(report["floor"])
+    lines += [f"Total benchmark time: {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    lines = header(report, "Benchmark: one full gradient of the sequence loss (forward + backward)")
+    lines += [
         "Speed-up = time of `jax.grad` through a hand-written `lax.scan` / time of the "
         "contender (> 1 is faster). Memory = `compile().memory_analysis()` temporaries.",
         "",
     ]
+    lines += floor_markdown(report["floor"])
     for point in report["grid"]:
         lines += [
             f"## T = {point['T']}, m = {point['m']}, n = d = {point['d']}",

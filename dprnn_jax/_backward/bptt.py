@@ -2,9 +2,14 @@
 
     Δ_{T-1} = P_{T-1},    Δ_i = P_i + Δ_{i+1} Ω(i+1, i)
 
-One (m, d) × (d, d) product per step, T-1 in all, in a reverse `lax.scan`. With
+One (m, d) × (d, d) product per step, T-1 in all, in a reverse loop. With
 `truncation=K` the carry becomes a window of the K+1 most recent lags
 (`truncated_bptt.py`).
+
+For an Elman layer the loop is fused (`elman_bptt_delta`): with P_i = h̄_i ⊙ σ'(Z_i) and
+Ω(i+1, i) = S diag(σ'(Z_i)), the step is `Δ_i = (h̄_i + Δ_{i+1} S) ⊙ σ'(Z_i)`, σ'(Z_i)
+computed from the stored h_i inside the step: neither P nor σ' is written out as a
+(T, m, d) array first.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._model.activations import get_activation
 from .base import (
     GradientAlgorithm,
     check_checkpoint,
@@ -23,14 +29,28 @@ from .base import (
     set_option,
 )
 from .error_flow import ErrorFlow
+from .gradients import Residuals, cotangents_from_delta
 from .jacobian import StepJacobian
 from .truncated_bptt import truncated_bptt_error_flow
+
+
+def _row(x: jax.Array, i: jax.Array) -> jax.Array:
+    # Loop indices are never negative: no wrap-around select in the loop body.
+    return lax.dynamic_index_in_dim(x, i, keepdims=False, allow_negative_indices=False)
+
+
+def _set_row(x: jax.Array, row: jax.Array, i: jax.Array) -> jax.Array:
+    return lax.dynamic_update_index_in_dim(x, row, i, 0, allow_negative_indices=False)
 
 
 def bptt_error_flow(injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
     """Δ by the O(T) reverse recurrence.
 
-    scan :: Δ_{i+1} over i = T−2 … 0 -> Δ_i.
+    loop :: Δ_{i+1} over i = T−2 … 0 -> Δ_i.
+
+    Each Δ_i is written over the row P_i it has just read (the loop carries `injected`
+    and fills it in place), so there is no output buffer to allocate and no last row to
+    join on afterwards.
 
     Args:
         injected: P, shape (T, m, d).
@@ -39,18 +59,54 @@ def bptt_error_flow(injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
     Returns:
         `ErrorFlow` with Δ of shape (T, m, d).
     """
+    T = injected.shape[0]
+    per_step = jacobian.per_step
 
-    def step(delta_next, inputs):
-        p, per_step = inputs
-        delta = p + jacobian.pull(delta_next, per_step)
-        return delta, delta
+    def step(j, carry):
+        delta_next, deltas = carry
+        i = T - 2 - j
+        steps_data = jax.tree.map(lambda x: _row(x, i), per_step)
+        delta = _row(deltas, i) + jacobian.pull(delta_next, steps_data)
+        return delta, _set_row(deltas, delta, i)
 
-    last = injected[-1]
-    earlier_steps = jacobian.sliced(0, injected.shape[0] - 1).per_step
-    _, earlier = lax.scan(step, last, (injected[:-1], earlier_steps), reverse=True)
-    delta = jnp.concatenate([earlier, last[None]])
-    products = jnp.asarray(injected.shape[0] - 1, jnp.int32)
+    _, delta = lax.fori_loop(0, T - 1, step, (injected[-1], injected))
+    products = jnp.asarray(T - 1, jnp.int32)
     return ErrorFlow(delta, products, products)
+
+
+def elman_bptt_delta(hs: jax.Array, hs_bar: jax.Array, S: jax.Array, activation: str) -> jax.Array:
+    """Δ of an Elman layer by the reverse recurrence, fused into one loop.
+
+    loop :: Δ_{i+1} over i = T−2 … 0 -> Δ_i = (h̄_i + Δ_{i+1} S) ⊙ σ'(Z_i),
+    from Δ_{T−1} = h̄_{T−1} ⊙ σ'(Z_{T−1}).
+
+    The same Δ as `bptt_error_flow(h̄ ⊙ σ', ElmanJacobian(S, σ'))`
+    (docs/theory.md#psi-and-omega: P_i = h̄_i ⊙ σ'(Z_i), Ω(i+1, i) = S diag(σ'(Z_i))),
+    with σ'(Z_i) computed from h_i inside each step and each Δ_i written over h̄_i in
+    place; T−1 products.
+
+    Args:
+        hs: the stored states h_i = σ(Z_i), shape (T, m, d).
+        hs_bar: h̄, the cotangent of the states, shape (T, m, d).
+        S: recurrent weights (d, d).
+        activation: the activation's name (its derivative is read from h).
+
+    Returns:
+        Δ, shape (T, m, d).
+    """
+    derivative = get_activation(activation).derivative_from_output
+    T = hs.shape[0]
+
+    def step(j, carry):
+        delta_next, deltas = carry
+        i = T - 2 - j
+        delta = (_row(deltas, i) + delta_next @ S) * derivative(_row(hs, i))
+        return delta, _set_row(deltas, delta, i)
+
+    last = hs_bar[-1] * derivative(hs[-1])
+    deltas = _set_row(hs_bar, last, T - 1)
+    _, delta = lax.fori_loop(0, T - 1, step, (last, deltas))
+    return delta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +148,14 @@ class BPTT(GradientAlgorithm):
         if self.truncation is not None:
             return truncated_bptt_error_flow(injected, jacobian, max_lag=self.truncation)
         return bptt_error_flow(injected, jacobian)
+
+    def layer_cotangents(self, residuals: Residuals, hs_bar: jax.Array, activation: str):
+        if self.truncation is not None:
+            return super().layer_cotangents(residuals, hs_bar, activation)
+        # The exact Elman layer: the fused loop (module docstring), then the contractions
+        # of docs/theory.md#gradients-from-delta.
+        delta = elman_bptt_delta(residuals.hs, hs_bar, residuals.params.S, activation)
+        return cotangents_from_delta(residuals, delta)
 
     def closed_form_products(self, T: int) -> int:
         if self.truncation is None:

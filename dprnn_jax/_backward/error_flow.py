@@ -45,9 +45,31 @@ class ErrorFlow(NamedTuple):
 def sum_over_steps(delta: jax.Array, inputs: jax.Array) -> jax.Array:
     """`Σ_t δ_tᵀ x_t` over every (step, row): (T, m, d), (T, m, n) -> (d, n).
 
-    One 2-D product contracting the flattened T·m axis; XLA's CPU backend runs it about
-    1.2–2× faster than the same contraction written as a 3-D einsum (measured with
-    scripts/benchmark.py's machinery at T·m = 4096 and 16384).
+    `contract_over_steps` with one input.
     """
-    d, n = delta.shape[-1], inputs.shape[-1]
-    return lax.dot_general(delta.reshape(-1, d), inputs.reshape(-1, n), (((0,), (0,)), ((), ())))
+    return contract_over_steps(delta, (inputs,))[0]
+
+
+def contract_over_steps(delta: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """`Σ_t δ_tᵀ x_t` for each x in `inputs`: (T, m, d), ((T, m, n_k), …) -> ((d, n_k), …).
+
+    Each is one 2-D product contracting the flattened T·m axis. On CPU, Δ is first
+    transposed ONCE into a (d, T·m) array shared by all the products: XLA's CPU backend
+    gives a product contracting the leading axis of both operands to a generic kernel,
+    1.5–1.8× slower than the ordinary (d, K) × (K, n) matrix product it gets after the
+    transpose, which costs one pass over Δ (docs/performance.md#floor). The
+    optimisation barrier keeps XLA from folding the transpose back into the products;
+    other platforms contract directly.
+    """
+    d = delta.shape[-1]
+    rows = delta.reshape(-1, d)
+    flat = tuple(x.reshape(-1, x.shape[-1]) for x in inputs)
+
+    def direct(rows, flat):
+        return tuple(lax.dot_general(rows, x, (((0,), (0,)), ((), ()))) for x in flat)
+
+    def transposed_once(rows, flat):
+        columns = lax.optimization_barrier(rows.T)
+        return tuple(columns @ x for x in flat)
+
+    return lax.platform_dependent(rows, flat, cpu=transposed_once, default=direct)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from .._model.activations import get_activation
 from .._model.params import LayerParams
 from .._model.tokens import is_token_input, token_weight_gradient
-from .error_flow import sum_over_steps
+from .error_flow import contract_over_steps
 from .jacobian import ElmanJacobian
 
 
@@ -49,11 +49,10 @@ def cotangents_from_delta(residuals: Residuals, delta: jax.Array):
     tokens = is_token_input(xs)
     if tokens:
         grad_W = token_weight_gradient(delta, xs, params.W.shape[1])
+        (grad_S,) = contract_over_steps(delta, (hs_previous,))
     else:
-        grad_W = sum_over_steps(delta, xs)
-    grad_params = LayerParams(
-        W=grad_W, S=sum_over_steps(delta, hs_previous), b=delta.sum(axis=(0, 1))
-    )
+        grad_W, grad_S = contract_over_steps(delta, (xs, hs_previous))
+    grad_params = LayerParams(W=grad_W, S=grad_S, b=delta.sum(axis=(0, 1)))
     # Token indices are not differentiable: their cotangent is a symbolic zero.
     grad_xs = None if tokens else delta @ params.W
     grad_h0 = delta[0] @ params.S

@@ -20,8 +20,9 @@ Diagonal k holds `G(i+k, i)` for `i = 0 … T-1-k`; each diagonal is ONE batched
 (rows·m, d) × (d, d) product computed from the previous one, so the triangle is filled
 in T-1 sequential steps, each parallel across time, and only the current diagonal and
 the accumulator Δ are kept (O(T·m·d) memory). The active length of diagonal k is T-k:
-to avoid multiplying the empty part, diagonals are processed in *phases*, each a
-`lax.fori_loop` over a slice of static length that shrinks geometrically.
+to avoid multiplying the empty part, diagonals are processed in *phases* of equal
+length, each a `lax.fori_loop` over a slice of static length: the rows still active at
+the phase's first diagonal.
 """
 
 from __future__ import annotations
@@ -47,11 +48,16 @@ from .checkpointed import segment_length
 from .error_flow import ErrorFlow
 from .jacobian import StepJacobian
 
-# Each phase's slice is at most 1/PHASE_SHRINK times longer than the shortest diagonal
-# it holds, so at least (1 + PHASE_SHRINK) / 2 ≈ 90% of the rows multiplied are useful.
-PHASE_SHRINK = 0.8
-# Diagonals shorter than this go into one last phase: a few wasted rows cost less
-# than one more compiled loop.
+# A phase of L diagonals multiplies L(L−1)/2 rows that lie outside the triangle, however
+# long its slice: the waste depends only on the phases' lengths. Splitting the T−1
+# diagonals into about PHASES phases of EQUAL length wastes ≈ (T−1)²/(2·PHASES) of the
+# ≈ T²/2 useful rows, i.e. ≈ 1/PHASES (5%); a geometric schedule of as many phases wastes
+# twice that. Each phase is one more compiled loop, hence not more of them.
+PHASES = 20
+# ... but no phase shorter than this: below it, a few wasted rows cost less than one more
+# compiled loop.
+PHASE_MIN = 8
+# Diagonals shorter than this go into one last phase, for the same reason.
 PHASE_TAIL = 16
 
 
@@ -63,14 +69,13 @@ def diagonal_phases(T: int, max_lag: int | None = None) -> tuple[tuple[int, int,
     Only diagonals `k ≤ max_lag` are scheduled (all T-1 if None).
     """
     last = T - 1 if max_lag is None else min(max_lag, T - 1)
+    length = max(PHASE_MIN, -(-(T - 1 - PHASE_TAIL) // PHASES))
     phases = []
     first = 1
     while first <= last:
         rows = T - first
-        if rows <= PHASE_TAIL:
-            stop = T
-        else:
-            stop = max(first + 1, T - int(PHASE_SHRINK * rows))
+        # The last diagonals, short, join the tail phase rather than start a new one.
+        stop = T if rows <= PHASE_TAIL + length // 2 else first + length
         stop = min(stop, last + 1)
         phases.append((first, stop, rows))
         first = stop

@@ -4,7 +4,7 @@ Two forms compute the same `hs`:
 
 * `scan_layer` is the textbook loop (what a JAX user writes by hand); `method="autodiff"`
   differentiates it with `jax.grad`.
-* `hoisted_layer` first computes the input projection `X_t Wᵀ + b` of all steps in ONE
+* `hoisted_layer` first computes the input projection `X_t Wᵀ` of all steps in ONE
   batched product, so the sequential loop only does `h_{t-1} Sᵀ`. Its `hs` are the
   residuals from which every custom backward recovers σ'(Z_t).
 """
@@ -40,27 +40,37 @@ def scan_layer(
     return hs
 
 
-def input_projection(params: LayerParams, xs: jax.Array) -> jax.Array:
-    """`X_t Wᵀ + b` for every step at once: (T, m, n) -> (T, m, d)."""
-    return jnp.einsum("tmn,dn->tmd", xs, params.W) + params.b
-
-
 def recurrence(
-    S: jax.Array, projected: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+    S: jax.Array,
+    projected: jax.Array,
+    h0: jax.Array,
+    *,
+    activation: str = "tanh",
+    bias: jax.Array | None = None,
 ) -> jax.Array:
-    """scan :: (h0 (m, d), projected (T, m, d)) -> hs, with `h_t = σ(u_t + h_{t-1} Sᵀ)`.
+    """loop :: (h0 (m, d), projected (T, m, d)) -> hs, with `h_t = σ(u_t + b + h_{t-1} Sᵀ)`.
 
     The sequential part of every hoisted forward: `projected` already holds the input
-    term `u_t = X_t Wᵀ + b` (or its lookup, for token inputs) of every step.
+    term `u_t` (`X_t Wᵀ`, or its lookup for token inputs) of every step; `bias` (d,), if
+    given, is added inside the step.
+
+    Each h_t is written over the row u_t it has just been read from, so the states take
+    no buffer of their own: a `lax.scan` stacking its outputs would first fill a
+    (T, m, d) buffer with zeros, and adding `b` to `projected` beforehand would be one
+    more pass over it (docs/performance.md#floor). Each step is one small product and
+    one fused elementwise update.
     """
     sigma = get_activation(activation).fn
     S_T = S.T
+    b = jnp.zeros((), projected.dtype) if bias is None else bias
 
-    def step(h, u):
-        h = sigma(u + h @ S_T)
-        return h, h
+    def step(t, carry):
+        h, states = carry
+        u = lax.dynamic_index_in_dim(states, t, keepdims=False, allow_negative_indices=False)
+        h = sigma(u + b + h @ S_T)
+        return h, lax.dynamic_update_index_in_dim(states, h, t, 0, allow_negative_indices=False)
 
-    _, hs = lax.scan(step, h0, projected)
+    _, hs = lax.fori_loop(0, projected.shape[0], step, (h0, projected))
     return hs
 
 
@@ -68,4 +78,5 @@ def hoisted_layer(
     params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
 ) -> jax.Array:
     """Same result as `scan_layer`, with the input projection hoisted out of the loop."""
-    return recurrence(params.S, input_projection(params, xs), h0, activation=activation)
+    projected = jnp.einsum("tmn,dn->tmd", xs, params.W)
+    return recurrence(params.S, projected, h0, activation=activation, bias=params.b)
