@@ -1,10 +1,20 @@
-"""Test helpers: tolerances, a tree comparison with explicit tolerances, and the oracle.
+"""Shared test helpers: tolerances, a tree comparison with explicit tolerances, the
+algorithms under test, the problem builders and the oracles.
 
-The oracle is a plain `lax.scan` Elman network written here, independently of the
-library, and differentiated with `jax.grad` (DESIGN.md §5).
+* The algorithms come from the library's registry (`dprnn_jax.backward.ALGORITHMS`), so
+  a new algorithm is tested against the oracle without editing any test.
+* The builders draw their random numbers with NumPy, not `jax.random`: every eager JAX
+  operation compiles a small program for each new shape (about 0.1 s on a CPU), which
+  made building the problems of the gradient grid cost more than checking them.
+* The oracles are a plain `lax.scan` Elman network written here, independently of the
+  library, differentiated with `jax.grad`; `alone_loss` runs every sequence of a padded
+  batch on its own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,29 +24,236 @@ from jax import lax
 
 import dprnn_jax as dj
 
-# DESIGN.md §5: max relative error of every gradient against jax.grad.
+# Max relative error (normwise, per leaf) of every gradient against the oracle.
 RTOL = {jnp.dtype("float32"): 1e-4, jnp.dtype("float64"): 1e-10}
 
 SIGMAS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}
 
+# The algorithms under test, by name, from the library's one registry; the custom rules
+# are all but "autodiff" (`jax.grad` through the library's plain `lax.scan`).
+ALGORITHMS = dj.backward.ALGORITHMS
+CUSTOM_METHODS = tuple(name for name, cls in ALGORITHMS.items() if cls.uses_custom_vjp)
+
+
+def method_forms(name: str) -> tuple[str | dj.backward.GradientAlgorithm, ...]:
+    """The two spellings of `method=` for a registered algorithm: its name and its object."""
+    return name, ALGORITHMS[name]()
+
+
+def _cheap_compile_options() -> dict[str, object]:
+    """XLA options for the large comparison programs of the tests, or {} where unknown.
+
+    Those programs are compiled once and run for milliseconds, so nearly all their cost is
+    XLA optimising machine code: on a CPU, the legacy elemental emitters at LLVM -O0
+    compile them four to five times faster. They change how XLA emits code, not which
+    operations it computes (results agree to rounding, within every tolerance here).
+    Everything else in the suite, and every user program, compiles with the defaults.
+    """
+    options = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
+    except Exception:  # an older or newer XLA without these options: compile as usual
+        return {}
+    return options
+
+
+CHEAP_COMPILE = _cheap_compile_options()
+
+
+# ---------------------------------------------------------------------------------------
+# Comparisons
+
 
 def max_relative_error(actual, expected) -> float:
-    """Largest, over leaves, of max|actual − expected| / max|expected| (normwise, per leaf)."""
-    worst = 0.0
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    """Largest, over leaves, of max|actual − expected| / max|expected| (normwise, per leaf).
+
+    A leaf whose expected values are all zero contributes its absolute error.
+    """
+    return max((error for _, error in _leaf_errors(actual, expected)), default=0.0)
+
+
+def _leaf_errors(actual, expected):
+    """(path, normwise relative error) for every leaf, in tree order."""
+    actual_leaves, actual_tree = jax.tree_util.tree_flatten_with_path(actual)
+    expected_leaves, expected_tree = jax.tree_util.tree_flatten_with_path(expected)
+    assert actual_tree == expected_tree, f"tree structures differ: {actual_tree} vs {expected_tree}"
+    for (path, a), (_, e) in zip(actual_leaves, expected_leaves, strict=True):
         a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
-        assert a.shape == e.shape, (a.shape, e.shape)
+        assert a.shape == e.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape} vs {e.shape}"
         scale = np.max(np.abs(e)) if e.size else 0.0
         error = np.max(np.abs(a - e)) if e.size else 0.0
-        worst = max(worst, error / scale if scale > 0 else error)
-    return float(worst)
+        yield jax.tree_util.keystr(path), float(error / scale if scale > 0 else error)
 
 
-def assert_trees_close(actual, expected, *, rtol: float) -> None:
-    """Asserts equal tree structure and max relative error ≤ rtol (no default on purpose)."""
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    error = max_relative_error(actual, expected)
-    assert error <= rtol, f"max relative error {error:.3e} exceeds {rtol:.0e}"
+def assert_trees_close(actual, expected, *, rtol: float, atol: float = 0.0) -> None:
+    """Asserts the same tree structure and, for every leaf, max|a − e| ≤ atol + rtol·max|e|
+    (normwise; a leaf whose expected values are all zero is held to atol + rtol).
+
+    `rtol` has no default on purpose: tight for float64 (1e-10 for gradients), looser for
+    float32 (1e-4). Use it for any two values computed by two different programs (jit and
+    eager, vmapped and not, one method and another), which XLA may sum in another order;
+    bitwise equality is only for claims about the same program. NaNs never compare close.
+    """
+    actual_leaves, actual_tree = jax.tree_util.tree_flatten_with_path(actual)
+    expected_leaves, expected_tree = jax.tree_util.tree_flatten_with_path(expected)
+    assert actual_tree == expected_tree, f"tree structures differ: {actual_tree} vs {expected_tree}"
+    failures = []
+    for (path, a), (_, e) in zip(actual_leaves, expected_leaves, strict=True):
+        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        name = jax.tree_util.keystr(path) or "value"
+        assert a.shape == e.shape, f"{name}: shape {a.shape} vs {e.shape}"
+        if not a.size:
+            continue
+        error, scale = np.max(np.abs(a - e)), np.max(np.abs(e))
+        if not error <= atol + rtol * (scale if scale > 0 else 1.0):
+            failures.append(f"{name}: max|error| {error:.3e}, max|expected| {scale:.3e}")
+    assert not failures, f"not close with rtol={rtol:.0e}, atol={atol:.0e}:\n" + "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------
+# Builders
+
+# The gradient problems: n inputs, k classes, hidden sizes by depth (unequal, so that a
+# transposed weight cannot pass).
+N_INPUTS, N_CLASSES = 3, 4
+HIDDEN = {1: (4,), 2: (4, 3), 3: (4, 3, 5)}
+
+
+class Problem(NamedTuple):
+    """A random network, a batch and its targets, a ragged mask and initial states."""
+
+    params: dj.RNNParams
+    xs: jax.Array
+    targets: jax.Array
+    mask: jax.Array
+    h0s: tuple[jax.Array, ...]
+
+
+def _rng(seed) -> np.random.Generator:
+    """A NumPy generator from an int, or from a JAX key (its raw bits)."""
+    if isinstance(seed, jax.Array):
+        if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            seed = jax.random.key_data(seed)
+        seed = np.asarray(seed).ravel().tolist()
+    return np.random.default_rng(seed)
+
+
+def _array(values: np.ndarray, dtype) -> jax.Array:
+    """A device array of `dtype` made on the host: `device_put` compiles nothing, where
+    `jnp.asarray` compiles a conversion for every new shape."""
+    return jax.device_put(np.asarray(values).astype(jnp.dtype(dtype)))
+
+
+def _orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def random_layer(seed, n: int, d: int, dtype, *, noise: float = 0.3) -> dj.LayerParams:
+    """`LayerParams` distributed as `init_layer`'s plus `noise`·N(0, 1) on every entry, so
+    that S is not orthogonal and the bias is not zero: every term of the gradient counts.
+
+    `seed` is an int or a NumPy generator (drawn from, for the builders below).
+    """
+    rng = _rng(seed)
+    W = rng.standard_normal((d, n)) / np.sqrt(n) + noise * rng.standard_normal((d, n))
+    S = _orthogonal(rng, d) + noise * rng.standard_normal((d, d))
+    b = noise * rng.standard_normal(d)
+    return dj.LayerParams(_array(W, dtype), _array(S, dtype), _array(b, dtype))
+
+
+def random_readout(seed, d: int, k: int, dtype, *, noise: float = 0.3) -> dj.ReadoutParams:
+    """`ReadoutParams` (k, d), drawn as by `random_layer`."""
+    rng = _rng(seed)
+    W = rng.standard_normal((k, d)) / np.sqrt(d) + noise * rng.standard_normal((k, d))
+    return dj.ReadoutParams(_array(W, dtype), _array(noise * rng.standard_normal(k), dtype))
+
+
+def random_rnn(seed, n_inputs: int, hidden: Sequence[int], n_outputs: int, dtype):
+    """`RNNParams` of unidirectional layers `hidden`, drawn as by `random_layer`."""
+    rng = _rng(seed)
+    sizes = (n_inputs, *hidden)
+    layers = tuple(random_layer(rng, n, d, dtype) for n, d in zip(sizes[:-1], sizes[1:]))
+    return dj.RNNParams(layers, random_readout(rng, sizes[-1], n_outputs, dtype))
+
+
+def random_stack(seed, kinds: Sequence[str], n_inputs: int, hidden: int, n_outputs: int, dtype):
+    """`RNNParams` with one layer per entry of `kinds`: "bi" (bidirectional, `hidden`
+    units per direction) or "uni" (`hidden` units)."""
+    rng = _rng(seed)
+    layers, n = [], n_inputs
+    for kind in kinds:
+        if kind == "bi":
+            pair = [random_layer(rng, n, hidden, dtype) for _ in range(2)]
+            layers.append(dj.BidirectionalParams(*pair))
+            n = 2 * hidden
+        else:
+            layers.append(random_layer(rng, n, hidden, dtype))
+            n = hidden
+    return dj.RNNParams(tuple(layers), random_readout(rng, n, n_outputs, dtype))
+
+
+def random_inputs(seed, shape: Sequence[int], dtype) -> jax.Array:
+    """Standard normal inputs of `shape`."""
+    return _array(_rng(seed).standard_normal(tuple(shape)), dtype)
+
+
+def random_targets(seed, T: int, m: int, k: int, dtype, *, loss: str = "softmax_cross_entropy"):
+    """Targets for `loss`: class indices (T, m), or values (T, m, k) in [0, 1] for
+    sigmoid cross-entropy, or normal values for mse."""
+    rng = _rng(seed)
+    if loss == "softmax_cross_entropy":
+        return _array(rng.integers(0, k, (T, m)), jnp.int32)
+    if loss == "sigmoid_binary_cross_entropy":
+        return _array(rng.uniform(size=(T, m, k)), dtype)
+    return _array(rng.standard_normal((T, m, k)), dtype)
+
+
+def length_mask(lengths: Sequence[int], T: int, dtype) -> jax.Array:
+    """(T, m) mask, 1 at the steps t < lengths[v] of each sequence v."""
+    return _array(np.arange(T)[:, None] < np.asarray(lengths)[None, :], dtype)
+
+
+def make_problem(
+    seed,
+    T: int,
+    m: int,
+    n_layers: int,
+    dtype,
+    *,
+    loss: str = "softmax_cross_entropy",
+    lengths: Sequence[int] | None = None,
+) -> Problem:
+    """A `Problem` with `n_layers` layers of sizes `HIDDEN[n_layers]`.
+
+    The mask is ragged: sequence v is valid for `lengths[v]` steps, random in [1, T] if
+    not given. The initial states are random, so that their gradients are checked too.
+    """
+    rng = _rng(seed)
+    params = random_rnn(rng, N_INPUTS, HIDDEN[n_layers], N_CLASSES, dtype)
+    xs = random_inputs(rng, (T, m, N_INPUTS), dtype)
+    targets = random_targets(rng, T, m, N_CLASSES, dtype, loss=loss)
+    if lengths is None:
+        lengths = rng.integers(1, T + 1, m)
+    h0s = tuple(_array(0.5 * rng.standard_normal((m, d)), dtype) for d in HIDDEN[n_layers])
+    return Problem(params, xs, targets, length_mask(lengths, T, dtype), h0s)
+
+
+def no_mask_and(mask: jax.Array) -> jax.Array:
+    """(2, T, m): all ones, then `mask`; a test vmaps over it to check both at once."""
+    return jnp.stack([jnp.ones_like(mask), mask])
+
+
+# ---------------------------------------------------------------------------------------
+# The library's loss and the oracles
+
+
+def library_loss(params, xs, targets, mask, h0s, *, loss, activation, method, **options):
+    """The library's network and cost, in the form of `reference_loss`."""
+    outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method, **options)
+    return dj.per_step_losses(outputs, targets, mask=mask, loss=loss).sum() / xs.shape[1]
 
 
 def reference_layer(W, S, b, xs, h0, activation):
@@ -51,7 +268,7 @@ def reference_layer(W, S, b, xs, h0, activation):
 
 
 def reference_loss(params, xs, targets, mask=None, h0s=None, *, loss, activation):
-    """The model and cost of DESIGN.md §1, written out by hand."""
+    """The model and cost of docs/theory.md, written out by hand."""
     hs = xs
     h0s = h0s if h0s is not None else [None] * len(params.layers)
     for layer, h0 in zip(params.layers, h0s, strict=True):
@@ -70,48 +287,9 @@ def reference_loss(params, xs, targets, mask=None, h0s=None, *, loss, activation
     return losses.sum() / xs.shape[1]
 
 
-# ---------------------------------------------------------------------------------------
-# Shared problems: the gradient grid's random networks, and bidirectional stacks with the
-# oracle that runs every sequence alone. Test modules import these, never each other.
-
-GRID_HIDDEN = {1: (4,), 2: (4, 3), 3: (4, 3, 5)}
-GRID_INPUTS, GRID_CLASSES = 3, 4
-BI_T, BI_M, BI_N, BI_K = 6, 3, 2, 3
-
-
-def make_problem(key, T, m, n_layers, dtype, *, loss="softmax_cross_entropy"):
-    """Random params, inputs, targets, a ragged mask and random initial states."""
-    k_params, k_x, k_y, k_len, k_h = jax.random.split(key, 5)
-    params = dj.init_rnn(k_params, GRID_INPUTS, GRID_HIDDEN[n_layers], GRID_CLASSES, dtype=dtype)
-    # Random (not orthogonal) S and non-zero biases exercise every term of the gradient.
-    leaves, treedef = jax.tree.flatten(params)
-    noise_keys = jax.random.split(k_params, len(leaves))
-    params = treedef.unflatten(
-        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, noise_keys)]
-    )
-    xs = jax.random.normal(k_x, (T, m, GRID_INPUTS), dtype)
-    if loss == "softmax_cross_entropy":
-        targets = jax.random.randint(k_y, (T, m), 0, GRID_CLASSES)
-    elif loss == "sigmoid_binary_cross_entropy":
-        targets = jax.random.uniform(k_y, (T, m, GRID_CLASSES), dtype)
-    else:
-        targets = jax.random.normal(k_y, (T, m, GRID_CLASSES), dtype)
-    lengths = jax.random.randint(k_len, (m,), 1, T + 1)
-    mask = (jnp.arange(T)[:, None] < lengths[None, :]).astype(dtype)
-    h0s = [
-        0.5 * jax.random.normal(k, (m, d), dtype)
-        for k, d in zip(jax.random.split(k_h, n_layers), GRID_HIDDEN[n_layers])
-    ]
-    return params, xs, targets, mask, h0s
-
-
-def library_loss(params, xs, targets, mask, h0s, *, loss, activation, method):
-    outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method)
-    return dj.per_step_losses(outputs, targets, mask=mask, loss=loss).sum() / xs.shape[1]
-
-
 def alone_states(params, x, activation):
-    """Per-layer outputs of ONE unpadded sequence x (L, 1, n), plain scans."""
+    """Per-layer outputs and final states of ONE unpadded sequence x (L, 1, n), by plain
+    scans; a bidirectional layer runs its backward direction on the flipped sequence."""
     hs, finals = x, []
     for layer in params.layers:
         if isinstance(layer, dj.BidirectionalParams):
@@ -129,7 +307,7 @@ def alone_states(params, x, activation):
 
 
 def alone_loss(params, xs, targets, lengths, *, activation="tanh"):
-    """(1/m) Σ_v Σ_{t < L_v} CE, each sequence v run alone on xs[:L_v, v]."""
+    """(1/m) Σ_v Σ_{t < L_v} CE, each sequence v run alone on xs[:L_v, v] (lengths static)."""
     total = 0.0
     for v, length in enumerate(lengths):
         hs, _ = alone_states(params, xs[:length, v : v + 1], activation)
@@ -138,32 +316,3 @@ def alone_loss(params, xs, targets, lengths, *, activation="tanh"):
             logits, targets[:length, v : v + 1]
         ).sum()
     return total / len(lengths)
-
-
-def make_bidirectional_params(kinds, dtype, seed=0):
-    """A stack with `kinds` ("bi"/"uni") layers of 3 units per direction."""
-    keys = jax.random.split(jax.random.key(seed), len(kinds) + 1)
-    layers, n = [], BI_N
-    for kind, k in zip(kinds, keys[:-1]):
-        if kind == "bi":
-            layers.append(dj.init_bidirectional_layer(k, n, 3, dtype=dtype))
-            n = 6
-        else:
-            layers.append(dj.init_layer(k, n, 3, dtype=dtype))
-            n = 3
-    leaves, treedef = jax.tree.flatten(layers)
-    noise = jax.random.split(keys[-1], len(leaves))
-    layers = treedef.unflatten(
-        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, noise)]
-    )
-    readout = dj.ReadoutParams(
-        jax.random.normal(keys[-1], (BI_K, n), dtype), jnp.zeros(BI_K, dtype)
-    )
-    return dj.RNNParams(tuple(layers), readout)
-
-
-def make_bidirectional_data(dtype):
-    k_x, k_y = jax.random.split(jax.random.key(1))
-    xs = jax.random.normal(k_x, (BI_T, BI_M, BI_N), dtype)
-    targets = jax.random.randint(k_y, (BI_T, BI_M), 0, BI_K)
-    return xs, targets

@@ -1,8 +1,8 @@
 """Bidirectional layers at any depth, every method, right-padded mixed lengths.
 
 Oracle: every sequence run ALONE on its valid steps by a plain lax.scan network
-(`alone_loss`), the backward direction on the flipped sequence, differentiated with
-jax.grad; the batch cost is (1/m) Σ_v C_v.
+(`helpers.alone_loss`), the backward direction on the flipped sequence, differentiated
+with jax.grad; the batch cost is (1/m) Σ_v C_v.
 """
 
 from __future__ import annotations
@@ -11,25 +11,34 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from helpers import (
+    ALGORITHMS,
+    CHEAP_COMPILE,
     RTOL,
     alone_loss,
     alone_states,
-    make_bidirectional_data,
-    make_bidirectional_params,
+    assert_trees_close,
     max_relative_error,
+    random_inputs,
+    random_layer,
+    random_stack,
+    random_targets,
 )
 
 import dprnn_jax as dj
 
-METHODS = ("omega", "bptt", "naive", "scan", "rtrl", "autodiff")
 T, M, N, K = 6, 3, 2, 3
 LENGTHS = ((6, 6, 6), (6, 3, 1))
 
 
-@functools.partial(jax.jit, static_argnames=("methods",))
+def make_problem(kinds, dtype):
+    """A stack of `kinds` ("bi"/"uni") layers of 3 units per direction, inputs, targets."""
+    params = random_stack(0, kinds, N, 3, K, dtype)
+    return params, random_inputs(1, (T, M, N), dtype), random_targets(2, T, M, K, dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("methods",), compiler_options=CHEAP_COMPILE)
 def library_and_oracle(params, xs, targets, *, methods):
     """Gradients of every method, vmapped over the two `LENGTHS`, and the oracle's."""
 
@@ -52,13 +61,12 @@ def library_and_oracle(params, xs, targets, *, methods):
         # By default the custom rule and autodiff (the reversal wiring is the same for
         # every method, and each method is checked against jax.grad on its own).
         (("bi", "bi"), ("omega", "autodiff")),
-        pytest.param(("bi", "uni"), METHODS, marks=pytest.mark.slow),
+        pytest.param(("bi", "uni"), tuple(ALGORITHMS), marks=pytest.mark.slow),
     ],
 )
 def test_bidirectional_stack_matches_sequences_run_alone(kinds, methods, dtype):
-    params = make_bidirectional_params(kinds, dtype)
-    xs, targets = make_bidirectional_data(dtype)
-    library, oracle = library_and_oracle(params, xs, targets, methods=methods)
+    params, xs, targets = make_problem(kinds, dtype)
+    library, oracle = jax.device_get(library_and_oracle(params, xs, targets, methods=methods))
     rtol = RTOL[jnp.dtype(dtype)]
     errors = {
         (method, lengths): max_relative_error(
@@ -71,24 +79,30 @@ def test_bidirectional_stack_matches_sequences_run_alone(kinds, methods, dtype):
 
 
 def test_bidirectional_outputs_and_final_states(x64):
-    params = make_bidirectional_params(("bi",), jnp.float64)
-    xs, _ = make_bidirectional_data(jnp.float64)
+    params, xs, _ = make_problem(("bi",), jnp.float64)
     lengths = LENGTHS[1]
-    out = dj.rnn_forward(params, xs, lengths=jnp.asarray(lengths))
+
+    @jax.jit
+    def batch_and_alone(params, xs):
+        out = dj.rnn_forward(params, xs, lengths=jnp.asarray(lengths))
+        alone = [
+            alone_states(params, xs[:length, v : v + 1], "tanh") for v, length in enumerate(lengths)
+        ]
+        logits = [hs @ params.readout.W.T + params.readout.b for hs, _ in alone]
+        return out, logits, [finals[0][0] for _, finals in alone]
+
+    out, logits, finals = batch_and_alone(params, xs)
     for v, length in enumerate(lengths):
-        hs, finals = alone_states(params, xs[:length, v : v + 1], "tanh")
-        np.testing.assert_allclose(out.final_states[0][v], finals[0][0], rtol=1e-12)
-        logits = hs @ params.readout.W.T + params.readout.b
-        np.testing.assert_allclose(out.outputs[:length, v], logits[:, 0], rtol=1e-12)
+        assert_trees_close(out.final_states[0][v], finals[v], rtol=1e-12)
+        assert_trees_close(out.outputs[:length, v], logits[v][:, 0], rtol=1e-12)
 
 
 def test_bidirectional_errors():
-    params = make_bidirectional_params(("bi",), jnp.float32)
-    xs, _ = make_bidirectional_data(jnp.float32)
+    params, xs, _ = make_problem(("bi",), jnp.float32)
     with pytest.raises(TypeError, match="BidirectionalParams"):
         dj.bidirectional_layer(params.layers[0].forward, xs)
     with pytest.raises(ValueError, match="pair"):
         dj.rnn_apply(params, xs, [jnp.zeros((M, 3))])
-    wrong = params.layers[0]._replace(backward=dj.init_layer(jax.random.key(0), N + 1, 3))
+    wrong = params.layers[0]._replace(backward=random_layer(0, N + 1, 3, jnp.float32))
     with pytest.raises(ValueError, match="same number of input features"):
         dj.rnn_apply(params._replace(layers=(wrong,)), xs)

@@ -1,73 +1,148 @@
-"""Every gradient method against jax.grad of a plain lax.scan (DESIGN.md §5).
+"""Every registered gradient algorithm against the oracle, `jax.grad` of a plain lax.scan.
 
-Grid: method × activation × {1, 2, 3} layers × T ∈ {1, 2, 3, 17} × m ∈ {1, 5} × with and
-without mask × {float32, float64}; gradients w.r.t. params, xs and every h0.
+Grid: algorithm × activation × {1, 2, 3} layers × T ∈ {1, 2, 3, 17} × m ∈ {1, 5} × with
+and without a ragged mask × {float32, float64}; the gradients w.r.t. params, xs and
+every h0 must agree with the oracle's to a relative error of 1e-4 (float32) or 1e-10
+(float64). The algorithms are those of `dprnn_jax.backward.ALGORITHMS`, so a new one is
+checked without editing this file; half of the cases pass the algorithm object, half
+its name.
+
+The grid's cost is compiling it, so each test compiles ONE program: for its
+(activation, depth, dtype), every (T, m) problem and every algorithm, with the oracle's
+gradient computed once per problem and shared by all algorithms, each vmapped over the
+two masks (so every custom rule also runs under `vmap`). The problems are drawn with
+NumPy, which compiles nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import RTOL, library_loss, make_problem, max_relative_error, reference_loss
+from helpers import (
+    ALGORITHMS,
+    CHEAP_COMPILE,
+    RTOL,
+    library_loss,
+    make_problem,
+    max_relative_error,
+    no_mask_and,
+    reference_loss,
+)
 
-METHODS = ["omega", "bptt", "naive", "autodiff"]
-ACTIVATIONS = ["tanh", "sigmoid", "relu"]
-HIDDEN = {1: (4,), 2: (4, 3), 3: (4, 3, 5)}
-N_INPUTS, N_CLASSES = 3, 4
+import dprnn_jax as dj
+
+ACTIVATIONS = tuple(dj.ACTIVATIONS)
+DEPTHS = (1, 2, 3)
+SHAPES = tuple(itertools.product((1, 2, 3, 17), (1, 5)))  # (T, m)
+MASKS = ("no mask", "ragged mask")
+
+# Each algorithm on all 8 (T, m) of every test adds about 25 s of CPU time to the suite,
+# nearly all of it compilation. These run on fewer (T, m) per test, which rotate from
+# test to test so that every (T, m) is still checked for every dtype (see the last
+# test): "scan" and "rtrl", whose programs are the largest; "autodiff", which is `jax.grad`
+# of the library's own plain scan, the oracle's computation on the library's forward.
+SUB_GRIDS = {"scan": 3, "rtrl": 3, "autodiff": 1}
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "activation"))
-def all_gradients(params, xs, targets, masks, h0s, *, loss, activation):
-    """Gradients w.r.t. (params, xs, h0s) of every method and of the oracle.
+def shapes_checked(name: str, activation: str, n_layers: int) -> tuple[tuple[int, int], ...]:
+    """The (T, m) at which the test of (activation, n_layers) checks algorithm `name`."""
+    if name not in SUB_GRIDS:
+        return SHAPES
+    count = SUB_GRIDS[name]
+    first = 3 * ACTIVATIONS.index(activation) + n_layers + 4 * list(SUB_GRIDS).index(name)
+    return tuple(SHAPES[(first + k * len(SHAPES) // count) % len(SHAPES)] for k in range(count))
 
-    Vmapped over `masks` (all-ones and ragged), so one compiled program covers both
-    and every custom rule is also exercised under `vmap`.
-    """
 
-    def for_mask(mask):
-        grads = {
-            method: jax.grad(library_loss, (0, 1, 4))(
-                params, xs, targets, mask, h0s, loss=loss, activation=activation, method=method
-            )
-            for method in METHODS
-        }
-        grads["oracle"] = jax.grad(reference_loss, (0, 1, 4))(
-            params, xs, targets, mask, h0s, loss=loss, activation=activation
+def methods_at(T: int, m: int, activation: str, n_layers: int) -> tuple:
+    """The `method=` arguments checked at (T, m): objects when m > 1, names when m = 1."""
+    names = [name for name in ALGORITHMS if (T, m) in shapes_checked(name, activation, n_layers)]
+    return tuple(ALGORITHMS[name]() if m > 1 else name for name in names)
+
+
+def problem_gradients(problem, mask, *, loss, activation, methods):
+    """Gradients w.r.t. (params, xs, h0s) of every method, keyed by name, and of the
+    oracle, keyed "oracle", with `mask` in place of the problem's own."""
+    params, xs, targets, _, h0s = problem
+    argnums, options = (0, 1, 4), dict(loss=loss, activation=activation)
+    grads = {
+        getattr(method, "name", method): jax.grad(library_loss, argnums)(
+            params, xs, targets, mask, h0s, method=method, **options
         )
-        return grads
+        for method in methods
+    }
+    grads["oracle"] = jax.grad(reference_loss, argnums)(params, xs, targets, mask, h0s, **options)
+    return grads
 
-    return jax.vmap(for_mask)(masks)
+
+@functools.partial(jax.jit, static_argnames=("activation", "plans"), compiler_options=CHEAP_COMPILE)
+def gradients_and_oracle(problems, *, activation, plans):
+    """`problem_gradients` of problem p with the (loss, methods) of `plans[p]`, vmapped
+    over the masks (none, the problem's ragged one): ONE compiled program for all."""
+    return [
+        jax.vmap(
+            functools.partial(
+                problem_gradients, problem, loss=loss, activation=activation, methods=methods
+            )
+        )(no_mask_and(problem.mask))
+        for problem, (loss, methods) in zip(problems, plans, strict=True)
+    ]
 
 
-def assert_every_method_matches_oracle(grads, dtype):
-    errors = {method: max_relative_error(grads[method], grads["oracle"]) for method in METHODS}
+def assert_every_method_matches_oracle(labels, results, dtype):
+    """Fails listing every (case, mask, method) whose error exceeds the dtype's rtol."""
     rtol = RTOL[jnp.dtype(dtype)]
-    assert all(error <= rtol for error in errors.values()), f"rtol {rtol:.0e}: {errors}"
+    errors = {}
+    # On the host: indexing device arrays would compile one program per leaf shape.
+    for label, grads in zip(labels, jax.device_get(results), strict=True):
+        for index, mask in enumerate(MASKS):
+            at = jax.tree.map(lambda g, i=index: g[i], grads)
+            oracle = at.pop("oracle")
+            for method, grad in at.items():
+                errors[f"{label}, {mask}, {method}"] = max_relative_error(grad, oracle)
+    failures = {case: error for case, error in errors.items() if not error <= rtol}
+    assert not failures, f"{len(failures)} of {len(errors)} cases above rtol {rtol:.0e}:\n" + (
+        "\n".join(f"  {case}: max relative error {error:.2e}" for case, error in failures.items())
+    )
 
 
-@pytest.mark.parametrize("m", [1, 5])
-@pytest.mark.parametrize("T", [1, 2, 3, 17])
-@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("n_layers", DEPTHS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_every_method_matches_jax_grad(activation, n_layers, T, m, dtype):
-    params, xs, targets, ragged_mask, h0s = make_problem(
-        jax.random.key(T * 100 + m), T, m, n_layers, dtype
+def test_every_algorithm_matches_jax_grad(activation, n_layers, dtype):
+    problems = [make_problem(T * 100 + m, T, m, n_layers, dtype) for T, m in SHAPES]
+    plans = tuple(
+        ("softmax_cross_entropy", methods_at(T, m, activation, n_layers)) for T, m in SHAPES
     )
-    masks = jnp.stack([jnp.ones_like(ragged_mask), ragged_mask])
-    grads = all_gradients(
-        params, xs, targets, masks, h0s, loss="softmax_cross_entropy", activation=activation
-    )
-    assert_every_method_matches_oracle(grads, dtype)
+    results = gradients_and_oracle(problems, activation=activation, plans=plans)
+    labels = [f"{activation}, {n_layers} layers, T={T}, m={m}" for T, m in SHAPES]
+    assert_every_method_matches_oracle(labels, results, dtype)
 
 
-@pytest.mark.parametrize("loss", ["sigmoid_binary_cross_entropy", "mse"])
-def test_other_losses_match_jax_grad(loss, dtype):
-    params, xs, targets, ragged_mask, h0s = make_problem(
-        jax.random.key(7), 9, 3, 2, dtype, loss=loss
-    )
-    masks = jnp.stack([jnp.ones_like(ragged_mask), ragged_mask])
-    grads = all_gradients(params, xs, targets, masks, h0s, loss=loss, activation="tanh")
-    assert_every_method_matches_oracle(grads, dtype)
+def test_other_losses_match_jax_grad(dtype):
+    losses = ("sigmoid_binary_cross_entropy", "mse")
+    problems = [make_problem(7, 9, 3, 2, dtype, loss=loss) for loss in losses]
+    methods = tuple(name for name in ALGORITHMS if name not in SUB_GRIDS)
+    plans = tuple((loss, methods) for loss in losses)
+    results = gradients_and_oracle(problems, activation="tanh", plans=plans)
+    labels = [f"{loss}, tanh, 2 layers, T=9, m=3" for loss in losses]
+    assert_every_method_matches_oracle(labels, results, dtype)
+
+
+def test_the_grid_checks_every_algorithm_at_every_shape():
+    """Per dtype, the tests together check every registered algorithm at every (T, m),
+    by name and as an object."""
+    checked = {
+        (getattr(method, "name", method), T, m, isinstance(method, str))
+        for activation, n_layers in itertools.product(ACTIVATIONS, DEPTHS)
+        for T, m in SHAPES
+        for method in methods_at(T, m, activation, n_layers)
+    }
+    assert {(name, T, m) for name, T, m, _ in checked} == {
+        (name, T, m) for name in ALGORITHMS for T, m in SHAPES
+    }
+    assert {(name, by_name) for name, _, _, by_name in checked} == {
+        (name, by_name) for name in ALGORITHMS for by_name in (True, False)
+    }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
-from helpers import RTOL, SIGMAS, assert_trees_close
+from helpers import RTOL, SIGMAS, assert_trees_close, random_inputs, random_layer
 
 import dprnn_jax as dj
 
@@ -36,24 +37,28 @@ def jacobian_triangle(layer, xs, h0, activation):
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
 @pytest.mark.parametrize("T", [1, 2, 5])
 def test_omega_matrix_matches_jacrev(activation, T, dtype):
-    k_layer, k_x, k_h = jax.random.split(jax.random.key(T), 3)
-    layer = dj.init_layer(k_layer, 2, 3, dtype=dtype)
-    layer = layer._replace(S=layer.S * 1.5, b=jnp.array([0.3, -0.2, 0.1], dtype))
-    xs = jax.random.normal(k_x, (T, 2, 2), dtype)
-    h0 = jax.random.normal(k_h, (2, 3), dtype)
-    omega = jax.jit(dj.omega_matrix, static_argnames="activation")(
-        layer, xs, h0, activation=activation
-    )
+    layer = jax.device_get(random_layer(T, 2, 3, dtype, noise=0.0))
+    layer = jax.device_put(layer._replace(S=layer.S * 1.5, b=np.array([0.3, -0.2, 0.1], dtype)))
+    xs = random_inputs(T + 10, (T, 2, 2), dtype)
+    h0 = random_inputs(T + 20, (2, 3), dtype)
+
+    @jax.jit
+    def library_and_jacrev(layer, xs, h0):
+        return (
+            dj.omega_matrix(layer, xs, h0, activation=activation),
+            jacobian_triangle(layer, xs, h0, activation),
+        )
+
+    omega, expected = library_and_jacrev(layer, xs, h0)
     assert omega.shape == (T, T, 2, 3, 3)
-    expected = jacobian_triangle(layer, xs, h0, activation)
     assert_trees_close(omega, expected, rtol=RTOL[jnp.dtype(dtype)])
 
 
 def test_omega_matrix_is_identity_on_and_zero_above_the_diagonal():
-    layer = dj.init_layer(jax.random.key(0), 2, 3)
-    omega = dj.omega_matrix(layer, jax.random.normal(jax.random.key(1), (4, 1, 2)))
-    eye = jnp.eye(3)
+    """Exact values, not rounding: Ω(j, j) is put there as the identity, Ω(j, i > j) = 0."""
+    layer = random_layer(0, 2, 3, np.float32)
+    omega = np.asarray(dj.omega_matrix(layer, random_inputs(1, (4, 1, 2), np.float32)))
     for j in range(4):
-        assert jnp.array_equal(omega[j, j, 0], eye)
+        np.testing.assert_array_equal(omega[j, j, 0], np.eye(3))
         for i in range(j + 1, 4):
-            assert not jnp.any(omega[j, i])
+            assert not np.any(omega[j, i])

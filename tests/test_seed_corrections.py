@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ALGORITHMS, random_inputs, random_layer
 
 import dprnn_jax as dj
 
@@ -67,14 +68,16 @@ def loss_of_preactivation_shifts(eps, method):
     return jnp.sum(jnp.array(C) * hs[:, 0, 0])
 
 
-@pytest.mark.parametrize("method", ["omega", "bptt", "naive", "autodiff"])
+@pytest.mark.parametrize("method", ALGORITHMS)
 def test_hand_worked_example_matches_every_method(method, x64):
-    deltas = jax.grad(loss_of_preactivation_shifts)(jnp.zeros(3), method)
+    deltas = jax.jit(jax.grad(loss_of_preactivation_shifts), static_argnums=1)(np.zeros(3), method)
     np.testing.assert_allclose(deltas, exact_deltas_by_hand(), rtol=1e-12)
 
 
 def test_seed_literal_recurrence_double_counts_paths(x64):
-    autodiff = jax.grad(loss_of_preactivation_shifts)(jnp.zeros(3), "autodiff")
+    autodiff = jax.jit(jax.grad(loss_of_preactivation_shifts), static_argnums=1)(
+        np.zeros(3), "autodiff"
+    )
     literal = np.array(seed_literal_deltas_by_hand())
     exact = np.array(exact_deltas_by_hand())
     # Steps 1 and 2 agree; step 0 differs by exactly the doubly counted path 2 → 0.
@@ -87,16 +90,17 @@ def test_seed_literal_recurrence_double_counts_paths(x64):
 
 def test_separated_powers_of_S_are_wrong_when_d_exceeds_one(x64):
     """Seed: Ω(j, i) = (Sᵀ)^{j−i} ⊙ ∏σ'. Exact: the ordered product S diag(σ'_{j−1}) ⋯ S diag(σ'_i)."""
-    layer = dj.init_layer(jax.random.key(0), 2, 3, dtype=jnp.float64)
-    layer = layer._replace(b=jnp.array([0.5, -0.4, 0.9]))
-    xs = jax.random.normal(jax.random.key(1), (4, 1, 2), jnp.float64)
-    omega = dj.omega_matrix(layer, xs)
-    hs = dj.rnn_layer(layer, xs)
+    layer = jax.device_get(random_layer(0, 2, 3, np.float64, noise=0.0))
+    layer = layer._replace(b=np.array([0.5, -0.4, 0.9]))
+    xs = random_inputs(1, (4, 1, 2), np.float64)
+    omega, hs = jax.device_get(
+        jax.jit(lambda layer, xs: (dj.omega_matrix(layer, xs), dj.rnn_layer(layer, xs)))(layer, xs)
+    )
     sp = 1 - hs[:, 0] ** 2  # (T, d)
     k, i = 3, 0
-    ordered = jnp.eye(3)
+    ordered = np.eye(3)
     for t in range(i, i + k):
-        ordered = layer.S @ jnp.diag(sp[t]) @ ordered
+        ordered = layer.S @ np.diag(sp[t]) @ ordered
     np.testing.assert_allclose(omega[i + k, i, 0], ordered, rtol=1e-12)
-    separated = jnp.linalg.matrix_power(layer.S, k) * jnp.prod(sp[i : i + k], axis=0)[None, :]
+    separated = np.linalg.matrix_power(layer.S, k) * np.prod(sp[i : i + k], axis=0)[None, :]
     assert np.max(np.abs(separated - ordered)) > 1e-2

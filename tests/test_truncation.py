@@ -1,4 +1,4 @@
-"""`truncation=K`: exact K-step truncated BPTT (DESIGN.md §4–§5).
+"""`truncation=K`: exact K-step truncated BPTT (docs/theory.md#truncation).
 
 Definition pinned here (per layer): the loss at step t back-propagates through
 Z_t, …, Z_{t−K} of each layer, i.e. the gradient is the exact gradient of a model in
@@ -11,19 +11,37 @@ inputs of a layer (the layer below's recomputed outputs) keep their gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from helpers import RTOL, SIGMAS, max_relative_error, reference_layer
+from helpers import (
+    ALGORITHMS,
+    CHEAP_COMPILE,
+    N_CLASSES,
+    RTOL,
+    SIGMAS,
+    library_loss,
+    make_problem,
+    max_relative_error,
+    no_mask_and,
+    random_readout,
+    reference_layer,
+)
 from jax import lax
 
 import dprnn_jax as dj
 
-HIDDEN = (4, 3)
-N_INPUTS, N_CLASSES, T, M = 3, 4, 7, 3
+T, M, N_LAYERS = 7, 3, 2
+# The algorithms that take `truncation=`, from the registry.
+TRUNCATING = tuple(
+    name
+    for name, cls in ALGORITHMS.items()
+    if "truncation" in {field.name for field in dataclasses.fields(cls)}
+)
 
 
 def truncated_reference_layer(W, S, b, xs, h0, activation, K):
@@ -51,65 +69,53 @@ def truncated_reference_loss(params, xs, targets, mask, h0s, *, activation, K):
     return losses.sum() / xs.shape[1]
 
 
-def make_problem(dtype, seed=0, bias=0.0):
-    k_params, k_x, k_y, k_h, k_noise = jax.random.split(jax.random.key(seed), 5)
-    params = dj.init_rnn(k_params, N_INPUTS, HIDDEN, N_CLASSES, dtype=dtype)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(k_noise, len(leaves))
-    params = treedef.unflatten(
-        [p + 0.3 * jax.random.normal(k, p.shape, dtype) for p, k in zip(leaves, keys)]
-    )
-    # A positive bias keeps ReLU units alive, so that gradients reach every step.
-    params = params._replace(layers=tuple(l._replace(b=l.b + bias) for l in params.layers))
-    xs = jax.random.normal(k_x, (T, M, N_INPUTS), dtype)
-    targets = jax.random.randint(k_y, (T, M), 0, N_CLASSES)
-    h0s = [
-        0.5 * jax.random.normal(k, (M, d), dtype)
-        for k, d in zip(jax.random.split(k_h, len(HIDDEN)), HIDDEN)
-    ]
-    lengths = jnp.array([T, 4, 1])
-    ragged = (jnp.arange(T)[:, None] < lengths).astype(dtype)
-    masks = jnp.stack([jnp.ones_like(ragged), ragged])
-    return params, xs, targets, masks, h0s
+def truncation_problem(dtype, seed=0, bias=0.0):
+    """Two layers, T = 7, lengths (7, 4, 1); `bias` added to every layer's b (a positive
+    one keeps ReLU units alive, so that gradients reach every step)."""
+    problem = make_problem(seed, T, M, N_LAYERS, dtype, lengths=(T, 4, 1))
+    layers = tuple(layer._replace(b=layer.b + bias) for layer in problem.params.layers)
+    return problem._replace(params=problem.params._replace(layers=layers))
 
 
-def library_loss(params, xs, targets, mask, h0s, *, activation, method, K):
-    outputs = dj.rnn_apply(params, xs, h0s, activation=activation, method=method, truncation=K)
-    return dj.per_step_losses(outputs, targets, mask=mask, loss="softmax_cross_entropy").sum() / M
-
-
-@functools.partial(jax.jit, static_argnames=("activation", "Ks"))
-def truncated_gradients(params, xs, targets, masks, h0s, *, activation, Ks):
-    """For every K in Ks: omega and bptt truncated gradients and the oracle; plus the
-    exact gradient. Vmapped over `masks` (all-ones and ragged), so the custom rules
-    also run under vmap; one compiled program for all Ks.
+@functools.partial(jax.jit, static_argnames=("activation", "Ks"), compiler_options=CHEAP_COMPILE)
+def truncated_gradients(problem, *, activation, Ks):
+    """For every K in Ks: the truncated gradients of every truncating algorithm (named
+    and as an object) and the oracle; plus the exact gradient. Vmapped over the masks
+    (none, ragged), so the custom rules also run under vmap; one program for all Ks.
     """
+    params, xs, targets, mask, h0s = problem
     argnums = (0, 1, 4)
+    options = dict(loss="softmax_cross_entropy", activation=activation)
 
     def for_mask(mask):
         grads = {}
         for K in Ks:
-            for method in ("omega", "bptt"):
-                grads[f"{method} {K}"] = jax.grad(library_loss, argnums)(
-                    params, xs, targets, mask, h0s, activation=activation, method=method, K=K
+            for index, name in enumerate(TRUNCATING):
+                # Half the algorithms by name and option, half as objects.
+                method = dict(method=name, truncation=K)
+                if (index + K) % 2:
+                    method = dict(method=ALGORITHMS[name](truncation=K))
+                grads[f"{name} {K}"] = jax.grad(library_loss, argnums)(
+                    params, xs, targets, mask, h0s, **method, **options
                 )
             grads[f"oracle {K}"] = jax.grad(truncated_reference_loss, argnums)(
                 params, xs, targets, mask, h0s, activation=activation, K=K
             )
         # The exact gradient (the grid of test_gradients.py checks it against jax.grad).
         grads["exact"] = jax.grad(library_loss, argnums)(
-            params, xs, targets, mask, h0s, activation=activation, method="bptt", K=None
+            params, xs, targets, mask, h0s, method="bptt", **options
         )
         return grads
 
-    return jax.vmap(for_mask)(masks)
+    return jax.vmap(for_mask)(no_mask_and(mask))
 
 
 def assert_truncation_exact(grads, Ks, dtype):
     rtol = RTOL[jnp.dtype(dtype)]
+    grads = jax.device_get(grads)
     for K in Ks:
         oracle = grads[f"oracle {K}"]
-        errors = {m: max_relative_error(grads[f"{m} {K}"], oracle) for m in ("omega", "bptt")}
+        errors = {m: max_relative_error(grads[f"{m} {K}"], oracle) for m in TRUNCATING}
         assert all(e <= rtol for e in errors.values()), (K, errors)
         distance_to_exact = max_relative_error(oracle, grads["exact"])
         if K >= T - 1:
@@ -123,8 +129,7 @@ def assert_truncation_exact(grads, Ks, dtype):
 def test_truncation_matches_stop_gradient_oracle(dtype):
     """K = 0 (local), K = 2 and K = T−1 (exact), two tanh layers, ragged and full masks."""
     Ks = (0, 2, T - 1)
-    params, xs, targets, masks, h0s = make_problem(dtype)
-    grads = truncated_gradients(params, xs, targets, masks, h0s, activation="tanh", Ks=Ks)
+    grads = truncated_gradients(truncation_problem(dtype), activation="tanh", Ks=Ks)
     assert_truncation_exact(grads, Ks, dtype)
 
 
@@ -132,29 +137,31 @@ def test_truncation_matches_stop_gradient_oracle(dtype):
 @pytest.mark.parametrize("activation, K", [("relu", 1), ("sigmoid", 50)])
 def test_truncation_other_activations(activation, K, dtype):
     relu = activation == "relu"
-    params, xs, targets, masks, h0s = make_problem(dtype, seed=int(relu), bias=0.5 * relu)
-    grads = truncated_gradients(params, xs, targets, masks, h0s, activation=activation, Ks=(K,))
+    problem = truncation_problem(dtype, seed=int(relu), bias=0.5 * relu)
+    grads = truncated_gradients(problem, activation=activation, Ks=(K,))
     assert_truncation_exact(grads, (K,), dtype)
 
 
 def test_truncation_zero_is_purely_local(x64):
     """K = 0, one layer: ∂C/∂W = Σ_t (h̄_t ⊙ σ'_t)ᵀ x_t with h̄_t the readout error only."""
-    params, xs, targets, masks, h0s = make_problem(jnp.float64)
-    layer = params.layers[0]
-    readout_W = jax.random.normal(jax.random.key(1), (N_CLASSES, HIDDEN[0]), jnp.float64)
-    params = dj.RNNParams((layer,), dj.ReadoutParams(readout_W, params.readout.b))
+    stack, xs, targets, _, h0s = truncation_problem(jnp.float64)
+    layer = stack.layers[0]
+    params = dj.RNNParams((layer,), random_readout(1, layer.S.shape[0], N_CLASSES, jnp.float64))
 
-    def loss(p):
-        outputs = dj.rnn_apply(p, xs, h0s[:1], truncation=0)
-        return dj.per_step_losses(outputs, targets, loss="softmax_cross_entropy").sum() / M
+    @jax.jit
+    def truncated_and_by_hand(params):
+        def loss(p):
+            outputs = dj.rnn_apply(p, xs, h0s[:1], truncation=0)
+            return dj.per_step_losses(outputs, targets, loss="softmax_cross_entropy").sum() / M
 
-    grads = jax.jit(jax.grad(loss))(params)
-    hs = dj.rnn_layer(layer, xs, h0s[0])
-    probs = jax.nn.softmax(hs @ params.readout.W.T + params.readout.b)
-    error = (probs - jax.nn.one_hot(targets, N_CLASSES)) / M
-    local = (error @ params.readout.W) * (1 - hs**2)
-    expected_W = jnp.einsum("tmd,tmn->dn", local, xs)
-    assert max_relative_error(grads.layers[0].W, expected_W) <= RTOL[jnp.dtype("float64")]
+        hs = dj.rnn_layer(layer, xs, h0s[0])
+        probs = jax.nn.softmax(hs @ params.readout.W.T + params.readout.b)
+        error = (probs - jax.nn.one_hot(targets, N_CLASSES)) / M
+        local = (error @ params.readout.W) * (1 - hs**2)
+        return jax.grad(loss)(params).layers[0].W, jnp.einsum("tmd,tmn->dn", local, xs)
+
+    grad_W, expected_W = truncated_and_by_hand(params)
+    assert max_relative_error(grad_W, expected_W) <= RTOL[jnp.dtype("float64")]
 
 
 @pytest.mark.parametrize(
@@ -171,6 +178,6 @@ def test_truncation_zero_is_purely_local(x64):
     ],
 )
 def test_invalid_truncation_is_rejected(method, truncation, match):
-    layer = dj.init_layer(jax.random.key(0), 2, 3)
+    layer = dj.LayerParams(jnp.zeros((3, 2)), jnp.zeros((3, 3)), jnp.zeros(3))
     with pytest.raises(ValueError, match=match):
         dj.rnn_layer(layer, jnp.ones((4, 1, 2)), method=method, truncation=truncation)
