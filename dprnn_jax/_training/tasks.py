@@ -330,7 +330,6 @@ TASKS: tuple[str, ...] = tuple(_BUILDERS)
 DEFAULT_SEQ_LEN: dict[str, int] = {"charlm": 64, "digits": 8, "adding": 50, "copy": 20}
 
 
-@functools.lru_cache(maxsize=8)
 def make_task(name: str, seq_len: int | None = None) -> Task:
     """Builds a task with its held-out split.
 
@@ -354,6 +353,22 @@ def make_task(name: str, seq_len: int | None = None) -> Task:
         >>> task.sample(jax.random.key(0), 32).inputs.shape
         (8, 32, 2)
     """
+    # The held-out split is drawn in the default float dtype, so the cache is keyed on
+    # whether float64 is enabled: a task built under float64 is never reused without it.
+    return _make_task(name, seq_len, bool(jax.config.jax_enable_x64))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_task(name: str, seq_len: int | None, x64: bool) -> Task:
+    del x64  # part of the cache key only
+    return _build_task(name, seq_len)
+
+
+def _build_task(name: str, seq_len: int | None) -> Task:
+    """The uncached build (also `make_task.__wrapped__`, as for a cached function)."""
     check_choice("task", name, TASKS)
     seq_len = DEFAULT_SEQ_LEN[name] if seq_len is None else check_positive_int("seq_len", seq_len)
     return _BUILDERS[name](seq_len)
+
+
+make_task.__wrapped__ = _build_task
