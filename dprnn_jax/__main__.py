@@ -2,6 +2,6 @@
 
 import sys
 
-from ._app.cli import main
+from ._app.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -629,9 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["demo"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _sigterm_as_interrupt():
+    with _stop_signals_as_interrupt() as stop:
         try:
-            return args.command(args)
+            status = args.command(args)
         except UsageError as error:
             print(f"dprnn-jax: error: {error}", file=sys.stderr)
             return 2
@@ -639,20 +639,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             signum = getattr(error, "signal", signal.SIGINT)
             print(f"dprnn-jax: {str(error) or 'interrupted'}", file=sys.stderr)
             return 128 + int(signum)
+        if stop.signal is not None:
+            # The signal's exception was swallowed on its way up (raised inside a
+            # finaliser, which Python reports and ignores), so the command ran on.
+            print("dprnn-jax: interrupted", file=sys.stderr)
+            return 128 + int(stop.signal)
+        return status
+
+
+def run() -> int:
+    """The process entry point (`dprnn-jax`, `python -m dprnn_jax`): `main()`, and after
+    a stop signal an immediate exit, since tearing the interpreter down while XLA still
+    compiles on its own threads can crash (SIGSEGV instead of status 130)."""
+    status = main()
+    if status >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+# How long a stop signal's exception may take to reach `main` before the process exits
+# without it (see `_stop_signals_as_interrupt`).
+STOP_GRACE_SECONDS = 10.0
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    # SIGTERM would end the process on the spot; as a KeyboardInterrupt it is reported
-    # and cleaned up like Ctrl-C (files are closed, `train` writes its checkpoint).
-    ignored = signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-    if ignored or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    from .._training.interrupt import raise_interrupted
+def _stop_signals_as_interrupt():
+    """Within the block SIGINT and SIGTERM raise `Interrupted` (SIGTERM would otherwise
+    end the process on the spot, with no files closed and no checkpoint written).
 
-    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    Python runs a signal handler between two bytecodes of the main thread, which may be
+    inside a finaliser (`__del__`, a weakref callback); an exception raised there is
+    printed and dropped, and the command would run to its end as if never stopped. So the
+    handler also records the signal (`main` reports it when the command returns) and arms
+    a watchdog that ends the process with 128 + the signal's number if the exception has
+    not reached `main` within STOP_GRACE_SECONDS. The training loop installs its own
+    handlers (stop after the step in flight) while it runs. A signal the parent ignores
+    (SIGINT for a shell's background job) stays ignored.
+    """
+    from .._training.interrupt import STOP_SIGNALS, Interrupted, StopRequest
+
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    watchdogs: list[threading.Timer] = []
+
+    def give_up(signum: int) -> None:
+        print("dprnn-jax: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+    def handler(signum: int, frame: object) -> None:
+        del frame
+        if stop.signal is None:
+            stop.signal = signal.Signals(signum)
+            watchdog = threading.Timer(STOP_GRACE_SECONDS, give_up, args=(int(signum),))
+            watchdog.daemon = True
+            watchdog.start()
+            watchdogs.append(watchdog)
+        raise Interrupted(signum)
+
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for watchdog in watchdogs:
+            watchdog.cancel()
+        for signum, old in previous.items():
+            # None: the old handler was not installed from Python; the default stands in.
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
