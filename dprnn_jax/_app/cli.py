@@ -671,10 +671,11 @@ def _stop_signals_as_interrupt():
 
     Python runs a signal handler between two bytecodes of the main thread, which may be
     inside a finaliser (`__del__`, a weakref callback); an exception raised there is
-    printed and dropped, and the command would run to its end as if never stopped. So the
-    handler also records the signal (`main` reports it when the command returns) and arms
-    a watchdog that ends the process with 128 + the signal's number if the exception has
-    not reached `main` within STOP_GRACE_SECONDS. The training loop installs its own
+    printed and dropped, and the command would run to its end as if never stopped. So an
+    `Interrupted` dropped that way raises the signal again (no traceback), the handler
+    records the signal (`main` reports it if the command returns all the same), and it
+    arms a watchdog that ends the process with 128 + the signal's number if the exception
+    has not reached `main` within STOP_GRACE_SECONDS. The training loop installs its own
     handlers (stop after the step in flight) while it runs. A signal the parent ignores
     (SIGINT for a shell's background job) stays ignored.
     """
@@ -701,14 +702,31 @@ def _stop_signals_as_interrupt():
             watchdogs.append(watchdog)
         raise Interrupted(signum)
 
+    unraisable_hook = sys.unraisablehook
+
+    def deliver_again(unraisable) -> None:
+        # An `Interrupted` dropped by a finaliser: no traceback, and the signal again, so
+        # that its handler raises in the code the finaliser interrupted. (Sent a moment
+        # later from another thread: sent now, the handler would run inside this hook.)
+        if isinstance(unraisable.exc_value, Interrupted):
+            resend = threading.Timer(
+                0.05, os.kill, args=(os.getpid(), unraisable.exc_value.signal)
+            )
+            resend.daemon = True
+            resend.start()
+        else:
+            unraisable_hook(unraisable)
+
     previous = {
         signum: signal.signal(signum, handler)
         for signum in STOP_SIGNALS
         if signal.getsignal(signum) is not signal.SIG_IGN
     }
+    sys.unraisablehook = deliver_again
     try:
         yield stop
     finally:
+        sys.unraisablehook = unraisable_hook
         for watchdog in watchdogs:
             watchdog.cancel()
         for signum, old in previous.items():
