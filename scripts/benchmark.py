@@ -679,9 +679,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the floor comparison; writes benchmark_floor.md and .json",
     )
+    parser.add_argument(
+        "--cells",
+        action="store_true",
+        help="the GRU and LSTM rows instead (scripts/benchmark_cells.py, same options)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.cells:
+        from benchmark_cells import main as cells_main
+
+        return cells_main(
+            ["--out", args.out, "--rounds", str(args.rounds), *(["--quick"] if args.quick else [])]
+        )
     rounds = 10 if args.quick else args.rounds
     grid = GRID[:1] if args.quick else GRID
     started = time.perf_counter()

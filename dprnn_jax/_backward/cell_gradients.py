@@ -1,29 +1,38 @@
 """Every gradient of a cell scan from its total errors Δ (docs/theory.md#any-cell).
 
-Once `Δ_t = ∂C/∂carry_t` is known, the cotangents of θ and of every x_t are ONE vmapped
-vjp of the cell over all steps, taken at `(carry_{t−1}, x_t)` with cotangent Δ_t; the
-θ-cotangents of the steps are summed by the transpose of the broadcast itself. The
-initial carry's cotangent is `Δ_0` pulled through step 0.
+Once `Δ_t = ∂C/∂carry_t` is known, θ's and every x_t's cotangents are step t's pullback
+applied to Δ_t, summed over t for θ. The forward loop stored each step's pullback
+(`linearised_scan`), so nothing is evaluated again. The pullbacks of all steps are
+applied at once as the transpose of the map `(θ̇, ẋ) ↦ (J^θ_t θ̇ + J^x_t ẋ_t)_t`, itself
+the transpose of the pullback vmapped over the steps with θ̇ shared: transposing the
+broadcast of θ̇ sums the steps inside the products (a weight's cotangent is one
+(·, T·m) × (T·m, ·) product, run as `rows_product`), where vmapping the pullback itself
+would first build one θ-cotangent per step. The initial carry's cotangent is `Δ_0`
+pulled through step 0.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .cell_jacobian import CarryLayout, CellJacobian, linearise_cell
+from .cell_jacobian import CarryLayout, CellJacobian
+from .contractions import with_rows_products
 
 
 class CellResiduals(NamedTuple):
-    """What a cell scan's backward needs: the inputs and the stacked carries."""
+    """What a cell scan's backward needs: the inputs, the stacked carries and every
+    step's linearisation."""
 
     params: Any
     xs: jax.Array
     carry0: Any
     carries: Any
+    jacobian: CellJacobian
 
 
 def previous_carries(residuals: CellResiduals):
@@ -33,41 +42,55 @@ def previous_carries(residuals: CellResiduals):
     )
 
 
-def is_differentiable(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
 def injected_and_jacobian(
     step: Callable, residuals: CellResiduals, carries_bar
 ) -> tuple[jax.Array, CellJacobian, CarryLayout]:
     """P_t = the cotangent delivered to carry_t, flattened to (T, m, D), and the
     Jacobians Ω(i+1, i) at (carry_i, x_{i+1}) (the last row is never used by Δ)."""
-    params, xs, _, carries = residuals
-    layout = CarryLayout.of(jax.tree.map(lambda leaf: leaf[0], carries))
-    injected = layout.flatten(carries_bar, batch_dims=2)
-    xs_after = jnp.concatenate([xs[1:], xs[-1:]])
-    return injected, linearise_cell(step, params, carries, xs_after), layout
+    del step
+    layout = residuals.jacobian.layout
+    return layout.flatten(carries_bar, batch_dims=2), residuals.jacobian, layout
 
 
 def cotangents_from_delta(step: Callable, residuals: CellResiduals, delta, layout: CarryLayout):
-    """`(∂C/∂params, ∂C/∂xs, ∂C/∂carry0)` from Δ (T, m, D): one vmapped vjp."""
-    params, xs, carry0, _ = residuals
-    before = previous_carries(residuals)
-    delta = layout.unflatten(delta)
-    if is_differentiable(xs):
-
-        def all_steps(params, before, xs):
-            return jax.vmap(step, in_axes=(None, 0, 0))(params, before, xs)
-
-        _, pullback = jax.vjp(all_steps, params, before, xs)
-        params_bar, before_bar, xs_bar = pullback(delta)
-    else:  # integer inputs (tokens) have no cotangent
-
-        def all_steps(params, before):
-            return jax.vmap(step, in_axes=(None, 0, 0))(params, before, xs)
-
-        _, pullback = jax.vjp(all_steps, params, before)
-        (params_bar, before_bar), xs_bar = pullback(delta), None
-    carry0_bar = jax.tree.map(lambda leaf: leaf[0], before_bar)
-    del carry0
+    """`(∂C/∂params, ∂C/∂xs, ∂C/∂carry0)` from Δ (T, m, D), by the stored pullbacks."""
+    del step
+    params, xs, _, _, jacobian = residuals
+    # Row i holds step i+1's pullback (step 0's in the last row): line Δ up with it.
+    delta_by_row = layout.unflatten(jnp.roll(delta, -1, axis=0))
+    params_bar, xs_bar = with_rows_products(
+        functools.partial(_step_and_input_cotangents, jacobian, params, xs), delta_by_row
+    )
+    xs_bar = jnp.roll(xs_bar, 1, axis=0) if jacobian.with_input else None
+    first_step = [leaf[-1] for leaf in jacobian.per_step]
+    carry0_bar = jacobian.pullback(first_step)(layout.unflatten(delta[0]))[1]
     return params_bar, xs_bar, carry0_bar
+
+
+def _step_and_input_cotangents(jacobian: CellJacobian, params, xs, delta_by_row):
+    """`(Σ_t θ̄_t, (x̄_t)_t)`: the rows' pullbacks applied to the rows of Δ, as the
+    transpose of the vmapped tangent map (module docstring); x̄ is None for integer
+    inputs."""
+    row_cotangent = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), delta_by_row
+    )
+
+    def tangent_map(row, params_dot, x_dot):
+        # J^θ θ̇ + J^x ẋ of one step: the transpose of its pullback without the carry.
+        def pullback(carry_bar):
+            bars = jacobian.pullback(row)(carry_bar)
+            return (bars[0], bars[2]) if jacobian.with_input else bars[0]
+
+        dots = (params_dot, x_dot) if jacobian.with_input else params_dot
+        (carry_dot,) = jax.linear_transpose(pullback, row_cotangent)(dots)
+        return carry_dot
+
+    def all_steps(params_dot, xs_dot):
+        return jax.vmap(tangent_map, in_axes=(0, None, 0))(jacobian.per_step, params_dot, xs_dot)
+
+    xs_dot = _spec(xs) if jacobian.with_input else None
+    return jax.linear_transpose(all_steps, _spec(params), xs_dot)(delta_by_row)
+
+
+def _spec(tree):
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)

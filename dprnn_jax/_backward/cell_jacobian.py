@@ -1,16 +1,18 @@
-r"""The one-step Jacobian of any recurrent cell, linearised once for every step.
+r"""The linearisation of any recurrent cell, taken once for every step by the forward loop.
 
 For a cell `carry_t = step(θ, carry_{t−1}, x_t)` the DP's transition is
 `Ω(i+1, i) = ∂carry_{i+1}/∂carry_i`, taken at `(carry_i, x_{i+1})`
 (docs/theory.md#any-cell). The algorithms only need `g ↦ g Ω(i+1, i)`, a vector–Jacobian
-product of the cell. `jax.vjp` of one step returns its pullback as a pytree whose leaves
-are the residuals of the linearisation (e.g. σ'(Z) and Sᵀ for an Elman step). Some of
-them depend on the step's carry and input (they differ per step), the others only on θ
-(Sᵀ). `linearise_cell` finds which is which by following the data dependencies in the
-pullback's jaxpr, computes the per-step residuals for all steps at once with one
-vmapped `jax.vjp` and the shared ones once, and `CellJacobian.pull` rebuilds each
-step's pullback from them: the linearisation is computed once per backward pass, never
-again per diagonal, and the θ-only residuals are stored once, not T times.
+product of the cell, and the gradients of θ and of the inputs need the rest of the same
+product. `jax.vjp` of one step (w.r.t. θ, the carry and the input) returns its pullback
+as a pytree whose leaves are the residuals of the linearisation (e.g. σ'(Z) and Sᵀ for an
+Elman step). Some of them depend on the step's carry and input (they differ per step),
+the others only on θ (Sᵀ). `_depends_on_step` finds which is which by following the data
+dependencies in the pullback's jaxpr; `linearised_scan` runs the cell forward and keeps
+the per-step residuals of every step as it goes, the shared ones once; `CellJacobian`
+rebuilds each step's pullback from them. The cell is therefore evaluated once, in the
+forward loop: neither the Jacobians nor the gradients of θ and of the inputs evaluate it
+again, and the θ-only residuals are stored once, not T times.
 
 Carries are pytrees (`h`, or `(h, c)` for an LSTM); the algorithms see them flattened to
 one (…, m, D) array, D the total width (`CarryLayout`).
@@ -18,12 +20,14 @@ one (…, m, D) array, D the total width (`CarryLayout`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from .jacobian import StepJacobian
 
@@ -62,13 +66,23 @@ class CarryLayout(NamedTuple):
         return jax.tree.unflatten(self.treedef, leaves)
 
 
-def _depends_on_step(step: Step, params, carry, x) -> tuple[Any, list[bool]]:
+def is_differentiable(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def step_vjp(step: Step, params, carry, x, with_input: bool):
+    """`jax.vjp` of one step w.r.t. (θ, carry, x), or (θ, carry) for integer inputs."""
+    if with_input:
+        return jax.vjp(step, params, carry, x)
+    return jax.vjp(lambda params, carry: step(params, carry, x), params, carry)
+
+
+def _depends_on_step(step: Step, params, carry, x, with_input: bool) -> tuple[Any, list[bool]]:
     """The pullback's treedef, and for each of its leaves whether it depends on the
     step's carry or input (True: per step) or on the parameters only (False: shared)."""
 
     def residuals(params, carry, x):
-        _, pullback = jax.vjp(lambda c: step(params, c, x), carry)
-        return pullback
+        return step_vjp(step, params, carry, x, with_input)[1]
 
     shape = jax.eval_shape(residuals, params, carry, x)
     treedef = jax.tree.structure(shape)
@@ -89,7 +103,12 @@ def _is_literal(var) -> bool:
 
 
 class CellJacobian(StepJacobian):
-    """Ω(i+1, i) of a cell, from its stored linearisation (see the module docstring).
+    """Ω(i+1, i) of a cell, and the whole pullback of each step, from the stored
+    linearisation (see the module docstring).
+
+    Row i of the per-step residuals is step i+1's (Ω(i+1, i) at `(carry_i, x_{i+1})`),
+    as every algorithm expects; the last row, which Δ never uses, is step 0's (at
+    `(carry0, x_0)`), for the initial carry's cotangent.
 
     Attributes:
         treedef: the structure of one step's pullback (static).
@@ -97,26 +116,31 @@ class CellJacobian(StepJacobian):
         shared: the leaves that depend on θ only.
         per_step_leaves: the others, stacked over steps (leading axis T).
         layout: the carry's flattening.
+        row_ranks: the rank of each per-step leaf for ONE step (static).
+        with_input: whether the pullback gives the input's cotangent too (static).
     """
 
-    def __init__(self, treedef, per_step_mask, shared, per_step_leaves, layout, row_ranks):
+    def __init__(
+        self, treedef, per_step_mask, shared, per_step_leaves, layout, row_ranks, with_input
+    ):
         self.treedef = treedef
         self.per_step_mask = tuple(per_step_mask)
         self.shared = tuple(shared)
         self.per_step_leaves = tuple(per_step_leaves)
         self.layout = layout
-        self.row_ranks = tuple(row_ranks)  # rank of each per-step leaf for ONE step
+        self.row_ranks = tuple(row_ranks)
+        self.with_input = with_input
 
     # A pytree: the arrays are children, the structure is static.
     def tree_flatten(self):
-        static = (self.treedef, self.per_step_mask, self.layout, self.row_ranks)
+        static = (self.treedef, self.per_step_mask, self.layout, self.row_ranks, self.with_input)
         return (self.shared, self.per_step_leaves), static
 
     @classmethod
     def tree_unflatten(cls, static, children):
-        treedef, mask, layout, ranks = static
+        treedef, mask, layout, ranks, with_input = static
         shared, per_step_leaves = children
-        return cls(treedef, mask, shared, per_step_leaves, layout, ranks)
+        return cls(treedef, mask, shared, per_step_leaves, layout, ranks, with_input)
 
     @property
     def per_step(self):
@@ -124,20 +148,29 @@ class CellJacobian(StepJacobian):
 
     def with_per_step(self, per_step) -> CellJacobian:
         return CellJacobian(
-            self.treedef, self.per_step_mask, self.shared, per_step, self.layout, self.row_ranks
+            self.treedef,
+            self.per_step_mask,
+            self.shared,
+            per_step,
+            self.layout,
+            self.row_ranks,
+            self.with_input,
         )
 
-    def _pullback(self, row_leaves):
+    def pullback(self, row_leaves) -> Callable:
+        """One step's pullback `carry_bar ↦ (θ_bar, carry_bar_before[, x_bar])` from its
+        row of per-step leaves."""
         shared, per_step = iter(self.shared), iter(row_leaves)
         leaves = [next(per_step) if mask else next(shared) for mask in self.per_step_mask]
         return jax.tree.unflatten(self.treedef, leaves)
 
     def _pull_row(self, cotangent, row_leaves):
-        (carry_bar,) = self._pullback(row_leaves)(self.layout.unflatten(cotangent))
+        # θ's and the input's cotangents are computed too, and dropped: XLA removes them.
+        carry_bar = self.pullback(row_leaves)(self.layout.unflatten(cotangent))[1]
         return self.layout.flatten(carry_bar)
 
     def pull(self, cotangent: jax.Array, per_step) -> jax.Array:
-        # `per_step` holds zero or one leading axis of steps (a scan body sees one step,
+        # `per_step` holds zero or one leading axis of steps (a loop body sees one step,
         # a diagonal many); `cotangent` has those axes too, possibly after extra
         # leading axes that broadcast (the rows of a matrix), then (m, D).
         rows = jax.tree.leaves(per_step)
@@ -153,30 +186,63 @@ class CellJacobian(StepJacobian):
 jax.tree_util.register_pytree_node_class(CellJacobian)
 
 
-def linearise_cell(step: Step, params, carries_before, xs_after) -> CellJacobian:
-    """The Jacobians Ω(i+1, i) at `(carries_before[i], xs_after[i])` for every row i.
+def linearised_scan(step: Step, params, xs, carry0) -> tuple[Any, CellJacobian]:
+    """The carries of `step` over `xs` and every step's linearisation, from one loop.
+
+    loop :: (carry0, xs (T, m, …)) -> (carries stacked over T, the steps' residuals).
+
+    Step 0 runs first, on its own: its carry and residuals fill the output buffers
+    (every row of which the loop then overwrites but the last residual row, which keeps
+    step 0's), so no buffer is filled with zeros and copied before the loop. Step t's
+    per-step residuals are written to row t − 1, the layout of `CellJacobian`, so that
+    no array is shifted afterwards. Each step reads its input from the loop state, as in
+    `plain_scan`.
 
     Args:
         step: the cell, `step(params, carry, x) -> carry`.
         params: its parameters.
-        carries_before: carry pytree with leading axis T (row i: carry_i).
-        xs_after: inputs with leading axis T (row i: x_{i+1}).
+        xs: the inputs (T, m, …); floating inputs are linearised too.
+        carry0: the initial carry.
 
     Returns:
-        A `CellJacobian` whose per-step rows follow the rows given.
+        `(carries, jacobian)`.
     """
-    first = jax.tree.map(lambda leaf: leaf[0], carries_before)
-    treedef, mask = _depends_on_step(step, params, first, xs_after[0])
+    T = xs.shape[0]
+    with_input = is_differentiable(xs)
+    treedef, mask = _depends_on_step(step, params, carry0, xs[0], with_input)
+    carry, first = _linearised_step(step, with_input, params, carry0, xs[0])
+    shared = [leaf for leaf, m in zip(first, mask) if not m]
+    rows = [jnp.broadcast_to(leaf, (T, *leaf.shape)) for leaf, m in zip(first, mask) if m]
+    carries = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (T, *leaf.shape)), carry)
 
-    def residual_leaves(carry, x):
-        _, pullback = jax.vjp(lambda c: step(params, c, x), carry)
-        return jax.tree.leaves(pullback)
+    def body(t, state):
+        carry, x, carries, rows = state
+        carry, leaves = _linearised_step(step, with_input, params, carry, x)
+        leaves = [leaf for leaf, m in zip(leaves, mask) if m]
+        rows = [_write_row(r, leaf, t - 1) for r, leaf in zip(rows, leaves)]
+        carries = jax.tree.map(lambda cs, c: _write_row(cs, c, t), carries, carry)
+        x_next = lax.dynamic_index_in_dim(xs, jnp.minimum(t + 1, T - 1), keepdims=False)
+        return carry, x_next, carries, rows
 
-    per_step = [
-        leaf
-        for leaf, m in zip(jax.vmap(residual_leaves)(carries_before, xs_after), mask)
-        if m
-    ]
-    shared = [leaf for leaf, m in zip(residual_leaves(first, xs_after[0]), mask) if not m]
-    ranks = [leaf.ndim - 1 for leaf in per_step]
-    return CellJacobian(treedef, mask, shared, per_step, CarryLayout.of(first), ranks)
+    x1 = xs[min(1, T - 1)]
+    _, _, carries, rows = lax.fori_loop(1, T, body, (carry, x1, carries, rows))
+    ranks = [leaf.ndim - 1 for leaf in rows]
+    jacobian = CellJacobian(treedef, mask, shared, rows, CarryLayout.of(carry0), ranks, with_input)
+    return carries, jacobian
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _linearised_step(step: Step, with_input: bool, params, carry, x):
+    """One step's new carry and the leaves of its pullback.
+
+    Jitted (and inlined into the caller's program) so that the leaves come in the order
+    of a trace with distinct inputs, the order `_depends_on_step` saw: called directly,
+    `jax.vjp` forwards an input that is also a residual, and two inputs that are one
+    array (an LSTM's `(zeros, zeros)` initial carry) would reorder the leaves.
+    """
+    carry, pullback = step_vjp(step, params, carry, x, with_input)
+    return carry, jax.tree.leaves(pullback)
+
+
+def _write_row(rows: jax.Array, row: jax.Array, index) -> jax.Array:
+    return lax.dynamic_update_index_in_dim(rows, row, index, 0)

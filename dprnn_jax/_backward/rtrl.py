@@ -151,7 +151,7 @@ def rtrl_cell_gradients(step, residuals: CellResiduals, carries_bar, layout: Car
     Returns:
         `(∂C/∂params, ∂C/∂carry0)`.
     """
-    params, xs, carry0, _ = residuals
+    params, xs, carry0 = residuals.params, residuals.xs, residuals.carry0
     flat_params, unravel = ravel_pytree(params)
     before = previous_carries(residuals)
     bars = layout.flatten(carries_bar, batch_dims=2)  # (T, m, D)

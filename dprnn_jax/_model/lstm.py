@@ -6,7 +6,8 @@
 
 `W` (4d, n), `S` (4d, d), `b_ih`, `b_hh` (4d,) are `torch.nn.LSTM`'s `weight_ih_l0`,
 `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`. The carry is the pair `(h, c)`; the input
-projections of all steps are one product, outside the loop.
+projections of all steps are one product, outside the loop (`gate_projection.py`), and
+the recurrent step adds the biases.
 """
 
 from __future__ import annotations
@@ -15,38 +16,94 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .._backward.base import GradientAlgorithm
+from .._backward.registry import resolve_method
+from .gate_projection import project_inputs
+from .linear_terms import linear_terms
 from .params import LSTMParams as LSTMParams
 from .params import init_lstm_layer as init_lstm_layer
 from .scan_cell import scan_cell
 
 
-def lstm_input_projection(params: LSTMParams, xs: jax.Array) -> jax.Array:
-    """`W x_t + b_ih` for every step at once (T, m, 4d); integer tokens are a lookup."""
-    if jnp.issubdtype(xs.dtype, jnp.integer):
-        return jnp.take(params.W.T, xs, axis=0) + params.b_ih
-    return jnp.einsum("tmn,gn->tmg", xs, params.W) + params.b_ih
-
-
 class LSTMRecurrence(NamedTuple):
-    """The parameters the recurrent step reads: S (4d, d) and b_hh (4d,)."""
+    """What the recurrent step reads: Sᵀ (d, 4d) and the summed bias b_ih + b_hh (4d,)."""
 
-    S: jax.Array
-    b_hh: jax.Array
+    S_T: jax.Array
+    b: jax.Array
 
 
-def lstm_step(params: LSTMRecurrence, carry, projected: jax.Array):
-    """One LSTM step from the projected input (m, 4d): `(h, c) -> (h, c)`."""
+def _lstm_forward(params: LSTMRecurrence, carry, projected: jax.Array):
+    """The step's new carry and the values its derivative reads."""
     h, c = carry
     d = h.shape[-1]
-    gates = projected + h @ params.S.T + params.b_hh
+    gates = projected + h @ params.S_T + params.b
     i = jax.nn.sigmoid(gates[..., :d])
     f = jax.nn.sigmoid(gates[..., d : 2 * d])
     g = jnp.tanh(gates[..., 2 * d : 3 * d])
     o = jax.nn.sigmoid(gates[..., 3 * d :])
     c = f * c + i * g
-    return (o * jnp.tanh(c), c)
+    tanh_c = jnp.tanh(c)
+    return (o * tanh_c, c), (i, f, g, o, tanh_c)
+
+
+@jax.custom_jvp
+def lstm_step(params: LSTMRecurrence, carry, projected: jax.Array):
+    """One LSTM step from the projected input `W x_t` (m, 4d): `(h, c) -> (h, c)`.
+
+    Differentiable in every argument, forward and reverse; its derivative is written
+    out (`_lstm_step_jvp`) so that a linearisation keeps few arrays per step.
+    """
+    return _lstm_forward(params, carry, projected)[0]
+
+
+def _lstm_step_jvp(primals, tangents):
+    # Through the gate pre-activations a = p + h Sᵀ + b (p = W x), with c' = f c + i g
+    # and h' = o tanh(c'):
+    #     ċ' = f ⊙ ċ + k_i ⊙ ȧ_i + k_f ⊙ ȧ_f + k_g ⊙ ȧ_g,
+    #     ḣ' = k_o ⊙ ȧ_o + o (1 − tanh² c') ⊙ ċ',
+    #     k_i = g i (1 − i),  k_f = c f (1 − f),  k_g = i (1 − g²),  k_o = tanh(c') o (1 − o).
+    # A linearisation keeps f, o (1 − tanh² c') and one (m, 4d) array of the k per step,
+    # and h besides for the weights: seven (m, d) arrays (JAX's own derivative of the
+    # step keeps eleven for the state alone). Tangents that are symbolically zero are
+    # skipped. The state's term is written with S itself, so that its transpose is
+    # `ā S`, not a product with a transposed operand.
+    params, (h, c), projected = primals
+    params_dot, (h_dot, c_dot), projected_dot = tangents
+    (h_new, c_new), (i, f, g, o, tanh_c) = _lstm_forward(params, (h, c), projected)
+    d = h.shape[-1]
+    k = jnp.concatenate(
+        [g * (i * (1 - i)), c * (f * (1 - f)), i * (1 - g * g), tanh_c * (o * (1 - o))],
+        axis=-1,
+    )
+    through_c = o * (1 - tanh_c * tanh_c)
+    S = params.S_T.T
+    gates_dot = linear_terms(
+        (projected_dot, lambda t: t),
+        (h_dot, lambda t: lax.dot_general(t, S, (((1,), (1,)), ((), ())))),
+        (params_dot.S_T, lambda t: h @ t),
+        (params_dot.b, lambda t: jnp.broadcast_to(t, projected.shape)),
+    )
+    # Split (not sliced) so that the transpose joins the gates' cotangents with one
+    # concatenation; the i, f, g blocks are summed as one (m, 3, d) array.
+    scaled = None if gates_dot is None else jnp.split(k * gates_dot, [3 * d], axis=-1)
+    c_new_dot = linear_terms(
+        (scaled, lambda t: t[0].reshape(*t[0].shape[:-1], 3, d).sum(-2)),
+        (c_dot, lambda t: f * t),
+    )
+    h_new_dot = linear_terms(
+        (scaled, lambda t: t[1]),
+        (c_new_dot, lambda t: through_c * t),
+    )
+    zero = jnp.zeros_like(h_new)
+    return (h_new, c_new), (
+        zero if h_new_dot is None else h_new_dot,
+        zero if c_new_dot is None else c_new_dot,
+    )
+
+
+lstm_step.defjvp(_lstm_step_jvp, symbolic_zeros=True)
 
 
 def lstm_layer(
@@ -91,15 +148,7 @@ def lstm_layer(
             f"an LSTM's initial state must be the pair (h0, c0), each (m, d), got "
             f"{type(carry0).__name__} {carry0!r:.80}."
         )
-    projected = lstm_input_projection(params, xs)
-    recurrence = LSTMRecurrence(params.S, params.b_hh)
-    return scan_cell(
-        lstm_step,
-        recurrence,
-        projected,
-        tuple(carry0),
-        method=method,
-        truncation=truncation,
-        tol=tol,
-        block=block,
-    )
+    algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    projected = project_inputs(params.W, xs, own_backward=algorithm.uses_custom_vjp)
+    recurrence = LSTMRecurrence(params.S.T, params.b_ih + params.b_hh)
+    return scan_cell(lstm_step, recurrence, projected, tuple(carry0), method=algorithm)
