@@ -1,7 +1,7 @@
 """Every registered gradient algorithm against the oracle, `jax.grad` of a plain lax.scan.
 
 Grid: algorithm × activation × {1, 2, 3} layers × T ∈ {1, 2, 3, 17} × m ∈ {1, 5} × with
-and without a ragged mask × {float32, float64}; the gradients w.r.t. params, xs and
+and without a ragged mask × {float32, float64} (the default run a part of it, below); the gradients w.r.t. params, xs and
 every h0 must agree with the oracle's to a relative error of 1e-4 (float32) or 1e-10
 (float64). The algorithms are those of `dprnn_jax.backward.ALGORITHMS`, so a new one is
 checked without editing this file; half of the cases pass the algorithm object, half
@@ -40,26 +40,46 @@ DEPTHS = (1, 2, 3)
 SHAPES = tuple(itertools.product((1, 2, 3, 17), (1, 5)))  # (T, m)
 MASKS = ("no mask", "ragged mask")
 
-# Each algorithm on all 8 (T, m) of every test adds about 25 s of CPU time to the suite,
-# nearly all of it compilation. These run on fewer (T, m) per test, which rotate from
-# test to test so that every (T, m) is still checked for every dtype (see the last
-# test): "scan" and "rtrl", whose programs are the largest; "autodiff", which is `jax.grad`
-# of the library's own plain scan, the oracle's computation on the library's forward.
-SUB_GRIDS = {"scan": 3, "rtrl": 3, "autodiff": 1}
+# The default run checks every activation at depth 1 and, per dtype, two deeper
+# networks, so that over both dtypes every activation is checked in a network of 2 or 3
+# layers; the other four (activation, depth) of each dtype are marked `slow`
+# (`python -m pytest -n 2 -m slow tests/test_gradients.py`). The deeper stacks only
+# repeat the layer-to-layer cotangents that depth 2 and 3 already check once per dtype,
+# and each of them costs the suite 10-25 s of compilation.
+DEEPER = {"float32": (("relu", 2), ("sigmoid", 3)), "float64": (("sigmoid", 2), ("tanh", 3))}
 
 
-def shapes_checked(name: str, activation: str, n_layers: int) -> tuple[tuple[int, int], ...]:
-    """The (T, m) at which the test of (activation, n_layers) checks algorithm `name`."""
-    if name not in SUB_GRIDS:
+def default_cases(dtype: str) -> tuple[tuple[str, int], ...]:
+    """The (activation, n_layers) checked for `dtype` by the default run, in order."""
+    return tuple((activation, 1) for activation in ACTIVATIONS) + DEEPER[dtype]
+
+
+# Each algorithm on all 8 (T, m) of every test adds about 10 s of CPU time to the suite,
+# nearly all of it compilation. These run on fewer (T, m) per test of the default run, in
+# windows that move from test to test so that every (T, m) is still checked for every
+# dtype (see the last test): "scan" and "rtrl", whose programs are the largest;
+# "autodiff", which is `jax.grad` of the library's own plain scan, the oracle's
+# computation on the library's forward. The slow tests check all of them everywhere.
+SUB_GRIDS = {"scan": 2, "rtrl": 2, "autodiff": 2}
+
+
+def shapes_checked(name: str, dtype: str, activation: str, n_layers: int):
+    """The (T, m) at which the test of (dtype, activation, n_layers) checks `name`."""
+    cases = default_cases(dtype)
+    if name not in SUB_GRIDS or (activation, n_layers) not in cases:
         return SHAPES
     count = SUB_GRIDS[name]
-    first = 3 * ACTIVATIONS.index(activation) + n_layers + 4 * list(SUB_GRIDS).index(name)
-    return tuple(SHAPES[(first + k * len(SHAPES) // count) % len(SHAPES)] for k in range(count))
+    first = count * cases.index((activation, n_layers)) + 3 * list(SUB_GRIDS).index(name)
+    return tuple(SHAPES[(first + k) % len(SHAPES)] for k in range(count))
 
 
-def methods_at(T: int, m: int, activation: str, n_layers: int) -> tuple:
+def methods_at(T: int, m: int, dtype: str, activation: str, n_layers: int) -> tuple:
     """The `method=` arguments checked at (T, m): objects when m > 1, names when m = 1."""
-    names = [name for name in ALGORITHMS if (T, m) in shapes_checked(name, activation, n_layers)]
+    names = [
+        name
+        for name in ALGORITHMS
+        if (T, m) in shapes_checked(name, dtype, activation, n_layers)
+    ]
     return tuple(ALGORITHMS[name]() if m > 1 else name for name in names)
 
 
@@ -109,16 +129,31 @@ def assert_every_method_matches_oracle(labels, results, dtype):
     )
 
 
-@pytest.mark.parametrize("n_layers", DEPTHS)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_every_algorithm_matches_jax_grad(activation, n_layers, dtype):
-    problems = [make_problem(T * 100 + m, T, m, n_layers, dtype) for T, m in SHAPES]
-    plans = tuple(
-        ("softmax_cross_entropy", methods_at(T, m, activation, n_layers)) for T, m in SHAPES
+GRID = [
+    pytest.param(
+        dtype,
+        activation,
+        n_layers,
+        marks=() if (activation, n_layers) in default_cases(dtype) else pytest.mark.slow,
     )
-    results = gradients_and_oracle(problems, activation=activation, plans=plans)
-    labels = [f"{activation}, {n_layers} layers, T={T}, m={m}" for T, m in SHAPES]
-    assert_every_method_matches_oracle(labels, results, dtype)
+    for dtype in ("float32", "float64")
+    for activation in ACTIVATIONS
+    for n_layers in DEPTHS
+]
+
+
+@pytest.mark.parametrize("dtype_name, activation, n_layers", GRID)
+def test_every_algorithm_matches_jax_grad(dtype_name, activation, n_layers):
+    with jax.enable_x64(dtype_name == "float64"):
+        dtype = jnp.dtype(dtype_name)
+        problems = [make_problem(T * 100 + m, T, m, n_layers, dtype) for T, m in SHAPES]
+        plans = tuple(
+            ("softmax_cross_entropy", methods_at(T, m, dtype_name, activation, n_layers))
+            for T, m in SHAPES
+        )
+        results = gradients_and_oracle(problems, activation=activation, plans=plans)
+        labels = [f"{activation}, {n_layers} layers, T={T}, m={m}" for T, m in SHAPES]
+        assert_every_method_matches_oracle(labels, results, dtype)
 
 
 def test_other_losses_match_jax_grad(dtype):
@@ -131,14 +166,15 @@ def test_other_losses_match_jax_grad(dtype):
     assert_every_method_matches_oracle(labels, results, dtype)
 
 
-def test_the_grid_checks_every_algorithm_at_every_shape():
-    """Per dtype, the tests together check every registered algorithm at every (T, m),
-    by name and as an object."""
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_the_default_grid_checks_every_algorithm_at_every_shape(dtype_name):
+    """Per dtype, the default tests together check every registered algorithm at every
+    (T, m), by name and as an object, and every activation."""
     checked = {
         (getattr(method, "name", method), T, m, isinstance(method, str))
-        for activation, n_layers in itertools.product(ACTIVATIONS, DEPTHS)
+        for activation, n_layers in default_cases(dtype_name)
         for T, m in SHAPES
-        for method in methods_at(T, m, activation, n_layers)
+        for method in methods_at(T, m, dtype_name, activation, n_layers)
     }
     assert {(name, T, m) for name, T, m, _ in checked} == {
         (name, T, m) for name in ALGORITHMS for T, m in SHAPES
@@ -146,3 +182,6 @@ def test_the_grid_checks_every_algorithm_at_every_shape():
     assert {(name, by_name) for name, _, _, by_name in checked} == {
         (name, by_name) for name in ALGORITHMS for by_name in (True, False)
     }
+    assert {activation for activation, _ in default_cases(dtype_name)} == set(ACTIVATIONS)
+    deeper = {activation for dtype in DEEPER for activation, _ in DEEPER[dtype]}
+    assert deeper == set(ACTIVATIONS)
