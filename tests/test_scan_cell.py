@@ -7,10 +7,12 @@ no algorithm sees except through the vector-Jacobian products of the cell.
 
 from __future__ import annotations
 
-import chex
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import CHEAP_COMPILE, assert_trees_close, random_inputs
 
 import dprnn_jax as dj
 from dprnn_jax.backward import ALGORITHMS
@@ -28,16 +30,16 @@ def gated_step(params, carry, x):
 
 
 def problem(T, dtype, seed=0):
-    k = jax.random.split(jax.random.key(seed), 7)
+    """Weights, inputs, a two-part initial carry and loss weights, drawn with NumPy (so
+    that building a problem compiles nothing)."""
+    shapes = {"Wg": (D, N), "Sg": (D, D), "Wc": (D, N), "Sc": (D, D)}
     params = {
-        name: jax.random.normal(key, shape, dtype)
-        for name, key, shape in zip(
-            ("Wg", "Sg", "Wc", "Sc"), k[:4], ((D, N), (D, D), (D, N), (D, D))
-        )
+        name: random_inputs(10 * seed + i, shape, dtype)
+        for i, (name, shape) in enumerate(shapes.items())
     }
-    xs = jax.random.normal(k[4], (T, M, N), dtype)
-    carry0 = (jax.random.normal(k[5], (M, D), dtype), 0.3 * jnp.ones((M, D), dtype))
-    weights = jax.random.normal(k[6], (T, M, D), dtype)
+    xs = random_inputs(10 * seed + 4, (T, M, N), dtype)
+    carry0 = (random_inputs(10 * seed + 5, (M, D), dtype), 0.3 * jnp.ones((M, D), dtype))
+    weights = random_inputs(10 * seed + 6, (T, M, D), dtype)
     return params, xs, carry0, weights
 
 
@@ -47,9 +49,13 @@ def loss(params, xs, carry0, weights, method):
 
 
 def assert_close(tree, reference, dtype):
-    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
-        scale = float(jnp.max(jnp.abs(expected))) or 1.0
-        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+    assert_trees_close(tree, reference, rtol=RTOL[dtype])
+
+
+@functools.partial(jax.jit, static_argnames="methods", compiler_options=CHEAP_COMPILE)
+def gradients(params, xs, carry0, weights, methods):
+    """∂loss/∂(params, xs, carry0) for each method: ONE compiled program for all."""
+    return [jax.grad(loss, (0, 1, 2))(params, xs, carry0, weights, m) for m in methods]
 
 
 ALGORITHM_CASES = [cls() for name, cls in ALGORITHMS.items() if name != "autodiff"] + [
@@ -69,10 +75,8 @@ ALGORITHM_CASES = [cls() for name, cls in ALGORITHMS.items() if name != "autodif
 )
 def test_every_algorithm_matches_the_oracle_under_jit(T, dtype, x64):
     params, xs, carry0, weights = problem(T, dtype)
-    grad = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=4)
-    reference = grad(params, xs, carry0, weights, "autodiff")
-    for algorithm in ALGORITHM_CASES:
-        got = grad(params, xs, carry0, weights, algorithm)
+    reference, *results = gradients(params, xs, carry0, weights, ("autodiff", *ALGORITHM_CASES))
+    for got in results:
         assert_close(got, reference, dtype)
 
 
@@ -81,13 +85,23 @@ def test_under_vmap_over_an_ensemble(x64):
     T = 6
     (p0, xs, carry0, weights), (p1, *_) = problem(T, "float64"), problem(T, "float64", 1)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
-    for algorithm in (dj.Omega(), dj.BPTT()):
-        batched = jax.vmap(jax.grad(loss), in_axes=(0, None, None, None, None))(
-            stacked, xs, carry0, weights, algorithm
-        )
-        for i, params in enumerate((p0, p1)):
-            reference = jax.grad(loss)(params, xs, carry0, weights, "autodiff")
-            assert_close(jax.tree.map(lambda a, i=i: a[i], batched), reference, "float64")
+    methods = (dj.Omega(), dj.BPTT(), "autodiff")
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def batched_and_single(stacked, p0, p1):
+        batched = [
+            jax.vmap(jax.grad(loss), in_axes=(0, None, None, None, None))(
+                stacked, xs, carry0, weights, method
+            )
+            for method in methods[:2]
+        ]
+        single = [jax.grad(loss)(p, xs, carry0, weights, "autodiff") for p in (p0, p1)]
+        return batched, single
+
+    batched, single = batched_and_single(stacked, p0, p1)
+    for grads in batched:
+        for i, reference in enumerate(single):
+            assert_close(jax.tree.map(lambda a, i=i: a[i], grads), reference, "float64")
 
 
 def test_truncation_is_the_stop_gradient_gradient(x64):
@@ -110,11 +124,19 @@ def test_truncation_is_the_stop_gradient_gradient(x64):
         cs = jnp.stack([c for _, c in outputs])
         return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(cs**2)
 
-    reference = jax.grad(oracle, (0, 1, 2))(params, xs, carry0)
-    for algorithm in (dj.Omega(truncation=K), dj.BPTT(truncation=K)):
-        assert_close(
-            jax.grad(loss, (0, 1, 2))(params, xs, carry0, weights, algorithm), reference, "float64"
-        )
+    algorithms = (dj.Omega(truncation=K), dj.BPTT(truncation=K))
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def truncated_and_oracle(params, xs, carry0):
+        truncated = [
+            jax.grad(loss, (0, 1, 2))(params, xs, carry0, weights, algorithm)
+            for algorithm in algorithms
+        ]
+        return truncated, jax.grad(oracle, (0, 1, 2))(params, xs, carry0)
+
+    truncated, reference = truncated_and_oracle(params, xs, carry0)
+    for grads in truncated:
+        assert_close(grads, reference, "float64")
 
 
 def test_integer_inputs_have_no_gradient(x64):
