@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import CHEAP_COMPILE
 
 import dprnn_jax as dj
 
@@ -95,7 +96,9 @@ def alone(params, x, inspect, eps, dh):
     return hs @ params.readout.W.T + params.readout.b, inspected
 
 
-@functools.partial(jax.jit, static_argnames=("inspect", "lengths"))
+@functools.partial(
+    jax.jit, static_argnames=("inspect", "lengths"), compiler_options=CHEAP_COMPILE
+)
 def oracle(params, xs, targets, *, inspect, lengths):
     """Per sequence v: Ω_v (L, L, d, d), σ'(Z_v) (L, d) and the injected error P_v
     (L, d); and ∂L_j/∂Z_i (T, T, m, d) of the per-step losses L_j (top layer only)."""
@@ -130,7 +133,9 @@ def oracle(params, xs, targets, *, inspect, lengths):
     return per_sample, dloss
 
 
-@functools.partial(jax.jit, static_argnames=("layer", "direction", "max_lag"))
+@functools.partial(
+    jax.jit, static_argnames=("layer", "direction", "max_lag"), compiler_options=CHEAP_COMPILE
+)
 def library(params, xs, targets, lengths, *, layer, direction, max_lag=None):
     where = dict(layer=layer, direction=direction, lengths=lengths)
     return {

@@ -483,7 +483,17 @@ def _add_omega(subparsers) -> None:
         "--activation", choices=("tanh", "sigmoid", "relu"), default="tanh", help="fresh model"
     )
     parser.add_argument(
-        "--gain", type=float, default=1.0, help="fresh model: spectral radius of S (1.0)"
+        "--cell",
+        choices=("elman", "gru", "lstm"),
+        default="elman",
+        help="fresh model: recurrent cell (elman); for gru and lstm Ω follows the carry, "
+        "h or (h, c)",
+    )
+    parser.add_argument(
+        "--gain",
+        type=float,
+        default=1.0,
+        help="fresh model: spectral radius of S for elman, a factor on S for gru, lstm (1.0)",
     )
     parser.add_argument("--seed", type=int, default=0, help="fresh model: PRNG seed (0)")
     parser.add_argument("--layer", type=int, default=-1, help="layer to analyse (-1: top)")
@@ -527,6 +537,7 @@ def _command_omega(args: argparse.Namespace) -> int:
                 activation=args.activation,
                 gain=args.gain,
                 seed=args.seed,
+                cell=args.cell,
             )
         summary = omega_report(
             model.params,
@@ -546,9 +557,10 @@ def _command_omega(args: argparse.Namespace) -> int:
         raise UsageError(str(error).rstrip(".")) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
+    a_priori = summary["gamma_a_priori"]  # None for a gated cell: γ is max ‖J_t‖₂
+    bound = "max one-step norm" if a_priori is None else f"a priori {a_priori:.4g}"
     print(
-        f"{model.title}: gamma = {summary['gamma']:.4g} "
-        f"(a priori {summary['gamma_a_priori']:.4g}), "
+        f"{model.title}: gamma = {summary['gamma']:.4g} ({bound}), "
         f"Lyapunov λ1 = {summary['lyapunov_diagonal_decay']:.4g} (diagonal decay), "
         f"{summary['lyapunov_qr']:.4g} (QR)"
     )

@@ -28,6 +28,8 @@ from .._diagnostics.lyapunov import (
 )
 from .._diagnostics.omega_norms import omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
+from .._model.bidirectional import BidirectionalParams
+from .._model.layer_kinds import kind_of
 from .._model.loss import sequence_loss
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_sequence
@@ -70,6 +72,23 @@ def _finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# What Ω(j, i) is the Jacobian of, per cell: its figures and summary say so.
+FOLLOWED_STATE = {"elman": "Z", "gru": "h", "lstm": "(h, c)"}
+
+
+def inspected_cell(params, layer: int) -> str:
+    """The cell name ("elman", "gru", "lstm") of layer `layer` of an `RNNParams` (of its
+    forward direction, for a bidirectional layer); the diagnostics check the index."""
+    layers = tuple(params.layers)
+    if not -len(layers) <= layer < len(layers):
+        return "elman"  # the diagnostics raise the error that names the bad index
+    inspected = layers[layer]
+    if isinstance(inspected, BidirectionalParams):
+        inspected = inspected.forward
+    kind = kind_of(inspected)
+    return "elman" if kind is None else kind.name
+
+
 def omega_report(
     params,
     xs,
@@ -89,10 +108,12 @@ def omega_report(
 
     Files: `omega_triangles.png` (‖Ω(j, i)‖₂ averaged over the batch, and the gradient
     flow ‖G(j, i)‖_F), `omega_decay.png` (per-lag decay with γ^k and both Lyapunov
-    fits) and `omega_summary.json` (the returned dict).
+    fits) and `omega_summary.json` (the returned dict). For a GRU or LSTM layer Ω is
+    the Jacobian of the cell's carry (`h`, or `(h, c)` 2d wide) and γ the largest
+    one-step norm ‖J_t‖₂ observed (no a-priori γ: those entries are None).
 
     Args:
-        params: `RNNParams`.
+        params: `RNNParams` (Elman, GRU or LSTM layers).
         xs, targets, mask, loss, activation: as for `sequence_loss`.
         out_dir: output folder (created if missing).
         layer: which recurrent layer (default the top one).
@@ -107,9 +128,10 @@ def omega_report(
         ValueError, TypeError: T < 4, and the errors of the diagnostics.
 
     Returns:
-        A JSON-ready dict: sizes, γ (observed and a priori), ‖S‖₂, λ₁ from the diagonal
-        decay and from QR, the method with its gradient's relative error and its
-        products per layer, and the files written.
+        A JSON-ready dict: sizes, the cell and the state Ω follows ("Z", "h", "(h, c)")
+        with its width, γ (observed and a priori), ‖S‖₂, λ₁ from the diagonal decay and
+        from QR, the method with its gradient's relative error and its products per
+        layer, and the files written.
     """
     say = log if log is not None else (lambda line: None)
     method = resolve_method(method)
@@ -155,9 +177,12 @@ def omega_report(
         f"{time.perf_counter() - started:.1f} s) …"
     )
     out_dir = Path(out_dir)
-    heading = title or f"layer {layer}, {activation}, T = {T}"
+    cell = inspected_cell(params, layer)
+    state = FOLLOWED_STATE[cell]
+    described = activation if cell == "elman" else cell.upper()
+    heading = title or f"layer {layer}, {described}, T = {T}"
     save_figure(
-        plot_omega_triangles(logs, flow, log=True, title=heading),
+        plot_omega_triangles(logs, flow, log=True, title=heading, state=state),
         out_dir / REPORT_FILES[0],
     )
     save_figure(
@@ -169,11 +194,17 @@ def omega_report(
         "batch": int(xs.shape[1]),
         "layer": int(layer),
         "activation": activation,
-        "hidden": int(qr.shape[0]),
+        "cell": cell,
+        # Ω(j, i) = ∂state_j/∂state_i of this state, `state_width` wide (2·hidden for
+        # an LSTM's (h, c)).
+        "state": state,
+        "state_width": int(qr.shape[0]),
+        "hidden": int(qr.shape[0]) // (2 if cell == "lstm" else 1),
         "gamma": float(bound.gamma),
-        "gamma_a_priori": float(bound.gamma_a_priori),
+        # None for a gated cell: no a-priori bound of the form ‖S‖₂ · max σ' holds.
+        "gamma_a_priori": _finite_or_none(bound.gamma_a_priori),
         "spectral_norm_S": float(bound.spectral_norm_S),
-        "max_sigma_prime": float(bound.max_sigma_prime),
+        "max_sigma_prime": _finite_or_none(bound.max_sigma_prime),
         "lyapunov_diagonal_decay": float(estimate.exponent),
         "lyapunov_qr": float(qr[0]),
         # Standard errors over the batch (None with one sequence), and whether the two
@@ -218,17 +249,21 @@ def fresh_model(
     activation: str,
     gain: float,
     seed: int,
+    cell: str = "elman",
 ) -> ModelAndData:
-    """A freshly initialised network (S orthogonal times `gain`, so its spectral radius
-    is `gain`) with random normal inputs and random class targets."""
+    """A freshly initialised network of `cell` layers ("elman": S orthogonal times
+    `gain`, so its spectral radius is `gain`; "gru", "lstm": PyTorch's uniform
+    initialisation with every recurrent weight times `gain`) with random normal inputs
+    and random class targets."""
     init_key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
-    params = init_rnn(init_key, input_size, (hidden,) * layers, classes)
+    params = init_rnn(init_key, input_size, (hidden,) * layers, classes, cell=cell)
     params = params._replace(
         layers=tuple(layer._replace(S=gain * layer.S) for layer in params.layers)
     )
     xs = jax.random.normal(x_key, (T, batch, input_size))
     targets = jax.random.randint(y_key, (T, batch), 0, classes)
-    title = f"fresh model, {activation}, gain {gain:g}, T = {T}"
+    described = activation if cell == "elman" else cell.upper()
+    title = f"fresh model, {described}, gain {gain:g}, T = {T}"
     return ModelAndData(params, xs, targets, None, "softmax_cross_entropy", activation, title)
 
 
@@ -250,7 +285,9 @@ def trained_model(checkpoint: str | Path, *, batch: int) -> ModelAndData:
     held_out = task.validation
     m = min(batch, held_out.inputs.shape[1])
     title = f"{config.task} after {run.metadata.get('step', '?')} steps ({config.method}), "
-    title += f"{config.activation}, T = {held_out.inputs.shape[0]}"
+    cell = getattr(config, "cell", "elman")
+    title += f"{config.activation if cell == 'elman' else cell.upper()}, "
+    title += f"T = {held_out.inputs.shape[0]}"
     return ModelAndData(
         run.params,
         held_out.inputs[:, :m],

@@ -13,6 +13,12 @@ top layer of a network, `P_j` is the error injected by the readout at step j, so
 to the pre-activations at step i. Rows that do not decay mean long-range credit
 assignment; a triangle concentrated on its diagonal means vanishing gradients.
 
+For a GRU or LSTM layer the same DP follows the cell's carry instead of Z (`h`, or the
+concatenated `(h, c)` of an LSTM): `P_i` is the cotangent that the consumers deliver to
+the carry at step i (`[∂C/∂h_i, 0]` for an LSTM, whose consumers read h only), the
+transition is the cell's one-step Jacobian `J_{i+1} = ∂carry_{i+1}/∂carry_i` applied as a
+vector–Jacobian product, and `G(j, i) = ∂L_j/∂carry_i` for the top layer.
+
 The DP runs in the order in which the inspected direction runs (`trajectory.py`); the
 norms are taken per sequence, brought to the network's time steps (where the backward
 direction of a bidirectional layer fills the upper triangle) and only then summed over
@@ -25,10 +31,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._backward.jacobian import ElmanJacobian
+from .._backward.jacobian import ElmanJacobian, StepJacobian
 from .._backward.registry import resolve_method
 from .._model.bidirectional import BidirectionalParams, reverse_padded
-from .._model.layer import rnn_layer
+from .._model.layer_kinds import run_recurrent_layer
 from .._model.loss import per_step_losses
 from .._model.network import apply_layer, check_rnn_params
 from .._validation import check_rank, check_same_dtype, check_shape
@@ -39,12 +45,14 @@ from .trajectory import (
     compiled,
     layer_trajectory,
     network_order,
+    state_cotangent,
     valid_steps,
 )
 
 
-def error_flow_squared_norms(injected: jax.Array, jacobian: ElmanJacobian, last: int) -> jax.Array:
-    """`‖G_v(j, i)‖²` per sample v, shape (T, T, m), filled diagonal by diagonal.
+def error_flow_squared_norms(injected: jax.Array, jacobian: StepJacobian, last: int) -> jax.Array:
+    """`‖G_v(j, i)‖²` per sample v, shape (T, T, m), filled diagonal by diagonal, for the
+    one-step Jacobians of any cell (`ElmanJacobian`, `CellJacobian`).
 
     Lags 1 … `last` are filled; j < i and longer lags are NaN.
     """
@@ -117,12 +125,13 @@ def injected_errors(
     loss: str = "softmax_cross_entropy",
     activation: str = "tanh",
 ) -> tuple[jax.Array, Trajectory]:
-    """The errors P^l_t injected into one direction of layer l's pre-activations (Ψ).
+    """The errors P^l_t injected into one direction of layer l's followed state (Ψ).
 
     `P_t = (∂C/∂H^l_t)|_{consumers} ⊙ σ'(Z^l_t)`: the cotangent that the readout (top
     layer) or layer l+1 delivers at step t — what `rnn_layer`'s custom backward receives
-    as `hs_bar` — times σ', in the direction's run order. Returns `(P (T, m, d),
-    trajectory)`.
+    as `hs_bar` — times σ', in the direction's run order. For a gated layer, that
+    cotangent as the carry's (`state_cotangent`: `[h̄, 0]` for an LSTM). Returns
+    `(P (T, m, D), trajectory)`.
     """
     check_rnn_params(params)
     index = check_layer_index(layer, len(params.layers))
@@ -139,7 +148,9 @@ def injected_errors(
             other, other_inputs = inspected.forward, trajectory.inputs
         else:
             other, other_inputs = inspected.backward, reverse_padded(trajectory.inputs, lengths)
-        other_hs = rnn_layer(other, other_inputs, activation=activation, method=plain)
+        other_hs, _ = run_recurrent_layer(
+            other, other_inputs, None, lengths=None, activation=activation, method=plain
+        )
 
     def cost_from_states(hs):
         # The rest of the network as `rnn_forward` runs it: the layer's output, the layers
@@ -156,7 +167,7 @@ def injected_errors(
         return per_step_losses(outputs, targets, mask=supervised, loss=loss).sum() / m
 
     hs_bar = jax.grad(cost_from_states)(trajectory.hs)
-    return hs_bar * trajectory.sigma_prime, trajectory
+    return state_cotangent(trajectory, hs_bar), trajectory
 
 
 @compiled("layer", "direction", "loss", "activation", "max_lag")
@@ -176,14 +187,17 @@ def gradient_flow(
     r"""The gradient-flow map ‖G(j, i)‖ of one layer of a network, shape (T, T).
 
     `G(j, i) = P_j Ω(j, i)`, filled by the DP of the `Omega()` backward. For the top
-    layer (the default), `G(j, i) = ∂L_j/∂Z_i` with `L_j = (1/m) Σ_rows loss(ŷ_j, y_j)`:
+    layer (the default), `G(j, i) = ∂L_j/∂Z_i` with `L_j = (1/m) Σ_rows loss(ŷ_j, y_j)`
+    (for a GRU layer `∂L_j/∂h_i`, for an LSTM layer `∂L_j/∂(h_i, c_i)`, the carry's
+    cotangent, 2d wide: see the module docstring):
     row j shows how the loss at step j reaches back to earlier steps, and
     `Σ_j G(j, i) = Δ_i = ∂C/∂Z_i`. For a lower layer l, `P_j` is the error that enters
     layer l at step j from layer l+1 (it already carries every later loss through the
     layers above), and row j shows how that error travels back inside layer l.
 
     Args:
-        params: `RNNParams`, with any mix of unidirectional and bidirectional layers.
+        params: `RNNParams`, with any mix of unidirectional and bidirectional layers of
+            any cell (Elman, GRU, LSTM).
         xs: inputs (T, m, n), or integer tokens (T, m).
         targets: as for `sequence_loss`.
         mask: as for `sequence_loss` (keyword-only): (T, m), 0 at unsupervised steps.
@@ -195,7 +209,7 @@ def gradient_flow(
             backward direction's `G(j, i) = ∂L_j/∂Z←_i` is non-zero for j ≤ i: the loss
             at step j reaches the later steps that the backward direction ran first.
         loss: as for `sequence_loss`.
-        activation: recurrent activation.
+        activation: recurrent activation (of Elman layers).
         max_lag: fill only lags |j − i| ≤ max_lag (all T − 1 if None).
 
     Returns:
@@ -234,8 +248,9 @@ def gradient_flow(
         activation=activation,
     )
     last = check_max_lag(max_lag, injected.shape[0])
-    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
-    squared = network_order(error_flow_squared_norms(injected, jacobian, last), trajectory)
+    squared = network_order(
+        error_flow_squared_norms(injected, trajectory.jacobian, last), trajectory
+    )
     if trajectory.lengths is None:
         return jnp.sqrt(squared.sum(axis=-1))
     # Padded entries are NaN per sequence; the batch norm runs over the valid ones.

@@ -24,6 +24,12 @@ windows) and a QR burn-in of ⌊T/8⌋ steps (`default_burn_in`).
 A derivation of BPTT (docs/references.md#bptt-derivation, its section 6) bounds the same
 product by `‖Ω(i+k, i)‖ ≤ γ^k`, `γ = ‖S‖₂ · max σ'` (`decay_bound`): γ < 1 guarantees
 vanishing gradients; γ > 1 only allows explosion.
+
+For a GRU or LSTM layer the one-step Jacobians are the cell's, `J_{t+1} =
+∂carry_{t+1}/∂carry_t` (`h`, or the concatenated `(h, c)` of an LSTM, 2d wide), so the
+exponents are those of the carry and an LSTM has 2d of them. The decay bound of a gated
+cell is the observed γ = max_t ‖J_t‖₂ (no bound of the form ‖S‖₂ · max σ' holds: the
+gates multiply terms that depend on the state and the biases).
 """
 
 from __future__ import annotations
@@ -138,11 +144,13 @@ class DecayBound(NamedTuple):
     """The decay bound ‖Ω(i+k, i)‖₂ ≤ γ^k, γ = ‖S‖₂ · max σ' (docs/diagnostics.md#lyapunov).
 
     Attributes:
-        gamma: γ with the largest σ' observed on this trajectory (the tighter bound).
+        gamma: γ with the largest σ' observed on this trajectory (the tighter bound); for
+            a GRU or LSTM layer, the largest one-step ‖J_t‖₂ observed.
         gamma_a_priori: γ with sup σ' of the activation (1 for tanh and relu, 1/4 for
-            sigmoid): holds for every input.
-        spectral_norm_S: ‖S‖₂.
-        max_sigma_prime: the largest σ'(Z_t) entry over steps, samples and units.
+            sigmoid): holds for every input. NaN for a gated layer (none is known).
+        spectral_norm_S: ‖S‖₂ (of the stacked gate blocks, (G·d, d), for a gated layer).
+        max_sigma_prime: the largest σ'(Z_t) entry over steps, samples and units; NaN for
+            a gated layer.
 
     Example:
         >>> bound = decay_bound(init_layer(jax.random.key(0), 3, 8), jnp.ones((5, 2, 3)))
@@ -212,7 +220,7 @@ def qr_log_growth(
 ) -> tuple[jax.Array, jax.Array]:
     """`log|R_t[a, a]|` (T−1, m, d) of Benettin's algorithm and the (T−1, m) mask of the
     steps averaged: after the burn-in, Jacobians Ω(t+1, t) between two valid steps."""
-    _, m, d = trajectory.hs.shape
+    m, d = one_step.shape[1], one_step.shape[-1]
     # Ω(t+1, t) for t = 0 … T-2: the last step's σ' has no successor.
     jacobians = one_step[:-1]
 
@@ -257,11 +265,12 @@ def lyapunov_exponent(
     `LyapunovEstimate.consistent`.
 
     Args:
-        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
-            `layer`).
+        params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams`, or
+            an `RNNParams` stack (see `layer`).
         xs: inputs (T, m, n), or integer tokens (T, m).
-        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
-        activation: "tanh", "sigmoid" or "relu".
+        h0: initial state (m, d) of the inspected layer (direction), the pair (h0, c0)
+            for an LSTM; zeros if None.
+        activation: "tanh", "sigmoid" or "relu" (of Elman layers; gated cells fix theirs).
         layer: for an `RNNParams`, which recurrent layer (default the top one).
         direction: for a bidirectional layer, "forward" or "backward" (required); the
             backward direction's lags run backward in time.
@@ -362,11 +371,12 @@ def lyapunov_qr(
     expanding direction).
 
     Args:
-        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
-            `layer`).
+        params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams`, or
+            an `RNNParams` stack (see `layer`).
         xs: inputs (T, m, n), or integer tokens (T, m).
-        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
-        activation: "tanh", "sigmoid" or "relu".
+        h0: initial state (m, d) of the inspected layer (direction), the pair (h0, c0)
+            for an LSTM; zeros if None.
+        activation: "tanh", "sigmoid" or "relu" (of Elman layers; gated cells fix theirs).
         layer: for an `RNNParams`, which recurrent layer (default the top one).
         direction: for a bidirectional layer, "forward" or "backward" (required).
         lengths: valid steps per sequence (m,) of a right-padded batch, or None: only
@@ -375,7 +385,8 @@ def lyapunov_qr(
             `default_burn_in(T)` = ⌊T/8⌋, as in `lyapunov_exponent` and `dprnn-jax omega`.
 
     Returns:
-        The d exponents, largest first, shape (d,); `[0]` is λ₁.
+        The D exponents, largest first, shape (D,); `[0]` is λ₁. D = d, or 2d for an
+        LSTM layer (the exponents of its carry (h, c)).
 
     Raises:
         ValueError: `burn_in` not in [0, T − 2] (at least one Jacobian must be
@@ -410,14 +421,17 @@ def decay_bound(
 
     Each factor obeys `‖S diag(σ'(Z_t))‖₂ ≤ ‖S‖₂ max σ'(Z_t)`, and the norm of a
     product is at most the product of the norms. With the observed max σ' the bound
-    holds for this trajectory; with the activation's sup it holds for every input.
+    holds for this trajectory; with the activation's sup it holds for every input. For
+    a GRU or LSTM layer γ is the largest one-step norm ‖J_t‖₂ observed on this
+    trajectory (the bound holds for it), and the a-priori fields are NaN.
 
     Args:
-        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
-            `layer`).
+        params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams`, or
+            an `RNNParams` stack (see `layer`).
         xs: inputs (T, m, n), or integer tokens (T, m).
-        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
-        activation: "tanh", "sigmoid" or "relu".
+        h0: initial state (m, d) of the inspected layer (direction), the pair (h0, c0)
+            for an LSTM; zeros if None.
+        activation: "tanh", "sigmoid" or "relu" (of Elman layers; gated cells fix theirs).
         layer: for an `RNNParams`, which recurrent layer (default the top one).
         direction: for a bidirectional layer, "forward" or "backward" (required).
         lengths: valid steps per sequence (m,), or None: the max σ' is taken over the
@@ -436,6 +450,8 @@ def decay_bound(
         params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
     )
     spectral_norm_S = jnp.linalg.norm(trajectory.params.S, ord=2)
+    if trajectory.sigma_prime is None:
+        return _gated_decay_bound(trajectory, spectral_norm_S)
     # Only steps t with a valid successor enter a Jacobian Ω(t+1, t); σ' ≥ 0, so 0 is
     # the neutral element of the max (and the value when no Jacobian is left).
     entering = valid_steps(trajectory)[1:, :, None]
@@ -447,3 +463,15 @@ def decay_bound(
         spectral_norm_S,
         max_sigma_prime,
     )
+
+
+def _gated_decay_bound(trajectory: Trajectory, spectral_norm_S: jax.Array) -> DecayBound:
+    """γ = max_t ‖J_t‖₂ of a gated layer over the Jacobians between two valid steps."""
+    one_step = one_step_jacobians(trajectory)[:-1]
+    norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0] if one_step.size else one_step
+    entering = valid_steps(trajectory)[1:]
+    # Norms are ≥ 0, so 0 is the neutral element of the max (and the value when no
+    # Jacobian is left).
+    gamma = jnp.where(entering, norms, 0).max() if norms.size else jnp.zeros_like(spectral_norm_S)
+    nan = jnp.full_like(spectral_norm_S, jnp.nan)
+    return DecayBound(gamma, nan, spectral_norm_S, nan)

@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._backward.jacobian import ElmanJacobian
-from .trajectory import compiled, layer_trajectory, network_order
+from .trajectory import compiled, layer_trajectory, network_order, state_width
 
 
 @compiled("activation", "layer", "direction")
@@ -26,13 +25,16 @@ def omega_matrix(
     Filled diagonal by diagonal with the state transition
     `Ω(j, i) = Ω(j, i+1) · Ω(i+1, i)`, `Ω(i+1, i) = S · diag(σ'(Z_i))`
     (docs/theory.md#the-omega-dynamic-programme). Memory is O(T²·m·d²): a diagnostic
-    for small models, not part of any backward pass.
+    for small models, not part of any backward pass. For a GRU or LSTM layer, Ω(j, i) =
+    ∂carry_j/∂carry_i, the Jacobian of the carry (`h`, or the concatenated `(h, c)`,
+    D = 2d), with Ω(i+1, i) the cell's one-step Jacobian (docs/theory.md#any-cell).
 
     Args:
-        params: a `LayerParams` or `BidirectionalParams` with its own inputs, or an
-            `RNNParams` stack (see `layer`).
+        params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams` with
+            its own inputs, or an `RNNParams` stack (see `layer`).
         xs: inputs (T, m, n), or integer tokens (T, m).
-        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
+        h0: initial state (m, d) of the inspected layer (direction), the pair (h0, c0)
+            for an LSTM; zeros if None.
         activation: "tanh", "sigmoid" or "relu".
         layer: for an `RNNParams`, which recurrent layer (default the top one); its
             inputs are what the network's own forward computes.
@@ -40,7 +42,7 @@ def omega_matrix(
         lengths: valid steps per sequence (m,) of a right-padded batch, or None.
 
     Returns:
-        Array (T, T, m, d, d): `[j, i, v]` is Ω(j, i) for sample v; the identity on
+        Array (T, T, m, D, D): `[j, i, v]` is Ω(j, i) for sample v; the identity on
         the diagonal and zero where Z_j does not depend on Z_i (j < i; j > i for the
         backward direction of a bidirectional layer, whose steps run from the last
         valid one to t = 0). Entries at a padded step (j or i ≥ lengths[v]) are NaN.
@@ -56,8 +58,9 @@ def omega_matrix(
     trajectory = layer_trajectory(
         params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
     )
-    T, m, d = trajectory.hs.shape
-    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
+    T, m = trajectory.hs.shape[:2]
+    d = state_width(trajectory)
+    jacobian = trajectory.jacobian
     eye = jnp.broadcast_to(jnp.eye(d, dtype=trajectory.hs.dtype), (T, m, d, d))
     triangle = jnp.zeros((T, T, m, d, d), trajectory.hs.dtype)
     steps = jnp.arange(T)

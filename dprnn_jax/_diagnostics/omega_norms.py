@@ -15,6 +15,11 @@ scale is carried alongside: `log‖Ω(i+k, i)‖ = log c_k(i) + log‖Ω(i+k, i)
 The log-norms are therefore exact (to rounding) at any lag, even where the norm itself
 is far below the smallest float.
 
+For a GRU or LSTM layer, Ω(j, i) = ∂carry_j/∂carry_i is the Jacobian of the cell's
+carry (`h`, or the concatenated `(h, c)` of an LSTM, 2d × 2d), and Ω(i+1, i) = J_{i+1} is
+the cell's one-step Jacobian, built explicitly by pulling the D basis rows through the
+stored linearisation of each step (`StepJacobian.matrices`); the fill is the same.
+
 A bidirectional layer is inspected one direction at a time; the backward direction's
 triangle is filled in the order in which it runs and reported at the network's time
 steps (`trajectory.network_order`), where it is the upper triangle j ≤ i.
@@ -104,19 +109,25 @@ def omega_norms(
 ) -> OmegaNorms:
     r"""Spectral and Frobenius norms of Ω(j, i) = ∂Z_j/∂Z_i, without the full triangle.
 
+    For a GRU layer Ω(j, i) = ∂h_j/∂h_i, for an LSTM layer ∂(h_j, c_j)/∂(h_i, c_i), the
+    Jacobian of the concatenated 2d-wide carry (h first): the norms say how much a
+    perturbation of the whole state at step i (hidden and cell) survives at step j.
+
     The triangle is filled diagonal by diagonal with the DP transition of `omega_matrix`,
     keeping only the current diagonal (T, m, d, d): memory O(T²·m + T·m·d²) instead of
     O(T²·m·d²). Each diagonal is one batched product and one batched SVD (for the
-    spectral norm) over all T rows, so the cost is O(T²·m·d³) — a diagnostic for
-    moderate d.
+    spectral norm) over all T rows, so the cost is O(T²·m·D³) — a diagnostic for
+    moderate D (d, or 2d for an LSTM).
 
     Args:
-        params: a `LayerParams` or `BidirectionalParams`, or an `RNNParams` stack (see
-            `layer`), with any mix of unidirectional and bidirectional layers.
+        params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams`, or
+            an `RNNParams` stack (see `layer`), with any mix of cells and of
+            unidirectional and bidirectional layers.
         xs: inputs (T, m, n) of the network (of the layer, for a lone layer), or integer
             tokens (T, m).
-        h0: initial state (m, d) of the inspected layer (direction); zeros if None.
-        activation: "tanh", "sigmoid" or "relu".
+        h0: initial state (m, d) of the inspected layer (direction), the pair (h0, c0)
+            for an LSTM; zeros if None.
+        activation: "tanh", "sigmoid" or "relu" (of Elman layers; gated cells fix theirs).
         layer: for an `RNNParams`, which recurrent layer (default the top one). Its
             inputs are what the network's own forward computes (`rnn_forward`).
         direction: for a bidirectional layer, "forward" or "backward" (required): the
@@ -132,7 +143,7 @@ def omega_norms(
 
     Returns:
         `OmegaNorms(spectral, frobenius)`, each (T, T, m) indexed `[j, i, v]` like
-        `omega_matrix`: the diagonal holds the identity's norms (1 and √d); entries
+        `omega_matrix`: the diagonal holds the identity's norms (1 and √D); entries
         that do not depend on each other (j < i; j > i for the backward direction),
         lags beyond `max_lag` and padded steps are NaN (log-scale heat maps leave them
         blank). A product that is exactly zero (relu) has norm 0 (log
@@ -154,6 +165,10 @@ def omega_norms(
         >>> # Z←_0 depends on Z←_4 (upper triangle); step 4 of the 2nd sequence is padding.
         >>> bool(backward.spectral[0, 4, 0] > 0), bool(jnp.isnan(backward.spectral[0, 4, 1]))
         (True, True)
+        >>> lstm = init_rnn(jax.random.key(0), 3, (8,), 4, cell="lstm")
+        >>> norms = omega_norms(lstm, xs)  # of the carry (h, c): D = 2d = 16
+        >>> norms.spectral.shape, round(float(norms.frobenius[1, 1, 0]), 4)  # √D
+        ((5, 5, 2), 4.0)
     """
     trajectory = layer_trajectory(
         params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths

@@ -46,7 +46,7 @@ def _geometric_mean_over_batch(values: np.ndarray, *, log: bool) -> np.ndarray:
         return np.where(count > 0, np.exp(total / np.maximum(count, 1)), np.nan)
 
 
-def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
+def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm", state: str = "Z"):
     """Heat map of a (T, T) triangle `[j, i]` on a log colour scale.
 
     Args:
@@ -57,6 +57,8 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
         ax: a matplotlib axis to draw into; a new figure if None.
         title: axis title.
         label: colour-bar label.
+        state: the state the triangle follows, named in the axis labels: "Z" (an Elman
+            layer's pre-activations), "h" (a GRU's carry) or "(h, c)" (an LSTM's).
 
     Returns:
         The matplotlib `Figure`.
@@ -91,14 +93,21 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm"):
         norm=LogNorm(vmin=low, vmax=max(high, low * 1.0001)),
         interpolation="nearest",
     )
-    ax.set_xlabel("i (step of Z_i)")
-    ax.set_ylabel("j (step of Z_j, of the loss L_j)")
+    ax.set_xlabel(f"i (step of {_at_step(state, 'i')})")
+    ax.set_ylabel(f"j (step of {_at_step(state, 'j')}, of the loss L_j)")
     ax.set_title(title)
     figure.colorbar(image, ax=ax, label=label)
     return figure
 
 
-def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
+def _at_step(state: str, step: str) -> str:
+    """`Z` -> `Z_i`, `(h, c)` -> `(h_i, c_i)`."""
+    if state.startswith("(") and state.endswith(")"):
+        return "(" + ", ".join(f"{part.strip()}_{step}" for part in state[1:-1].split(",")) + ")"
+    return f"{state}_{step}"
+
+
+def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", state: str = "Z"):
     """Two heat maps side by side: ‖Ω(j, i)‖₂ and the gradient flow ‖G(j, i)‖_F.
 
     Args:
@@ -111,6 +120,8 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
         log: `omega` holds natural logarithms of the norms (`omega_norms(..., log=True)`),
             which stay finite where the norms underflow.
         title: figure title.
+        state: the state Ω follows, named in the titles and labels: "Z" (Elman, the
+            default), "h" (GRU) or "(h, c)" (LSTM: Ω(j, i) = ∂(h_j, c_j)/∂(h_i, c_i)).
 
     Returns:
         The matplotlib `Figure`; its two axes are titled with what they show.
@@ -131,7 +142,7 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
     if isinstance(omega, OmegaNorms):
         omega = omega.spectral
     values = np.asarray(omega, dtype=np.float64)
-    omega_title = "‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂"
+    omega_title = f"‖Ω(j, i)‖₂ = ‖∂{_at_step(state, 'j')}/∂{_at_step(state, 'i')}‖₂"
     if values.ndim == 3:
         values = _geometric_mean_over_batch(values, log=log)
         omega_title += "\ngeometric mean over the batch"
@@ -142,9 +153,12 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = ""):
         raise ValueError(f"flow must be the (T, T) map of gradient_flow, got shape {flow.shape}.")
     figure = Figure(figsize=(10.0, 4.4), layout="constrained")
     left, right = figure.subplots(1, 2)
-    plot_triangle(values, ax=left, title=omega_title, label="‖Ω(j, i)‖₂")
-    flow_title = "gradient flow ‖G(j, i)‖_F (∂L_j/∂Z_i at the top)\nnorm over the batch and units"
-    plot_triangle(flow, ax=right, title=flow_title, label="‖G(j, i)‖_F")
+    plot_triangle(values, ax=left, title=omega_title, label="‖Ω(j, i)‖₂", state=state)
+    flow_title = (
+        f"gradient flow ‖G(j, i)‖_F (∂L_j/∂{_at_step(state, 'i')} at the top)\n"
+        "norm over the batch and units"
+    )
+    plot_triangle(flow, ax=right, title=flow_title, label="‖G(j, i)‖_F", state=state)
     if title:
         figure.suptitle(title)
     return figure

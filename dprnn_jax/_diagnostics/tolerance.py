@@ -13,7 +13,7 @@ from .._backward.base import check_tol, check_truncation
 from .._backward.jacobian import ElmanJacobian
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._validation import check_shape
-from .trajectory import is_stack, layer_trajectory, valid_steps
+from .trajectory import is_stack, layer_trajectory, require_elman, valid_steps
 
 
 class ToleranceReport(NamedTuple):
@@ -89,6 +89,7 @@ def tolerance_report(
     if tol is None:
         raise ValueError("tol must be a non-negative float, got None.")
     tol, truncation = check_tol(tol), check_truncation(truncation)
+    require_elman(params, "tolerance_report")
     trajectory = layer_trajectory(
         params, xs, h0, activation=activation, direction=direction, lengths=lengths
     )

@@ -13,6 +13,14 @@ direction reads the input at t = L_v − 1 − s (within each sequence's own len
 so in run order every direction is an ordinary forward recurrence with its padding at
 the end, and the Ω dynamic programme applies unchanged. `network_order` maps run-order
 results back to the network's time steps and blanks (NaN) the entries at padded steps.
+
+Which state. For an Elman layer the diagnostics follow the pre-activations Z, whose
+one-step Jacobian is Ω(s+1, s) = S·diag(σ'(Z_s)) (`ElmanJacobian`). For a GRU or LSTM
+layer they follow the cell's carry, `h` (GRU) or the concatenated `(h, c)` (LSTM, 2d
+wide, h first), whose one-step Jacobian is J_{s+1} = ∂carry_{s+1}/∂carry_s, a
+vector–Jacobian product of the cell taken from the linearisation that the forward loop
+stores once per step (`CellJacobian`, docs/theory.md#any-cell). Either way the
+diagnostics see one `StepJacobian` of width D (d, or 2d for an LSTM).
 """
 
 from __future__ import annotations
@@ -24,11 +32,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.jacobian import ElmanJacobian
+from .._backward.cell_jacobian import linearised_scan
+from .._backward.jacobian import ElmanJacobian, StepJacobian
 from .._backward.registry import resolve_method
 from .._model.activations import ACTIVATIONS, get_activation
 from .._model.bidirectional import BidirectionalParams, reverse_padded
+from .._model.gru import GRUParams
 from .._model.layer import rnn_layer
+from .._model.layer_kinds import check_layer_state, check_recurrent_layer, gated_cell, kind_of
+from .._model.lstm import LSTMParams
 from .._model.network import apply_layer, check_rnn_params
 from .._model.padding import check_lengths, mask_from_lengths, zero_padding
 from .._model.params import LayerParams
@@ -42,24 +54,28 @@ class Trajectory(NamedTuple):
     """One direction of one layer: what its Ω depends on, in the order in which it runs.
 
     Attributes:
-        layer: the inspected layer (`LayerParams` or `BidirectionalParams`).
+        layer: the inspected layer (`LayerParams`, `GRUParams`, `LSTMParams` or
+            `BidirectionalParams`).
         inputs: the layer's inputs in network time, padded steps zeroed (T, m, n), or
             integer tokens (T, m).
-        params: the inspected direction's `LayerParams`.
-        hs: that direction's states in run order (T, m, d).
-        sigma_prime: σ'(Z) in run order (T, m, d).
+        params: the inspected direction's `LayerParams`, `GRUParams` or `LSTMParams`.
+        hs: that direction's outputs h in run order (T, m, d).
+        sigma_prime: σ'(Z) in run order (T, m, d) for an Elman layer; None for a gated one.
         lengths: valid steps per sequence (m,), or None for all T.
         backward: whether the direction runs backward in time (its step s is the
             network's step L_v − 1 − s).
+        jacobian: the one-step Jacobians of the followed state (Z for Elman, the carry
+            for a gated cell), row s defining Ω(s+1, s) (see the module docstring).
     """
 
-    layer: LayerParams | BidirectionalParams
+    layer: LayerParams | GRUParams | LSTMParams | BidirectionalParams
     inputs: jax.Array
-    params: LayerParams
+    params: LayerParams | GRUParams | LSTMParams
     hs: jax.Array
-    sigma_prime: jax.Array
+    sigma_prime: jax.Array | None
     lengths: jax.Array | None
     backward: bool
+    jacobian: StepJacobian
 
 
 def compiled(*static_argnames: str) -> Callable[[Callable], Callable]:
@@ -140,8 +156,10 @@ def layer_inputs(
     return layers[index], zero_padding(hs, lengths), lengths, index
 
 
-def direction_params(layer: object, direction: object, name: str) -> tuple[LayerParams, bool]:
-    """The `LayerParams` of the inspected direction and whether it runs backward."""
+def direction_params(
+    layer: object, direction: object, name: str
+) -> tuple[LayerParams | GRUParams | LSTMParams, bool]:
+    """The parameters of the inspected direction and whether it runs backward."""
     if direction is not None:
         check_choice("direction", direction, DIRECTIONS)
     if isinstance(layer, BidirectionalParams):
@@ -151,22 +169,37 @@ def direction_params(layer: object, direction: object, name: str) -> tuple[Layer
                 "direction='backward' to say which direction to inspect (each has its own "
                 "Ω); the backward direction is reported at the network's time steps."
             )
-        return _elman(getattr(layer, direction), name), direction == "backward"
+        one_direction = getattr(layer, direction)
+        _check_gated(one_direction, f"{name}.{direction}")
+        return one_direction, direction == "backward"
     if direction == "backward":
         raise ValueError(
             f"direction='backward' needs a bidirectional layer, but {name} is a "
             f"{type(layer).__name__}; leave direction=None (or 'forward')."
         )
-    return _elman(layer, name), False
+    _check_gated(layer, name)
+    return layer, False
 
 
-def _elman(layer: object, name: str) -> LayerParams:
-    if not isinstance(layer, LayerParams) and hasattr(layer, "b_hh"):
-        raise ValueError(
-            f"{name} is a {type(layer).__name__}: the Ω diagnostics read an Elman layer's "
-            "S·diag(σ'); GRU and LSTM layers are not supported by them yet."
-        )
-    return layer
+def _check_gated(layer: object, name: str) -> None:
+    # An Elman layer (or anything else) is checked by `rnn_layer`, with its own messages.
+    if isinstance(layer, GRUParams | LSTMParams):
+        check_recurrent_layer(name, layer)
+
+
+def require_elman(layer: object, function: str) -> None:
+    """Refuses a gated layer (or a bidirectional one with a gated direction) in a
+    diagnostic that reads an Elman layer's S and σ'."""
+    directions = (
+        (layer.forward, layer.backward) if isinstance(layer, BidirectionalParams) else (layer,)
+    )
+    for one in directions:
+        if isinstance(one, GRUParams | LSTMParams):
+            raise ValueError(
+                f"{function} reads an Elman layer's S·diag(σ'), got a {type(one).__name__}; "
+                "omega_norms, omega_matrix, gradient_flow, lyapunov_exponent, lyapunov_qr "
+                "and decay_bound take GRU and LSTM layers."
+            )
 
 
 def layer_trajectory(
@@ -182,12 +215,13 @@ def layer_trajectory(
     """Runs the forward pass up to one layer and records what its Ω depends on.
 
     Args:
-        params: a `LayerParams`, a `BidirectionalParams` (then `layer` is ignored) or an
-            `RNNParams` stack.
+        params: a `LayerParams`, `GRUParams`, `LSTMParams`, a `BidirectionalParams` (then
+            `layer` is ignored) or an `RNNParams` stack.
         xs: the network inputs (T, m, n), or integer tokens (T, m).
-        h0: the initial state (m, d) of the inspected direction; zeros if None. The
-            layers below it (for a stack) and the other direction start from zeros.
-        activation: "tanh", "sigmoid" or "relu".
+        h0: the initial state (m, d) of the inspected direction, the pair `(h0, c0)` for
+            an LSTM; zeros if None. The layers below it (for a stack) and the other
+            direction start from zeros.
+        activation: "tanh", "sigmoid" or "relu" (of Elman layers; gated cells fix theirs).
         layer: which layer of an `RNNParams` stack (default the top one).
         direction: for a bidirectional layer, "forward" or "backward" (required).
         lengths: valid steps per sequence (m,), or None for all T.
@@ -205,15 +239,48 @@ def layer_trajectory(
     name = "params" if index is None else f"params.layers[{index}]"
     one_direction, backward = direction_params(inspected, direction, name)
     run_inputs = reverse_padded(inputs, lengths) if backward else inputs
-    hs = rnn_layer(one_direction, run_inputs, h0, activation=activation, method="autodiff")
-    sigma_prime = get_activation(activation).derivative_from_output(hs)
-    return Trajectory(inspected, inputs, one_direction, hs, sigma_prime, lengths, backward)
+    if kind_of(one_direction).name == "elman":
+        hs = rnn_layer(one_direction, run_inputs, h0, activation=activation, method="autodiff")
+        sigma_prime = get_activation(activation).derivative_from_output(hs)
+        jacobian = ElmanJacobian(one_direction.S, sigma_prime)
+        return Trajectory(
+            inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
+        )
+    check_layer_state("h0", h0, one_direction, run_inputs.shape[1], f"{name}.W")
+    cell = gated_cell(one_direction, run_inputs, h0)
+    # One forward loop gives the carries and every step's linearisation (the cell is not
+    # evaluated again for the Jacobians).
+    carries, jacobian = linearised_scan(cell.step, cell.params, cell.inputs, cell.carry0)
+    hs = carries[0] if isinstance(one_direction, LSTMParams) else carries
+    return Trajectory(inspected, inputs, one_direction, hs, None, lengths, backward, jacobian)
+
+
+def state_width(trajectory: Trajectory) -> int:
+    """D, the width of the followed state: d (Z or h), or 2d for an LSTM's (h, c)."""
+    if trajectory.sigma_prime is None:
+        return trajectory.jacobian.layout.width
+    return trajectory.hs.shape[-1]
+
+
+def state_cotangent(trajectory: Trajectory, hs_bar: jax.Array) -> jax.Array:
+    """The cotangent (T, m, D) of the followed state from that of the outputs h (T, m, d):
+    `h̄ ⊙ σ'(Z)` for Elman (Z's cotangent), `h̄` for a GRU, `[h̄, 0]` for an LSTM (the
+    consumers of a layer read h only, never c)."""
+    if trajectory.sigma_prime is not None:
+        return hs_bar * trajectory.sigma_prime
+    if isinstance(trajectory.params, LSTMParams):
+        return jnp.concatenate([hs_bar, jnp.zeros_like(hs_bar)], axis=-1)
+    return hs_bar
 
 
 def one_step_jacobians(trajectory: Trajectory) -> jax.Array:
-    """Ω(s+1, s) = S · diag(σ'(Z_s)) for every run-order step and sample: (T, m, d, d)."""
-    jacobian = ElmanJacobian(trajectory.params.S, trajectory.sigma_prime)
-    return jacobian.matrices(jacobian.per_step, trajectory.sigma_prime)
+    """Ω(s+1, s) for every run-order step and sample, (T, m, D, D) indexed `[s, v, a, b]`
+    = ∂state_{s+1}[a]/∂state_s[b]: S·diag(σ'(Z_s)) for Elman (no products), one
+    vmapped pullback of the D basis rows for a gated cell (`StepJacobian.matrices`)."""
+    T, m = trajectory.hs.shape[:2]
+    jacobian = trajectory.jacobian
+    like = jax.ShapeDtypeStruct((T, m, state_width(trajectory)), trajectory.hs.dtype)
+    return jacobian.matrices(jacobian.per_step, like)
 
 
 def valid_steps(trajectory: Trajectory) -> jax.Array:

@@ -37,6 +37,12 @@ class GRURecurrence(NamedTuple):
     b_hh: jax.Array
 
 
+def gru_recurrence(params: GRUParams) -> GRURecurrence:
+    """What `gru_step` reads of a layer's parameters (the input weights W are applied
+    outside the loop)."""
+    return GRURecurrence(params.S.T, params.b_ih, params.b_hh)
+
+
 def _gru_forward(params: GRURecurrence, h: jax.Array, projected: jax.Array):
     """The step's new state and the gate values its derivative reads."""
     d = h.shape[-1]
@@ -152,5 +158,4 @@ def gru_layer(
         h0 = jnp.zeros((xs.shape[1], d), params.S.dtype)
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
     projected = project_inputs(params.W, xs, own_backward=algorithm.uses_custom_vjp)
-    recurrence = GRURecurrence(params.S.T, params.b_ih, params.b_hh)
-    return scan_cell(gru_step, recurrence, projected, h0, method=algorithm)
+    return scan_cell(gru_step, gru_recurrence(params), projected, h0, method=algorithm)

@@ -8,16 +8,18 @@ kinds freely and every kind gets lengths, token inputs and every gradient algori
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
 from .._validation import check_floating, check_rank, check_same_dtype, check_shape
-from .gru import GRUParams, gru_layer
+from .gate_projection import project_inputs
+from .gru import GRUParams, gru_layer, gru_recurrence, gru_step
 from .layer import rnn_layer
-from .lstm import LSTMParams, lstm_layer
+from .lstm import LSTMParams, lstm_layer, lstm_recurrence, lstm_step
 from .padding import zero_padding
 from .params import LayerParams
 
@@ -97,6 +99,30 @@ def final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
     final = jnp.where((lengths == 0)[:, None], start, last)
     # Lengths outside [0, T] (only possible under jit) give NaN, not a wrong state.
     return jnp.where(((lengths < 0) | (lengths > T))[:, None], jnp.nan, final)
+
+
+class GatedCell(NamedTuple):
+    """A gated layer as `scan_cell` runs it: `carries = scan_cell(step, params, inputs,
+    carry0)`, with the input projections of all steps already applied (`inputs`)."""
+
+    step: Callable
+    params: Any
+    inputs: jax.Array
+    carry0: Any
+
+
+def gated_cell(layer, xs: jax.Array, state0) -> GatedCell:
+    """The cell of a `GRUParams` or `LSTMParams` layer on inputs `xs` (T, m, n) or tokens
+    (T, m), from `state0` (h0, or the pair (h0, c0); zeros if None), exactly as
+    `gru_layer`/`lstm_layer` run it. For a GRU the carry is `h`, for an LSTM `(h, c)`."""
+    kind = kind_of(layer)
+    projected = project_inputs(layer.W, xs, own_backward=False)
+    zeros = jnp.zeros((projected.shape[1], hidden_size(layer)), layer.S.dtype)
+    if kind.name == "gru":
+        h0 = zeros if state0 is None else state0
+        return GatedCell(gru_step, gru_recurrence(layer), projected, h0)
+    carry0 = (zeros, zeros) if state0 is None else tuple(state0)
+    return GatedCell(lstm_step, lstm_recurrence(layer), projected, carry0)
 
 
 def run_recurrent_layer(

@@ -34,6 +34,12 @@ class LSTMRecurrence(NamedTuple):
     b: jax.Array
 
 
+def lstm_recurrence(params: LSTMParams) -> LSTMRecurrence:
+    """What `lstm_step` reads of a layer's parameters (the input weights W are applied
+    outside the loop)."""
+    return LSTMRecurrence(params.S.T, params.b_ih + params.b_hh)
+
+
 def _lstm_forward(params: LSTMRecurrence, carry, projected: jax.Array):
     """The step's new carry and the values its derivative reads."""
     h, c = carry
@@ -150,5 +156,4 @@ def lstm_layer(
         )
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
     projected = project_inputs(params.W, xs, own_backward=algorithm.uses_custom_vjp)
-    recurrence = LSTMRecurrence(params.S.T, params.b_ih + params.b_hh)
-    return scan_cell(lstm_step, recurrence, projected, tuple(carry0), method=algorithm)
+    return scan_cell(lstm_step, lstm_recurrence(params), projected, tuple(carry0), method=algorithm)

@@ -1,0 +1,219 @@
+"""The Ω diagnostics of GRU and LSTM layers: Ω follows the cell's carry (`h` for a GRU,
+the concatenated `(h, c)` for an LSTM), Ω(i+1, i) = ∂carry_{i+1}/∂carry_i.
+
+Oracle, written here independently of the library: the cell's equations (PyTorch's)
+on ONE sample's flat state vector, a plain `lax.scan` that runs the steps i+1 … j from
+a given state, the derivative of the state at step j with respect to the state at step i
+(Ω(j, i), by `jax.jacfwd`) and `jax.grad` of the loss at step j alone with respect to the state at step i
+(G(j, i) = ∂L_j/∂carry_i). Lyapunov exponents: NumPy's QR of the explicit one-step
+Jacobians. All in float64, to 1e-10.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dprnn_jax as dj
+from dprnn_jax.cli import main
+
+T, M, N, D, K = 8, 2, 3, 3, 4
+TOL = 1e-10
+CELLS = ("gru", "lstm")
+
+
+def make_problem(cell: str):
+    """A one-layer network of `cell`, its weights perturbed away from PyTorch's
+    initialisation so that the gates are far from 1/2, inputs and class targets."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    params = dj.init_rnn(keys[0], N, (D,), K, cell=cell, dtype=jnp.float64)
+    leaves, treedef = jax.tree.flatten(params)
+    noise = jax.random.split(keys[1], len(leaves))
+    params = treedef.unflatten(
+        [p + 0.5 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, noise)]
+    )
+    xs = jax.random.normal(keys[2], (T, M, N), jnp.float64)
+    targets = jax.random.randint(keys[3], (T, M), 0, K)
+    return params, xs, targets
+
+
+def oracle_step(cell: str, layer, state, x):
+    """One step of one sample: state (D,) = h, or [h, c] for an LSTM."""
+    sigmoid = jax.nn.sigmoid
+    gi = layer.W @ x + layer.b_ih
+    if cell == "gru":
+        h = state
+        gh = layer.S @ h + layer.b_hh
+        r = sigmoid(gi[:D] + gh[:D])
+        z = sigmoid(gi[D : 2 * D] + gh[D : 2 * D])
+        n = jnp.tanh(gi[2 * D :] + r * gh[2 * D :])
+        return (1 - z) * n + z * h
+    h, c = state[:D], state[D:]
+    a = gi + layer.S @ h + layer.b_hh
+    i, f, g, o = (
+        sigmoid(a[:D]),
+        sigmoid(a[D : 2 * D]),
+        jnp.tanh(a[2 * D : 3 * D]),
+        sigmoid(a[3 * D :]),
+    )
+    c = f * c + i * g
+    return jnp.concatenate([o * jnp.tanh(c), c])
+
+
+@functools.cache
+def oracle(cell: str):
+    """Per sample v and pair (j, i): Ω(j, i) (T, T, M, W, W) and ∂L_j/∂state_i
+    (T, T, M, W), W the state's width; zero where j < i."""
+    params, xs, targets = make_problem(cell)
+    layer, readout = params.layers[0], params.readout
+    width = D if cell == "gru" else 2 * D
+    step = functools.partial(oracle_step, cell, layer)
+
+    def states(x):  # x (T, N) of one sample -> states (T, W)
+        return jax.lax.scan(lambda s, x_t: (step(s, x_t),) * 2, jnp.zeros(width), x)[1]
+
+    def propagate(state, i, j, x):  # the state at step j from the state at step i
+        def run(s, t_x):
+            t, x_t = t_x
+            return jnp.where((i < t) & (t <= j), step(s, x_t), s), None
+
+        return jax.lax.scan(run, state, (jnp.arange(T), x))[0]
+
+    def loss_at(state, i, j, x, y):  # L_j = (1/M) · loss of this sample at step j
+        logits = readout.W @ propagate(state, i, j, x)[:D] + readout.b
+        return -jax.nn.log_softmax(logits)[y] / M
+
+    def per_sample(x, y):
+        s = states(x)
+        pairs = jnp.arange(T)
+        jac = jax.vmap(
+            jax.vmap(lambda j, i: jax.jacfwd(propagate)(s[i], i, j, x), (None, 0)), (0, None)
+        )(pairs, pairs)
+        grad = jax.vmap(
+            jax.vmap(lambda j, i: jax.grad(loss_at)(s[i], i, j, x, y[j]), (None, 0)), (0, None)
+        )(pairs, pairs)
+        return jac, grad
+
+    jac, grad = jax.jit(jax.vmap(per_sample, (1, 1), (2, 2)))(xs, targets)
+    below = np.tril(np.ones((T, T), bool))[:, :, None]
+    return (
+        np.where(below[..., None, None], np.asarray(jac), 0.0),
+        np.where(below[..., None], np.asarray(grad), np.nan),
+    )
+
+
+def lower_triangle(values):
+    """NaN where j < i, as the diagnostics report it."""
+    below = np.tril(np.ones((T, T), bool))
+    return np.where(below.reshape(below.shape + (1,) * (values.ndim - 2)), values, np.nan)
+
+
+def numpy_qr_exponents(one_step, burn_in):
+    """Benettin's algorithm with NumPy's QR on explicit Jacobians (T−1, M, W, W)."""
+    logs = []
+    for v in range(one_step.shape[1]):
+        frame = np.eye(one_step.shape[-1])
+        for t in range(one_step.shape[0]):
+            frame, r = np.linalg.qr(one_step[t, v] @ frame)
+            if t >= burn_in:
+                logs.append(np.log(np.abs(np.diag(r))))
+    return np.sort(np.mean(logs, axis=0))[::-1]
+
+
+# One test per cell, so that its oracle is built once (compiling it dominates).
+@pytest.mark.parametrize("cell", CELLS)
+def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
+    params, xs, targets = make_problem(cell)
+    jac, grad = oracle(cell)
+    width = D if cell == "gru" else 2 * D
+
+    # Ω(j, i) = ∂carry_j/∂carry_i, and its norms.
+    np.testing.assert_allclose(dj.omega_matrix(params, xs), jac, rtol=0, atol=TOL)
+    norms = dj.omega_norms(params, xs)
+    spectral = np.linalg.svd(jac, compute_uv=False)[..., 0]
+    frobenius = np.sqrt((jac**2).sum(axis=(-2, -1)))
+    np.testing.assert_allclose(norms.spectral, lower_triangle(spectral), rtol=TOL, atol=0)
+    np.testing.assert_allclose(norms.frobenius, lower_triangle(frobenius), rtol=TOL, atol=0)
+    # The diagonal holds the identity of the whole state: √W, W = 2d for an LSTM.
+    np.testing.assert_allclose(np.diagonal(norms.frobenius[..., 0]), math.sqrt(width), rtol=TOL)
+
+    # G(j, i) = ∂L_j/∂carry_i, its norm over the batch and the state.
+    flow = dj.gradient_flow(params, xs, targets)
+    np.testing.assert_allclose(flow, np.sqrt((grad**2).sum(axis=(-2, -1))), rtol=TOL, atol=0)
+
+    # Lyapunov: QR of the explicit one-step Jacobians, and the decay along the diagonals.
+    steps = np.arange(T - 1)
+    one_step = jac[steps + 1, steps]  # Ω(t+1, t), (T-1, M, W, W)
+    burn_in, max_lag = 2, 4
+    spectrum = numpy_qr_exponents(one_step, burn_in)
+    qr = dj.lyapunov_qr(params, xs, burn_in=burn_in)
+    assert qr.shape == (width,)
+    np.testing.assert_allclose(qr, spectrum, rtol=TOL, atol=TOL)
+    estimate = dj.lyapunov_exponent(params, xs, max_lag=max_lag, burn_in=burn_in)
+    mean_log_norm = np.array(
+        [
+            np.mean(np.log(spectral[np.arange(k, T), np.arange(T - k)]))
+            for k in range(1, max_lag + 1)
+        ]
+    )
+    lags = np.arange(1, max_lag + 1)
+    np.testing.assert_allclose(estimate.mean_log_norm, mean_log_norm, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(estimate.exponent, np.polyfit(lags, mean_log_norm, 1)[0], rtol=TOL)
+    np.testing.assert_allclose(estimate.qr_exponent, spectrum[0], rtol=TOL, atol=TOL)
+
+    # γ = max ‖J_t‖₂ over the trajectory; no a-priori bound for a gated cell.
+    bound = dj.decay_bound(params, xs)
+    np.testing.assert_allclose(bound.gamma, spectral[steps + 1, steps].max(), rtol=TOL)
+    assert np.isnan(bound.gamma_a_priori) and np.isnan(bound.max_sigma_prime)
+
+    # The plots name the followed state and render without a display (Agg).
+    state = "h" if cell == "gru" else "(h, c)"
+    triangles = dj.diagnostics.plot_omega_triangles(norms, flow, state=state)
+    titles = [ax.get_title() for ax in triangles.axes if ax.get_title()]
+    at_i, at_j = ("h_i", "h_j") if cell == "gru" else ("(h_i, c_i)", "(h_j, c_j)")
+    assert titles[0].startswith(f"‖Ω(j, i)‖₂ = ‖∂{at_j}/∂{at_i}‖₂"), titles
+    assert f"∂L_j/∂{at_i}" in titles[1], titles
+    decay = dj.diagnostics.plot_decay(estimate, gamma=bound)
+    for name, figure in (("triangles.png", triangles), ("decay.png", decay)):
+        figure.savefig(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
+    out = tmp_path / "gru"
+    argv = ["omega", "--cell", "gru", "--out", str(out), "--T", "6", "--batch", "2"]
+    # `--method autodiff` spares compiling a second backward: the gradients of every
+    # algorithm through GRU layers are tested against jax.grad in tests/test_cells.py.
+    assert main([*argv, "--hidden", "3", "--method", "autodiff"]) == 0
+    summary = json.loads((out / "omega_summary.json").read_text())
+    assert (summary["cell"], summary["state"], summary["state_width"]) == ("gru", "h", 3)
+    assert summary["gamma_a_priori"] is None and summary["max_sigma_prime"] is None
+    # λ₁ ≤ log γ with γ = max ‖J_t‖₂: every factor of Ω(i+k, i) has norm ≤ γ.
+    assert summary["lyapunov_qr"] <= math.log(summary["gamma"]) + 1e-6
+    assert summary["method_gradient_relative_error"] == 0
+    for name in ("omega_triangles.png", "omega_decay.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "GRU" in printed and "max one-step norm" in printed
+
+
+def test_bad_input_to_the_diagnostics_of_a_gated_cell(x64):
+    params, xs, targets = make_problem("lstm")
+    layer = params.layers[0]
+    with pytest.raises(ValueError, match=r"h0 must be the pair \(h0, c0\)"):
+        dj.omega_norms(layer, xs, jnp.zeros((M, D)))
+    with pytest.raises(ValueError, match="direction='backward' needs a bidirectional layer"):
+        dj.omega_norms(layer, xs, direction="backward")
+    with pytest.raises(ValueError, match="tolerance_report reads an Elman layer"):
+        dj.tolerance_report(layer, xs, jnp.ones((T, M, D)), tol=1e-3)
+    broken = layer._replace(S=layer.S[:, :2])
+    with pytest.raises(ValueError, match=r"params\.S"):
+        dj.omega_norms(broken, xs)
+    with pytest.raises(SystemExit):
+        main(["omega", "--cell", "rnn", "--out", "unused"])
