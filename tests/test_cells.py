@@ -6,10 +6,12 @@ Python loop over steps, differentiated by `jax.grad`.
 
 from __future__ import annotations
 
-import chex
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import CHEAP_COMPILE, assert_trees_close, random_inputs
 
 import dprnn_jax as dj
 from dprnn_jax.backward import ALGORITHMS
@@ -55,9 +57,7 @@ def lstm_oracle(params, xs, carry):
 
 
 def assert_close(tree, reference, dtype):
-    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
-        scale = float(jnp.max(jnp.abs(expected))) or 1.0
-        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+    assert_trees_close(tree, reference, rtol=RTOL[dtype])
 
 
 @pytest.mark.parametrize(
@@ -71,12 +71,12 @@ def assert_close(tree, reference, dtype):
 )
 def test_layer_matches_the_equations_for_every_algorithm(cell, dtype, x64):
     T = 5
-    key = jax.random.split(jax.random.key(0), 4)
-    xs = jax.random.normal(key[1], (T, M, N), dtype)
-    weights = jax.random.normal(key[2], (T, M, D), dtype)
-    h0 = 0.5 * jax.random.normal(key[3], (M, D), dtype)
+    key = jax.random.key(0)
+    xs = random_inputs(1, (T, M, N), dtype)
+    weights = random_inputs(2, (T, M, D), dtype)
+    h0 = 0.5 * random_inputs(3, (M, D), dtype)
     if cell == "gru":
-        params = dj.init_gru_layer(key[0], N, D, dtype=dtype)
+        params = dj.init_gru_layer(key, N, D, dtype=dtype)
         state = h0
 
         def run(params, xs, state, method):
@@ -84,7 +84,7 @@ def test_layer_matches_the_equations_for_every_algorithm(cell, dtype, x64):
 
         oracle = gru_oracle
     else:
-        params = dj.init_lstm_layer(key[0], N, D, dtype=dtype)
+        params = dj.init_lstm_layer(key, N, D, dtype=dtype)
         state = (h0, jnp.cos(h0))
 
         def run(params, xs, state, method):
@@ -97,15 +97,19 @@ def test_layer_matches_the_equations_for_every_algorithm(cell, dtype, x64):
         hs = oracle(params, xs, state) if method is None else run(params, xs, state, method)
         return jnp.sum(jnp.sin(hs) * weights)
 
-    chex.assert_trees_all_close(
-        run(params, xs, state, "omega"), oracle(params, xs, state), rtol=RTOL[dtype]
-    )
-    reference = jax.grad(loss, (0, 1, 2))(params, xs, state)
-    grad = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=3)
     # float32 checks the rounding of the two main algorithms; float64 checks them all.
     algorithms = ALGORITHM_CASES if dtype == "float64" else [dj.Omega(), dj.BPTT()]
-    for algorithm in algorithms:
-        assert_close(grad(params, xs, state, algorithm), reference, dtype)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def outputs_and_gradients(params, xs, state):
+        outputs = run(params, xs, state, "omega"), oracle(params, xs, state)
+        grads = [jax.grad(loss, (0, 1, 2))(params, xs, state, a) for a in algorithms]
+        return outputs, grads, jax.grad(loss, (0, 1, 2))(params, xs, state)
+
+    (outputs, expected), grads, reference = outputs_and_gradients(params, xs, state)
+    assert_close(outputs, expected, dtype)
+    for got in grads:
+        assert_close(got, reference, dtype)
 
 
 def test_token_inputs_are_a_lookup(x64):
@@ -117,7 +121,11 @@ def test_token_inputs_are_a_lookup(x64):
     def loss(params, xs):
         return jnp.sum(dj.gru_layer(params, xs, method=dj.Omega()) ** 2)
 
-    assert_close(jax.grad(loss)(params, tokens), jax.grad(loss)(params, one_hot), "float64")
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def both(params):
+        return jax.grad(loss)(params, tokens), jax.grad(loss)(params, one_hot)
+
+    assert_close(*both(params), "float64")
 
 
 def test_lstm_state_must_be_a_pair():
@@ -162,12 +170,9 @@ def test_network_of_gated_layers_matches_each_sequence_alone(x64):
         bidirectional=(False, True),
         dtype=jnp.float64,
     )
-    xs = jax.random.normal(jax.random.key(1), (T, M, N), jnp.float64)
-    targets = jax.random.randint(jax.random.key(2), (T, M), 0, 3)
+    xs = random_inputs(1, (T, M, N), jnp.float64)
+    targets = jnp.array([[0, 2], [1, 1], [2, 0], [1, 2]])
     lengths = (T, 2)  # static for the oracle's Python loop
-    outputs = dj.rnn_apply(params, xs, lengths=jnp.array(lengths))
-    for v, expected in enumerate(oracle_network(params, xs, lengths)):
-        chex.assert_trees_all_close(outputs[: lengths[v], v], expected[:, 0], rtol=1e-12)
 
     def oracle_loss(params):
         total = 0.0
@@ -176,9 +181,19 @@ def test_network_of_gated_layers_matches_each_sequence_alone(x64):
             total -= jnp.sum(jnp.take_along_axis(logp, targets[: out.shape[0], v, None], 1))
         return total / M
 
-    reference = jax.jit(jax.grad(oracle_loss))(params)
-    for algorithm in (dj.Omega(), dj.BPTT()):
-        got = jax.jit(jax.grad(dj.sequence_loss), static_argnames="method")(
-            params, xs, targets, lengths=jnp.array(lengths), method=algorithm
-        )
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def everything(params):
+        outputs = dj.rnn_apply(params, xs, lengths=jnp.array(lengths))
+        grads = [
+            jax.grad(dj.sequence_loss)(
+                params, xs, targets, lengths=jnp.array(lengths), method=algorithm
+            )
+            for algorithm in (dj.Omega(), dj.BPTT())
+        ]
+        return outputs, oracle_network(params, xs, lengths), grads, jax.grad(oracle_loss)(params)
+
+    outputs, expected_outputs, grads, reference = everything(params)
+    for v, expected in enumerate(expected_outputs):
+        assert_trees_close(outputs[: lengths[v], v], expected[:, 0], rtol=1e-12)
+    for got in grads:
         assert_close(got, reference, "float64")
