@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CHEAP_COMPILE
 
 import dprnn_jax as dj
 from dprnn_jax.cli import main
@@ -28,11 +29,13 @@ TOL = 1e-10
 CELLS = ("gru", "lstm")
 
 
-def make_problem(cell: str):
+def make_problem(cell: str, *, bidirectional: bool = False):
     """A one-layer network of `cell`, its weights perturbed away from PyTorch's
     initialisation so that the gates are far from 1/2, inputs and class targets."""
     keys = jax.random.split(jax.random.key(3), 4)
-    params = dj.init_rnn(keys[0], N, (D,), K, cell=cell, dtype=jnp.float64)
+    params = dj.init_rnn(
+        keys[0], N, (D,), K, cell=cell, bidirectional=bidirectional, dtype=jnp.float64
+    )
     leaves, treedef = jax.tree.flatten(params)
     noise = jax.random.split(keys[1], len(leaves))
     params = treedef.unflatten(
@@ -100,7 +103,8 @@ def oracle(cell: str):
         )(pairs, pairs)
         return jac, grad
 
-    jac, grad = jax.jit(jax.vmap(per_sample, (1, 1), (2, 2)))(xs, targets)
+    program = jax.jit(jax.vmap(per_sample, (1, 1), (2, 2)), compiler_options=CHEAP_COMPILE)
+    jac, grad = program(xs, targets)
     below = np.tril(np.ones((T, T), bool))[:, :, None]
     return (
         np.where(below[..., None, None], np.asarray(jac), 0.0),
@@ -126,16 +130,33 @@ def numpy_qr_exponents(one_step, burn_in):
     return np.sort(np.mean(logs, axis=0))[::-1]
 
 
-# One test per cell, so that its oracle is built once (compiling it dominates).
+BURN_IN, MAX_LAG = 2, 4
+
+
+# Every diagnostic in one program (compiling dominates the cost of these tests).
+@functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+def library(params, xs, targets):
+    return {
+        "matrix": dj.omega_matrix(params, xs),
+        "norms": dj.omega_norms(params, xs),
+        "flow": dj.gradient_flow(params, xs, targets),
+        "qr": dj.lyapunov_qr(params, xs, burn_in=BURN_IN),
+        "estimate": dj.lyapunov_exponent(params, xs, max_lag=MAX_LAG, burn_in=BURN_IN),
+        "bound": dj.decay_bound(params, xs),
+    }
+
+
+# One test per cell, so that its oracle is built once.
 @pytest.mark.parametrize("cell", CELLS)
 def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     params, xs, targets = make_problem(cell)
     jac, grad = oracle(cell)
     width = D if cell == "gru" else 2 * D
+    results = library(params, xs, targets)
 
     # Ω(j, i) = ∂carry_j/∂carry_i, and its norms.
-    np.testing.assert_allclose(dj.omega_matrix(params, xs), jac, rtol=0, atol=TOL)
-    norms = dj.omega_norms(params, xs)
+    np.testing.assert_allclose(results["matrix"], jac, rtol=0, atol=TOL)
+    norms = results["norms"]
     spectral = np.linalg.svd(jac, compute_uv=False)[..., 0]
     frobenius = np.sqrt((jac**2).sum(axis=(-2, -1)))
     np.testing.assert_allclose(norms.spectral, lower_triangle(spectral), rtol=TOL, atol=0)
@@ -144,31 +165,30 @@ def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     np.testing.assert_allclose(np.diagonal(norms.frobenius[..., 0]), math.sqrt(width), rtol=TOL)
 
     # G(j, i) = ∂L_j/∂carry_i, its norm over the batch and the state.
-    flow = dj.gradient_flow(params, xs, targets)
+    flow = results["flow"]
     np.testing.assert_allclose(flow, np.sqrt((grad**2).sum(axis=(-2, -1))), rtol=TOL, atol=0)
 
     # Lyapunov: QR of the explicit one-step Jacobians, and the decay along the diagonals.
     steps = np.arange(T - 1)
     one_step = jac[steps + 1, steps]  # Ω(t+1, t), (T-1, M, W, W)
-    burn_in, max_lag = 2, 4
-    spectrum = numpy_qr_exponents(one_step, burn_in)
-    qr = dj.lyapunov_qr(params, xs, burn_in=burn_in)
+    spectrum = numpy_qr_exponents(one_step, BURN_IN)
+    qr = results["qr"]
     assert qr.shape == (width,)
     np.testing.assert_allclose(qr, spectrum, rtol=TOL, atol=TOL)
-    estimate = dj.lyapunov_exponent(params, xs, max_lag=max_lag, burn_in=burn_in)
+    estimate = results["estimate"]
     mean_log_norm = np.array(
         [
             np.mean(np.log(spectral[np.arange(k, T), np.arange(T - k)]))
-            for k in range(1, max_lag + 1)
+            for k in range(1, MAX_LAG + 1)
         ]
     )
-    lags = np.arange(1, max_lag + 1)
+    lags = np.arange(1, MAX_LAG + 1)
     np.testing.assert_allclose(estimate.mean_log_norm, mean_log_norm, rtol=TOL, atol=TOL)
     np.testing.assert_allclose(estimate.exponent, np.polyfit(lags, mean_log_norm, 1)[0], rtol=TOL)
     np.testing.assert_allclose(estimate.qr_exponent, spectrum[0], rtol=TOL, atol=TOL)
 
     # γ = max ‖J_t‖₂ over the trajectory; no a-priori bound for a gated cell.
-    bound = dj.decay_bound(params, xs)
+    bound = results["bound"]
     np.testing.assert_allclose(bound.gamma, spectral[steps + 1, steps].max(), rtol=TOL)
     assert np.isnan(bound.gamma_a_priori) and np.isnan(bound.max_sigma_prime)
 
@@ -183,6 +203,85 @@ def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     for name, figure in (("triangles.png", triangles), ("decay.png", decay)):
         figure.savefig(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+LENGTHS = (T, 5)
+
+
+@functools.cache
+def bidirectional_oracle():
+    """The backward direction of a bidirectional LSTM layer on a right-padded batch, at
+    the network's time steps: per sequence v of length L, run alone on its reversed
+    valid inputs, Ω(j, i) = ∂state←_j/∂state←_i and ∂L_j/∂state←_i for j ≤ i < L (the
+    forward direction a constant); NaN elsewhere."""
+    params, xs, targets = make_problem("lstm", bidirectional=True)
+    layer, readout = params.layers[0], params.readout
+    forward_step = functools.partial(oracle_step, "lstm", layer.forward)
+    backward_step = functools.partial(oracle_step, "lstm", layer.backward)
+    width = 2 * D
+    jac = np.full((T, T, M, width, width), np.nan)
+    grad = np.full((T, T, M, width), np.nan)
+
+    def run(step, x):
+        return jax.lax.scan(lambda s, x_t: (step(s, x_t),) * 2, jnp.zeros(width), x)[1]
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=CHEAP_COMPILE)
+    def one_sequence(L, x, y):
+        forward = run(forward_step, x)  # (L, W), network order
+        reversed_x = x[::-1]
+        backward = run(backward_step, reversed_x)  # run order: step r reads x[L-1-r]
+
+        def propagate(state, r, r_end):
+            def body(s, r_x):
+                r_t, x_t = r_x
+                return jnp.where((r < r_t) & (r_t <= r_end), backward_step(s, x_t), s), None
+
+            return jax.lax.scan(body, state, (jnp.arange(L), reversed_x))[0]
+
+        def loss_at(state, i, j):  # L_j from the backward state at network step i ≥ j
+            h_backward = propagate(state, L - 1 - i, L - 1 - j)[:D]
+            logits = readout.W @ jnp.concatenate([forward[j, :D], h_backward]) + readout.b
+            return -jax.nn.log_softmax(logits)[y[j]] / M
+
+        def pair(j, i):
+            start = backward[L - 1 - i]
+            return (
+                jax.jacfwd(propagate)(start, L - 1 - i, L - 1 - j),
+                jax.grad(loss_at)(start, i, j),
+            )
+
+        steps = jnp.arange(L)
+        return jax.vmap(jax.vmap(pair, (None, 0)), (0, None))(steps, steps)
+
+    for v, L in enumerate(LENGTHS):
+        jac_v, grad_v = one_sequence(L, xs[:L, v], targets[:L, v])
+        upper = np.triu(np.ones((L, L), bool))  # j ≤ i: the backward direction's side
+        jac[:L, :L, v] = np.where(upper[..., None, None], jac_v, np.nan)
+        grad[:L, :L, v] = np.where(upper[..., None], grad_v, np.nan)
+    return jac, grad
+
+
+def test_diagnostics_of_the_backward_lstm_direction_with_lengths(x64):
+    params, xs, targets = make_problem("lstm", bidirectional=True)
+    jac, grad = bidirectional_oracle()
+    where = dict(direction="backward", lengths=jnp.array(LENGTHS))
+    program = jax.jit(
+        lambda params, xs, targets: (
+            dj.omega_norms(params, xs, **where),
+            dj.gradient_flow(params, xs, targets, **where),
+        ),
+        compiler_options=CHEAP_COMPILE,
+    )
+    norms, flow = program(params, xs, targets)
+    spectral = np.linalg.svd(np.nan_to_num(jac), compute_uv=False)[..., 0]
+    spectral = np.where(np.isnan(jac[..., 0, 0]), np.nan, spectral)
+    np.testing.assert_allclose(norms.spectral, spectral, rtol=TOL, atol=0)
+    # The norm over the sequences for which both steps are valid; NaN where none is.
+    squared = (grad**2).sum(axis=-1)
+    expected = np.where(
+        np.isnan(squared).all(axis=-1), np.nan, np.sqrt(np.nansum(squared, axis=-1))
+    )
+    np.testing.assert_allclose(flow, expected, rtol=TOL, atol=0)
 
 
 def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
