@@ -64,6 +64,11 @@ from ._model.scan_cell import scan_cell as scan_cell
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.distributed import DistributedConfig as DistributedConfig
+from ._training.distributed import DistributedError as DistributedError
+from ._training.distributed import global_batch_mesh as global_batch_mesh
+from ._training.distributed import initialize_distributed as initialize_distributed
+from ._training.distributed import shard_global_batch as shard_global_batch
 from ._training.interrupt import TrainingInterrupted as TrainingInterrupted
 from ._training.lock import RunLockedError as RunLockedError
 from ._training.loop import ResumeError as ResumeError
@@ -97,6 +102,8 @@ __all__ = [
     "BidirectionalParams",
     "CheckpointError",
     "DecayBound",
+    "DistributedConfig",
+    "DistributedError",
     "GRUParams",
     "LOSSES",
     "LSTMParams",
@@ -133,6 +140,7 @@ __all__ = [
     "count_products",
     "decay_bound",
     "error_flow_norms",
+    "global_batch_mesh",
     "gradient_flow",
     "gru_layer",
     "init_bidirectional_layer",
@@ -140,6 +148,7 @@ __all__ = [
     "init_layer",
     "init_lstm_layer",
     "init_rnn",
+    "initialize_distributed",
     "load_checkpoint",
     "load_run",
     "lstm_layer",
@@ -169,6 +178,7 @@ __all__ = [
     "scan_layer",
     "sequence_loss",
     "shard_batch",
+    "shard_global_batch",
     "tolerance_report",
     "train",
 ]

@@ -1,5 +1,5 @@
 """Training with optax: the jitted step, the loop with checkpoints and resume, the bundled
-tasks, and data parallelism over devices.
+tasks, and data parallelism over devices and processes.
 
 Every name here is also available at the top level (`dprnn_jax.train`, …).
 """
@@ -7,6 +7,11 @@ Every name here is also available at the top level (`dprnn_jax.train`, …).
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.distributed import DistributedConfig as DistributedConfig
+from ._training.distributed import DistributedError as DistributedError
+from ._training.distributed import global_batch_mesh as global_batch_mesh
+from ._training.distributed import initialize_distributed as initialize_distributed
+from ._training.distributed import shard_global_batch as shard_global_batch
 from ._training.interrupt import TrainingInterrupted as TrainingInterrupted
 from ._training.lock import RunLockedError as RunLockedError
 from ._training.loop import ResumeError as ResumeError
@@ -34,6 +39,8 @@ __all__ = [
     "TASKS",
     "Batch",
     "CheckpointError",
+    "DistributedConfig",
+    "DistributedError",
     "Metrics",
     "ResumeError",
     "RunLockedError",
@@ -46,6 +53,8 @@ __all__ = [
     "batch_mesh",
     "batch_metrics",
     "bundled_text",
+    "global_batch_mesh",
+    "initialize_distributed",
     "load_checkpoint",
     "load_run",
     "make_eval_step",
@@ -55,5 +64,6 @@ __all__ = [
     "sample_text",
     "save_checkpoint",
     "shard_batch",
+    "shard_global_batch",
     "train",
 ]

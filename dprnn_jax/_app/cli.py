@@ -223,6 +223,7 @@ TRAIN_FLAGS = {
 
 
 def _add_train(subparsers) -> None:
+    from .._training.distributed import ENVIRONMENT
     from .._training.loop import OPTIMIZERS, RESUMABLE_CHANGES, TrainConfig
     from .._training.tasks import TASKS
 
@@ -238,8 +239,9 @@ def _add_train(subparsers) -> None:
         epilog="A step whose loss or gradient is not finite is skipped. The run has "
         "diverged when its last validation loss is not finite or more than half of its "
         "steps were skipped; it then exits with status 3 (after writing its files). "
-        "Exit status: 0 done, 2 a usage error, 3 diverged, 130 Ctrl-C, 143 SIGTERM "
-        "(after writing a checkpoint of the current step).",
+        "Exit status: 0 done, 2 a usage error, 3 diverged, 4 a multi-process run could "
+        "not start or lost a process, 130 Ctrl-C, 143 SIGTERM (after writing a checkpoint "
+        "of the current step).",
     )
     parser.add_argument("--task", choices=TASKS, help=f"what to learn ({defaults.task})")
     _add_method_options(parser, "gradient method (omega)", checkpoint=True)
@@ -297,6 +299,38 @@ def _add_train(subparsers) -> None:
         help=f"data-parallel devices over the batch axis ({defaults.devices})",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group(
+        "across processes",
+        "Data parallelism over several processes or hosts on JAX's distributed runtime: "
+        "start the same command once per process with its own --process-id (see "
+        "docs/distributed.md). A flag not given is read from "
+        + ", ".join(ENVIRONMENT.values())
+        + "; --devices then counts the devices of each process.",
+    )
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0 and a free port on it, the same for every process",
+    )
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help="this process's id, 0..N-1 (0 writes)"
+    )
+    group.add_argument(
+        "--init-timeout",
+        type=int,
+        default=300,
+        metavar="S",
+        help="seconds to wait for the coordinator and every process, at the start and "
+        "at the end (300)",
+    )
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=100,
+        metavar="S",
+        help="seconds without a heartbeat after which a process counts as dead (100)",
+    )
     parser.set_defaults(command=_command_train)
 
 
@@ -384,11 +418,84 @@ def _train_config(args: argparse.Namespace):
     return config
 
 
+# `dprnn-jax train`'s flag of each `DistributedConfig` field.
+DISTRIBUTED_FLAGS = {
+    "coordinator": "--coordinator",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
+}
+
+
+def _distributed_config(args: argparse.Namespace, config):
+    """The `DistributedConfig` that the flags (or, for a flag not given, the
+    environment) ask for, checked against `config`; None for a one-process run."""
+    from .._training.distributed import ENVIRONMENT, DistributedConfig, check_global_batch
+
+    values = {}
+    for field, flag in DISTRIBUTED_FLAGS.items():
+        value = getattr(args, field)
+        if value is None and os.environ.get(ENVIRONMENT[field]) is not None:
+            value = os.environ[ENVIRONMENT[field]]
+            if field != "coordinator":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise UsageError(
+                        f"{ENVIRONMENT[field]} (for {flag}) must be an integer, got {value!r}"
+                    ) from None
+        values[field] = value
+    if all(value is None for value in values.values()):
+        return None
+    missing = [
+        f"{flag} (or {ENVIRONMENT[field]})"
+        for field, flag in DISTRIBUTED_FLAGS.items()
+        if values[field] is None
+    ]
+    if missing:
+        raise UsageError(
+            f"a multi-process run needs --coordinator, --num-processes and --process-id; "
+            f"{' and '.join(missing)} not given"
+        )
+    count, index = values["num_processes"], values["process_id"]
+    if count < 1:
+        raise UsageError(f"--num-processes must be >= 1, got {count}")
+    if not 0 <= index < count:
+        raise UsageError(
+            f"--process-id must be in 0..{count - 1} for --num-processes {count}, got {index}"
+        )
+    for name in ("init_timeout", "heartbeat_timeout"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        check_global_batch(config.batch_size, config.devices, count)
+        return DistributedConfig(
+            **values,
+            initialization_timeout=args.init_timeout,
+            heartbeat_timeout=args.heartbeat_timeout,
+        )
+    except ValueError as error:
+        flag = "--batch-size" if "batch_size" in str(error) else "--coordinator"
+        raise UsageError(f"{flag}: {str(error).rstrip('.')}") from None
+
+
 def _command_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
+    distributed = _distributed_config(args, config)
     if config.devices > 1:
         _request_cpu_devices(config.devices)
 
+    from .._training.distributed import DistributedError, initialize_distributed
+
+    try:
+        if distributed is not None:
+            initialize_distributed(distributed)
+        return _run_training(args, config)
+    except DistributedError as error:
+        print(f"dprnn-jax: error: {str(error).rstrip('.')}", file=sys.stderr)
+        return 4
+
+
+def _run_training(args: argparse.Namespace, config) -> int:
     from .._training.checkpoint import CheckpointError
     from .._training.interrupt import Interrupted, TrainingInterrupted
     from .._training.lock import RunLockedError
@@ -457,7 +564,10 @@ def print_run_summary(metrics: dict, out: str) -> None:
     )
     if "sample" in metrics:
         print("sample:\n" + metrics["sample"])
-    print("wrote " + ", ".join(os.path.join(out, name) for name in metrics["files"]))
+    if metrics["files"]:
+        print("wrote " + ", ".join(os.path.join(out, name) for name in metrics["files"]))
+    else:
+        print(f"process {metrics.get('process_id', '?')} wrote nothing (process 0 writes {out})")
 
 
 def _add_omega(subparsers) -> None:
@@ -664,11 +774,18 @@ def run() -> int:
     a stop signal an immediate exit, since tearing the interpreter down while XLA still
     compiles on its own threads can crash (SIGSEGV instead of status 130)."""
     status = main()
-    if status >= 128:
+    # A process of a multi-process run that fails leaves at once: at JAX's exit barrier
+    # it would wait for the others, which wait for it in their next step, and then abort.
+    if status >= 128 or (status != 0 and _in_a_distributed_run()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _in_a_distributed_run() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
 
 
 # How long a stop signal's exception may take to reach `main` before the process exits

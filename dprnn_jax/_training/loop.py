@@ -24,6 +24,7 @@ The loss curve marks every skipped step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -44,8 +45,17 @@ from .._backward.registry import algorithm_from_dict, resolve_method
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_choice, check_positive_int
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from .distributed import (
+    DistributedError,
+    agree_to_start,
+    check_global_batch,
+    fingerprint,
+    global_batch_mesh,
+    replicate_global,
+    shard_global_batch,
+)
 from .interrupt import Interrupted, TrainingInterrupted, stop_on_signals
-from .lock import run_lock
+from .lock import RunLockedError, run_lock
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
 from .tasks import DEFAULT_SEQ_LEN, Task, make_task, sample_text
@@ -485,6 +495,12 @@ def train(
         stop_at: stop after this many steps without writing anything more, as a kill
             would (for testing resume).
 
+    Across processes: after `initialize_distributed` in every process, the same call in
+    each trains one model on `config.devices` devices per process, each process feeding
+    its own rows of every global batch (`batch_size` must be a multiple of the global
+    device count). Process 0 takes the lock and writes every file; the others write
+    nothing and read `out/checkpoint.npz` on resume (docs/distributed.md#what-is-sharded).
+
     Returns:
         `TrainResult(params, metrics)`. A step whose loss or gradient is not finite is
         skipped and counted (`metrics["skipped_steps"]`). The run has diverged when its
@@ -505,6 +521,8 @@ def train(
         CheckpointError: a corrupt checkpoint (the file is left as it is).
         OSError: an unwritable `out`.
         ValueError, ImportError: bad options (from the task, the mesh, the step).
+        DistributedError: across processes, another process could not start, runs with
+            other options, or stopped during the run (its collective failed).
 
     Example:
         >>> config = TrainConfig(task="adding", seq_len=8, steps=200, hidden_size=16)
@@ -524,6 +542,13 @@ def train(
         config.method,
         config.max_grad_norm,
     )
+    processes = jax.process_count()
+    if processes > 1:
+        check_global_batch(config.batch_size, config.devices, processes)
+        mesh = global_batch_mesh(config.devices)
+        return _train_across_processes(
+            config, out, programs, mesh, resume, overwrite, progress, log, stop_at
+        )
     if config.batch_size % config.devices:
         raise ValueError(
             f"batch_size={config.batch_size} must be a multiple of devices={config.devices}"
@@ -531,9 +556,32 @@ def train(
     mesh = batch_mesh(config.devices) if config.devices > 1 else None
     check_output_dir(out)
     with run_lock(out, log=log):
-        return _train_holding_the_lock(
-            config, out, programs, mesh, resume, overwrite, progress, log, stop_at
+        start = _starting_state(config, out, programs, resume, overwrite, log)
+        return _train_from(config, out, programs, mesh, start, progress, log, stop_at)
+
+
+def _train_across_processes(config, out, programs, mesh, resume, overwrite, progress, log, stop_at):
+    # Process 0 alone takes the lock and writes; every process reads the checkpoint on
+    # resume. All of them check in before the first step, so that one that cannot start
+    # (a locked folder, options that differ) stops the others at once.
+    writer = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        start, failure = None, None
+        try:
+            if writer:
+                check_output_dir(out)
+                stack.enter_context(run_lock(out, log=log))
+            start = _starting_state(config, out, programs, resume, overwrite, log, writer=writer)
+        except (ResumeError, CheckpointError, RunLockedError, OSError) as error:
+            failure = error
+        agree_to_start(
+            [fingerprint(config.to_dict()), -1 if start is None else start.step],
+            ["the options", "the checkpoint's step"],
+            None if failure is None else str(failure),
         )
+        if failure is not None:
+            raise failure
+        return _train_from(config, out, programs, mesh, start, progress, log, stop_at, writer)
 
 
 def _clear_for_a_fresh_run(out: str, overwrite: bool) -> None:
@@ -556,34 +604,65 @@ def _clear_for_a_fresh_run(out: str, overwrite: bool) -> None:
         os.remove(os.path.join(out, name))
 
 
-def _train_holding_the_lock(config, out, programs, mesh, resume, overwrite, progress, log, stop_at):
+class _Start(NamedTuple):
+    """Where a run starts: fresh (step 0) or from its checkpoint."""
+
+    params: RNNParams
+    opt_state: optax.OptState
+    data_key: jax.Array
+    step: int
+    history: dict
+    resumed: bool
+
+
+def _starting_state(config, out, programs, resume, overwrite, log, *, writer=True) -> _Start:
+    params, opt_state, data_key = _initial_state(config, programs)
+    if resume:
+        (params, opt_state), step, history = _restore(out, config, (params, opt_state))
+        if writer:
+            log(f"resumed from {os.path.join(out, CHECKPOINT)} at step {step}")
+        return _Start(params, opt_state, data_key, step, history, True)
+    if writer:
+        _clear_for_a_fresh_run(out, overwrite)
+    return _Start(params, opt_state, data_key, 0, _history(), False)
+
+
+def _lost_a_process(error: Exception, out: str, step: int) -> DistributedError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return DistributedError(
+        f"step {step + 1} failed across processes ({reason}): another process of the run "
+        f"has stopped or cannot be reached (see its output); {checkpoint_status(out)} "
+        "(restart every process)"
+    )
+
+
+def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writer=True):
     from tqdm import tqdm
 
     task = programs.task
-    params, opt_state, data_key = _initial_state(config, programs)
-    step, history = 0, _history()
+    params, opt_state, data_key = start.params, start.opt_state, start.data_key
+    step, history = start.step, start.history
     checkpoint = os.path.join(out, CHECKPOINT)
-    if resume:
-        (params, opt_state), step, history = _restore(out, config, (params, opt_state))
-        log(f"resumed from {checkpoint} at step {step}")
-    else:
-        _clear_for_a_fresh_run(out, overwrite)
+    across_processes = jax.process_count() > 1
 
     train_step, eval_step, sample = programs.train_step, programs.eval_step, programs.sample
     validation = task.validation
-    if mesh is not None:
+    if across_processes:
+        params, opt_state, validation = replicate_global((params, opt_state, validation), mesh)
+    elif mesh is not None:
         params, opt_state = replicate((params, opt_state), mesh)
         validation = replicate(validation, mesh)
 
-    saved_step = step if resume else None  # the step of the checkpoint on disk
+    saved_step = step if start.resumed else None  # the step of the checkpoint on disk
 
     def save(step):
         nonlocal saved_step
-        metadata = {"step": step, "config": config.to_dict(), "history": history}
-        save_checkpoint(checkpoint, (params, opt_state), metadata)
+        if writer:
+            metadata = {"step": step, "config": config.to_dict(), "history": history}
+            save_checkpoint(checkpoint, (params, opt_state), metadata)
         saved_step = step
 
-    start, started = step, time.perf_counter()
+    first_step, started = step, time.perf_counter()
     bar = tqdm(
         total=config.steps, initial=step, disable=not progress, desc=task.name, dynamic_ncols=True
     )
@@ -593,18 +672,30 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, overwrite, prog
                 if stop_at is not None and step >= stop_at:
                     return TrainResult(params, {})
                 batch = sample(jax.random.fold_in(data_key, step), config.batch_size)
-                if mesh is not None:
-                    batch = shard_batch(batch, mesh)
-                params, opt_state, metrics = train_step(params, opt_state, batch)
+                try:
+                    if across_processes:
+                        batch = shard_global_batch(batch, mesh)
+                    elif mesh is not None:
+                        batch = shard_batch(batch, mesh)
+                    params, opt_state, metrics = train_step(params, opt_state, batch)
+                    metrics = jax.device_get(metrics)
+                except (RuntimeError, ValueError) as error:
+                    if not across_processes:
+                        raise
+                    raise _lost_a_process(error, out, step) from None
                 step += 1
-                metrics = jax.device_get(metrics)
                 for name in ("loss", "accuracy", "grad_norm"):
                     history[name].append(float(getattr(metrics, name)))
                 history["skipped"].append(int(metrics.skipped))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
                 if step % config.eval_every == 0 or step == config.steps:
-                    evaluation = jax.device_get(eval_step(params, validation))
+                    try:
+                        evaluation = jax.device_get(eval_step(params, validation))
+                    except (RuntimeError, ValueError) as error:
+                        if not across_processes:
+                            raise
+                        raise _lost_a_process(error, out, step - 1) from None
                     entry = {
                         "step": step,
                         "loss": float(evaluation.loss),
@@ -617,10 +708,11 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, overwrite, prog
                     )
                     if task.name == "charlm":
                         line += f"  perplexity {_perplexity(entry['loss']):.3f}"
-                    (bar.write if progress else log)(line)
+                    if writer:
+                        (bar.write if progress else log)(line)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     save(step)
-            if stop.signal is not None and step > start and step != saved_step:
+            if stop.signal is not None and step > first_step and step != saved_step:
                 try:
                     save(step)
                 except OSError as error:
@@ -633,9 +725,14 @@ def _train_holding_the_lock(config, out, programs, mesh, resume, overwrite, prog
         raise _interrupted(stop.signal, out, step)
     seconds = time.perf_counter() - started
 
-    metrics = _final_metrics(config, task, step, history, seconds, step - start)
+    metrics = _final_metrics(config, task, step, history, seconds, step - first_step)
     metrics["device_count"] = 1 if mesh is None else int(mesh.devices.size)
     metrics["devices_available"] = len(jax.devices())
+    metrics["process_count"] = jax.process_count()
+    metrics["process_id"] = jax.process_index()
+    if not writer:  # process 0 writes the run's files
+        metrics["files"] = []
+        return TrainResult(params, metrics)
     title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
     plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title)
     files = [CHECKPOINT, METRICS, LOSS_CURVE]
