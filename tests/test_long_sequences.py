@@ -7,10 +7,12 @@ The oracle is `jax.grad` through the plain scan (`method="autodiff"`), in float6
 
 from __future__ import annotations
 
-import chex
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import CHEAP_COMPILE, assert_trees_close
 
 import dprnn_jax as dj
 
@@ -21,9 +23,7 @@ CHECKPOINTED = [dj.BPTT, dj.Omega]
 
 def assert_close(tree, reference, dtype):
     """Leaf-wise error relative to the leaf's largest entry."""
-    for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
-        scale = float(jnp.max(jnp.abs(expected))) or 1.0
-        chex.assert_trees_all_close(leaf, expected, rtol=0, atol=RTOL[dtype] * scale)
+    assert_trees_close(tree, reference, rtol=RTOL[dtype])
 
 
 def network(T, sizes, dtype, *, tokens=False, seed=0):
@@ -40,11 +40,18 @@ def network(T, sizes, dtype, *, tokens=False, seed=0):
     return params, xs, h0s
 
 
-def gradients(loss_fn, method, params, xs, h0s, tokens):
+def gradients(loss_fn, methods, params, xs, h0s, tokens):
+    """(loss, gradient) of `loss_fn` for each method: ONE compiled program for all."""
     argnums = (0, 2) if tokens else (0, 1, 2)
-    return jax.jit(jax.value_and_grad(lambda p, x, h: loss_fn(p, x, h, method), argnums))(
-        params, xs, h0s
-    )
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(params, xs, h0s):
+        return [
+            jax.value_and_grad(lambda p, x, h, m=m: loss_fn(p, x, h, m), argnums)(params, xs, h0s)
+            for m in methods
+        ]
+
+    return run(params, xs, h0s)
 
 
 @pytest.mark.parametrize(
@@ -67,11 +74,10 @@ def test_sequence_loss_matches_the_oracle(T, sizes, checkpoint, tokens, ragged, 
     def loss(p, x, h, method):
         return dj.sequence_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
 
-    value, reference = gradients(loss, "autodiff", params, xs, h0s, tokens)
-    for algorithm in CHECKPOINTED:
-        method = algorithm(checkpoint=checkpoint)
-        got_value, got = gradients(loss, method, params, xs, h0s, tokens)
-        assert_close((got_value, got), (value, reference), dtype)
+    methods = [algorithm(checkpoint=checkpoint) for algorithm in CHECKPOINTED]
+    expected, *results = gradients(loss, ["autodiff", *methods], params, xs, h0s, tokens)
+    for got in results:
+        assert_close(got, expected, dtype)
 
 
 @pytest.mark.parametrize("loss_name", ["mse", "sigmoid_binary_cross_entropy"])
@@ -84,9 +90,8 @@ def test_other_losses_and_a_mask(loss_name, x64):
     def loss(p, x, h, method):
         return dj.sequence_loss(p, x, ys, mask=mask, loss=loss_name, method=method, h0s=h)
 
-    value, reference = gradients(loss, "autodiff", params, xs, h0s, False)
-    got = gradients(loss, dj.BPTT(checkpoint=4), params, xs, h0s, False)
-    assert_close(got, (value, reference), "float64")
+    expected, got = gradients(loss, ["autodiff", dj.BPTT(checkpoint=4)], params, xs, h0s, False)
+    assert_close(got, expected, "float64")
 
 
 def test_many_to_one_loss_matches_the_oracle(x64):
@@ -99,10 +104,10 @@ def test_many_to_one_loss_matches_the_oracle(x64):
         def loss(p, x, h, method, lengths=lengths):
             return dj.many_to_one_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
 
-        value, reference = gradients(loss, "autodiff", params, xs, h0s, False)
-        for algorithm in CHECKPOINTED:
-            got = gradients(loss, algorithm(checkpoint=3), params, xs, h0s, False)
-            assert_close(got, (value, reference), "float64")
+        methods = ["autodiff", *(algorithm(checkpoint=3) for algorithm in CHECKPOINTED)]
+        expected, *results = gradients(loss, methods, params, xs, h0s, False)
+        for got in results:
+            assert_close(got, expected, "float64")
 
 
 def test_checkpoint_bounds_the_memory():
@@ -151,9 +156,15 @@ def test_a_layer_alone_is_unaffected(x64):
     def loss(p, method):
         return jnp.sum(jnp.sin(dj.rnn_layer(p, xs, method=method)))
 
-    reference = jax.grad(loss)(layer, "autodiff")
-    for method in (dj.BPTT(checkpoint=4), dj.Omega(checkpoint="sqrt")):
-        assert_close(jax.grad(loss)(layer, method), reference, "float64")
+    methods = ("autodiff", dj.BPTT(checkpoint=4), dj.Omega(checkpoint="sqrt"))
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(layer):
+        return [jax.grad(loss)(layer, method) for method in methods]
+
+    reference, *results = run(layer)
+    for got in results:
+        assert_close(got, reference, "float64")
 
 
 def test_training_step_with_checkpoint(x64):
