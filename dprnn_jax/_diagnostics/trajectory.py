@@ -246,7 +246,8 @@ def layer_trajectory(
         return Trajectory(
             inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
         )
-    check_layer_state("h0", h0, one_direction, run_inputs.shape[1], f"{name}.W")
+    weights = f"{name}.{direction}.W" if isinstance(inspected, BidirectionalParams) else f"{name}.W"
+    check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
     cell = gated_cell(one_direction, run_inputs, h0)
     # One forward loop gives the carries and every step's linearisation (the cell is not
     # evaluated again for the Jacobians).
