@@ -4,12 +4,14 @@ takes algorithm objects, and the scale of `sequence_loss` is chosen by `reductio
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CHEAP_COMPILE, random_inputs
 
 import dprnn_jax as dj
 
@@ -117,28 +119,45 @@ def test_count_products_takes_algorithm_objects():
 @pytest.mark.parametrize("method", [dj.Omega(), dj.BPTT(checkpoint=2)])
 def test_sequence_loss_reduction_sums_over_steps_or_averages_per_supervised_step(x64, method):
     params = dj.init_rnn(jax.random.key(0), N, (D,), K, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.key(1), (T, M, N), jnp.float64)
-    targets = jax.random.randint(jax.random.key(2), (T, M), 0, K)
-    mask = (jnp.arange(T)[:, None] < jnp.asarray(LENGTHS)).astype(jnp.float64)
-    by_hand = dj.per_step_losses(dj.rnn_apply(params, xs), targets, loss="softmax_cross_entropy")
-    for where, weights in (
+    xs = random_inputs(1, (T, M, N), jnp.float64)
+    targets = jnp.asarray(np.random.default_rng(2).integers(0, K, (T, M)))
+    mask = jnp.asarray((np.arange(T)[:, None] < np.asarray(LENGTHS)).astype(np.float64))
+    cases = (
         ({}, jnp.ones((T, M))),
         ({"mask": mask}, mask),
         ({"lengths": jnp.asarray(LENGTHS)}, mask),
-    ):
-        total = jnp.sum(by_hand * weights)
-        options = dict(method=method, **where)
-        summed = dj.sequence_loss(params, xs, targets, **options)
-        mean = dj.sequence_loss(params, xs, targets, reduction="mean", **options)
-        default = dj.sequence_loss(params, xs, targets, reduction="sum_over_steps", **options)
-        np.testing.assert_allclose(summed, total / M, rtol=1e-12)
-        np.testing.assert_allclose(default, summed, rtol=0)
-        np.testing.assert_allclose(mean, total / jnp.sum(weights), rtol=1e-12)
+    )
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def losses_and_gradients(params):
+        by_hand = dj.per_step_losses(
+            dj.rnn_apply(params, xs), targets, loss="softmax_cross_entropy"
+        )
+        results = []
+        for where, weights in cases:
+            options = dict(method=method, **where)
+            mean_options = dict(reduction="mean", **options)
+            results.append(
+                {
+                    "total": jnp.sum(by_hand * weights),
+                    "summed": dj.sequence_loss(params, xs, targets, **options),
+                    "mean": dj.sequence_loss(params, xs, targets, **mean_options),
+                    "default": dj.sequence_loss(
+                        params, xs, targets, reduction="sum_over_steps", **options
+                    ),
+                    "grad_sum": jax.grad(dj.sequence_loss)(params, xs, targets, **options),
+                    "grad_mean": jax.grad(dj.sequence_loss)(params, xs, targets, **mean_options),
+                }
+            )
+        return results
+
+    for (_, weights), got in zip(cases, losses_and_gradients(params), strict=True):
+        np.testing.assert_allclose(got["summed"], got["total"] / M, rtol=1e-12)
+        np.testing.assert_allclose(got["default"], got["summed"], rtol=0)  # the same program
+        np.testing.assert_allclose(got["mean"], got["total"] / jnp.sum(weights), rtol=1e-12)
         # Same minimiser: the gradients differ by the constant Σ mask / m only.
         scale = jnp.sum(weights) / M
-        grad_sum = jax.grad(dj.sequence_loss)(params, xs, targets, **options)
-        grad_mean = jax.grad(dj.sequence_loss)(params, xs, targets, reduction="mean", **options)
-        for a, b in zip(jax.tree.leaves(grad_sum), jax.tree.leaves(grad_mean)):
+        for a, b in zip(jax.tree.leaves(got["grad_sum"]), jax.tree.leaves(got["grad_mean"])):
             np.testing.assert_allclose(a, scale * b, rtol=1e-10, atol=1e-14)
 
 

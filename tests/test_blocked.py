@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import RTOL, max_relative_error, reference_loss
+from helpers import CHEAP_COMPILE, RTOL, max_relative_error, reference_loss
 
 import dprnn_jax as dj
 from dprnn_jax.backward import ElmanJacobian
@@ -54,7 +54,7 @@ def oracle_loss(params, xs, targets, mask, h0s):
     )
 
 
-@jax.jit
+@functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
 def all_gradients(params, xs, targets, mask, h0s):
     """Gradients w.r.t. (params, xs, h0s) for every B and the oracle, in one program."""
     grads = {
@@ -87,7 +87,9 @@ def test_blocked_under_vmap(dtype):
             # One sequence as a batch of one: (T, n) -> (T, 1, n).
             return jax.grad(loss_fn)(params, x[:, None], y[:, None], w[:, None], None)
 
-        return jax.jit(jax.vmap(grad_one, in_axes=1))(xs, targets, mask)
+        return jax.jit(jax.vmap(grad_one, in_axes=1), compiler_options=CHEAP_COMPILE)(
+            xs, targets, mask
+        )
 
     blocked = per_sequence(functools.partial(library_loss, block=5))
     oracle = per_sequence(oracle_loss)
