@@ -1,7 +1,7 @@
 """Training across processes on JAX's distributed runtime: two local CPU processes (gloo)
-train as one, only process 0 writes, a killed process stops the other and both resume,
-and bad input fails at once. Ports are chosen free, every wait is bounded, and every
-child is killed in `finally`."""
+train as one process would, only process 0 writes, a killed process stops the other and
+both resume, and bad input fails at once. Ports are chosen free, every wait is bounded,
+and every child is killed in `finally`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -147,41 +148,25 @@ def max_relative_error(params, reference) -> float:
     )
 
 
-def one_process_params(tmp_path, steps: int):
-    """The parameters of the same run in this process, on one device."""
-    config = dataclasses.replace(CONFIG, steps=steps, eval_every=2)
-    return dj.train(config, str(tmp_path / f"one_{steps}"), progress=False, log=lambda _: None)
+def one_process_params(steps: int):
+    """The parameters after `steps` steps of the same run in this process, on one
+    device (`stop_at`: it writes no file)."""
+    config = dataclasses.replace(CONFIG, steps=steps + 1)
+    with tempfile.TemporaryDirectory() as out:
+        return dj.train(config, out, progress=False, log=lambda _: None, stop_at=steps).params
 
 
-def test_two_processes_train_as_one_and_only_process_0_writes(tmp_path, compilation_cache):
-    out = tmp_path / "run"
-    processes = start_two(
-        tmp_path, compilation_cache, "--steps", "6", "--eval-every", "2", "--out", str(out)
-    )
+def finish_all(processes: list[Process]) -> list[tuple[int, str]]:
     try:
-        results = [process.finish() for process in processes]
+        return [process.finish() for process in processes]
     finally:
         for process in processes:
             process.kill()
-    assert [status for status, _ in results] == [0, 0], results
-    assert f"process 1 wrote nothing (process 0 writes {out})" in results[1][1]
-
-    # One set of files, in --out, from process 0; nothing anywhere else.
-    assert set(os.listdir(out)) == RUN_FILES
-    assert os.listdir(tmp_path / "cwd0") == [] and os.listdir(tmp_path / "cwd1") == []
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert (metrics["process_count"], metrics["device_count"]) == (2, 2)
-
-    run = dj.load_run(out)
-    assert run.metadata["step"] == 6
-    reference = one_process_params(tmp_path, 6)
-    # Another program (the batch's sums split over two processes): f32 rounding only.
-    assert max_relative_error(run.params, reference.params) <= 1e-5
 
 
-def test_a_killed_process_stops_the_other_and_both_resume_to_the_same_parameters(
-    tmp_path, compilation_cache
-):
+def test_two_processes_train_as_one_survive_a_kill_and_resume(tmp_path, compilation_cache):
+    # One scenario, so that the children are started only twice: a run killed mid-way,
+    # then resumed by both processes to its end.
     out = tmp_path / "run"
     endless = ["--steps", "1000000", "--eval-every", "1", "--checkpoint-every", "2"]
     processes = start_two(tmp_path, compilation_cache, *endless, "--out", str(out))
@@ -194,7 +179,8 @@ def test_a_killed_process_stops_the_other_and_both_resume_to_the_same_parameters
     finally:
         for process in processes:
             process.kill()
-    # A clear error at the next collective, well within the heartbeat timeout.
+    # The survivor: a clear error at its next collective, well within the heartbeat
+    # timeout, that says where to continue from.
     assert status == 4, output
     assert waited < 10, waited
     step = dj.load_run(out).metadata["step"]
@@ -207,20 +193,24 @@ def test_a_killed_process_stops_the_other_and_both_resume_to_the_same_parameters
     assert found, output
     assert step >= 4 and "train.lock" not in os.listdir(out)
 
+    # Both resume from that checkpoint and run to step + 2.
     resume = ["--resume", "--steps", str(step + 2), "--out", str(out)]
-    processes = start_two(tmp_path, compilation_cache, *resume)
-    try:
-        results = [process.finish() for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
+    results = finish_all(start_two(tmp_path, compilation_cache, *resume))
     assert [status for status, _ in results] == [0, 0], results
     assert f"resumed from {out / 'checkpoint.npz'} at step {step}" in results[0][1]
+    assert f"process 1 wrote nothing (process 0 writes {out})" in results[1][1]
+
+    # One set of files, in --out, from process 0; nothing anywhere else.
     assert set(os.listdir(out)) == RUN_FILES
+    assert os.listdir(tmp_path / "cwd0") == [] and os.listdir(tmp_path / "cwd1") == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["process_count"], metrics["device_count"]) == (2, 2)
+
+    # The parameters of one process that was never stopped, to f32 rounding: another
+    # program (the batch's sums split over two processes), the same trajectory.
     run = dj.load_run(out)
     assert run.metadata["step"] == step + 2
-    reference = one_process_params(tmp_path, step + 2)
-    assert max_relative_error(run.params, reference.params) <= 1e-5
+    assert max_relative_error(run.params, one_process_params(step + 2)) <= 1e-5
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ from .distributed import (
     check_global_batch,
     fingerprint,
     global_batch_mesh,
+    local_copy,
     replicate_global,
     shard_global_batch,
 )
@@ -363,13 +364,15 @@ def checkpoint_status(out: str, step: int | None = None) -> str:
 
 
 def _interrupted(
-    signum: int, out: str, step: int, *, failure: OSError | None = None
+    signum: int, out: str, step: int, *, failure: OSError | None = None, writer: bool = True
 ) -> TrainingInterrupted:
     on_disk = _checkpoint_step(out)
     head = f"interrupted at step {step}" if step else "interrupted before the first step"
     if failure is not None:
         head += f"; writing its checkpoint failed ({failure.strerror or failure})"
-    if on_disk is not None and on_disk == step and failure is None:
+    if not writer:  # process 0 of a multi-process run may still be writing
+        message = f"{head}; process 0 writes the run's checkpoint in {out} (see its output)"
+    elif on_disk is not None and on_disk == step and failure is None:
         path = os.path.join(out, CHECKPOINT)
         message = f"{head}; checkpoint at step {step} written to {path}; continue with --resume"
     else:
@@ -500,6 +503,7 @@ def train(
     its own rows of every global batch (`batch_size` must be a multiple of the global
     device count). Process 0 takes the lock and writes every file; the others write
     nothing and read `out/checkpoint.npz` on resume (docs/distributed.md#what-is-sharded).
+    Each process returns its own copy of the parameters.
 
     Returns:
         `TrainResult(params, metrics)`. A step whose loss or gradient is not finite is
@@ -627,11 +631,11 @@ def _starting_state(config, out, programs, resume, overwrite, log, *, writer=Tru
     return _Start(params, opt_state, data_key, 0, _history(), False)
 
 
-def _lost_a_process(error: Exception, out: str, step: int) -> DistributedError:
+def _lost_a_process(error: Exception, out: str, failed_step: int) -> DistributedError:
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return DistributedError(
-        f"step {step + 1} failed across processes ({reason}): another process of the run "
-        f"has stopped or cannot be reached (see its output); {checkpoint_status(out)} "
+        f"step {failed_step} failed across processes ({reason}): another process of the "
+        f"run has stopped or cannot be reached (see its output); {checkpoint_status(out)} "
         "(restart every process)"
     )
 
@@ -659,8 +663,16 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
         nonlocal saved_step
         if writer:
             metadata = {"step": step, "config": config.to_dict(), "history": history}
-            save_checkpoint(checkpoint, (params, opt_state), metadata)
+            save_checkpoint(checkpoint, local_copy((params, opt_state)), metadata)
         saved_step = step
+
+    def lost(error: Exception, failed_step: int) -> DistributedError:
+        # Every process finished the steps before the failed one together (their
+        # all-reduce did), so process 0 keeps the last of them before it stops.
+        if writer and step > first_step and step != saved_step:
+            with contextlib.suppress(OSError):
+                save(step)
+        return _lost_a_process(error, out, failed_step)
 
     first_step, started = step, time.perf_counter()
     bar = tqdm(
@@ -670,19 +682,22 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
         with stop_on_signals() as stop, bar:
             while step < config.steps and stop.signal is None:
                 if stop_at is not None and step >= stop_at:
-                    return TrainResult(params, {})
+                    return TrainResult(local_copy(params), {})
                 batch = sample(jax.random.fold_in(data_key, step), config.batch_size)
                 try:
                     if across_processes:
                         batch = shard_global_batch(batch, mesh)
                     elif mesh is not None:
                         batch = shard_batch(batch, mesh)
-                    params, opt_state, metrics = train_step(params, opt_state, batch)
-                    metrics = jax.device_get(metrics)
+                    # Kept apart until the step is known to have run: a failure shows up
+                    # only when its result is read, and `lost` saves the state before it.
+                    new_params, new_opt_state, metrics = train_step(params, opt_state, batch)
+                    metrics = jax.device_get(local_copy(metrics))
+                    params, opt_state = new_params, new_opt_state
                 except (RuntimeError, ValueError) as error:
                     if not across_processes:
                         raise
-                    raise _lost_a_process(error, out, step) from None
+                    raise lost(error, step + 1) from None
                 step += 1
                 for name in ("loss", "accuracy", "grad_norm"):
                     history[name].append(float(getattr(metrics, name)))
@@ -691,11 +706,11 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
                 bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
                 if step % config.eval_every == 0 or step == config.steps:
                     try:
-                        evaluation = jax.device_get(eval_step(params, validation))
+                        evaluation = jax.device_get(local_copy(eval_step(params, validation)))
                     except (RuntimeError, ValueError) as error:
                         if not across_processes:
                             raise
-                        raise _lost_a_process(error, out, step - 1) from None
+                        raise lost(error, step) from None
                     entry = {
                         "step": step,
                         "loss": float(evaluation.loss),
@@ -720,10 +735,11 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
     except TrainingInterrupted:
         raise
     except Interrupted as error:  # a second signal: stop at once
-        raise _interrupted(error.signal, out, step) from None
+        raise _interrupted(error.signal, out, step, writer=writer) from None
     if stop.signal is not None:
-        raise _interrupted(stop.signal, out, step)
+        raise _interrupted(stop.signal, out, step, writer=writer)
     seconds = time.perf_counter() - started
+    params = local_copy(params)  # across processes: this process's copy
 
     metrics = _final_metrics(config, task, step, history, seconds, step - first_step)
     metrics["device_count"] = 1 if mesh is None else int(mesh.devices.size)
