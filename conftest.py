@@ -1,24 +1,32 @@
-"""Repository-wide pytest configuration: the namespace of the docstring examples.
+"""Repository-wide pytest configuration: how the suite compiles, and the namespace of the
+docstring examples.
 
-`python -m pytest` also runs every `Example:` section of the `dprnn_jax` package as a
-doctest (`--doctest-modules`, pyproject.toml). The examples are written as a user of
-the library would after `import dprnn_jax as dj`: they see `dj`, `jax`, `jnp`, `np`,
-`optax` and every name of `dprnn_jax.__all__` and of the public namespaces (`Omega`,
-`init_rnn`, `resolve_method`, …). Plots render with Agg, without a display.
+**Compilation.** Nearly all of the suite's time is XLA compiling small programs that
+then run for milliseconds. On a CPU, XLA's legacy elemental emitters at LLVM -O0
+(`--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0`) compile them
+two to four times faster; they change how XLA emits machine code, not which operations
+it computes, and every comparison of the suite holds to the same tolerances either way.
+So a test run sets them in `XLA_FLAGS` before JAX starts, for its workers and for every
+process they start (the command-line children, the notebooks' kernels), where this XLA
+has them (probed in a child process once: an unknown flag would abort). Set
+`DPRNN_JAX_TEST_XLA_DEFAULTS=1` to run the suite with XLA's defaults instead, as users'
+programs and the benchmarks compile.
 
-A run of the examples alone (`python -m pytest -n 2 -q dprnn_jax`) compiles many tiny
-programs once each, where XLA's optimisation passes cost more time than they save: that
-run turns them off (`jax_disable_most_optimizations`, about a quarter of its time). A run
-that also holds tests keeps the default, so no test ever reuses a program compiled so.
-
-The notebooks (`--nbmake`) run in kernels of their own, which compile each of their
-small programs once: they get XLA's cheap CPU code generation through `XLA_FLAGS` (the
-options of tests/helpers.py's CHEAP_COMPILE; their time halves), where this XLA has them.
+**Examples.** `python -m pytest` also runs every `Example:` section of the `dprnn_jax`
+package as a doctest (`--doctest-modules`, pyproject.toml). The examples are written as
+a user of the library would after `import dprnn_jax as dj`: they see `dj`, `jax`, `jnp`,
+`np`, `optax` and every name of `dprnn_jax.__all__` and of the public namespaces
+(`Omega`, `init_rnn`, `resolve_method`, …). Plots render with Agg, without a display. A
+run of the examples alone (`python -m pytest -n 2 -q dprnn_jax`) also turns off JAX's
+own optimisations (`jax_disable_most_optimizations`); a run that also holds tests keeps
+them, so no test ever reuses a program compiled so.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from _pytest.doctest import DoctestItem
@@ -27,6 +35,40 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # `python -m dprnn_jax` runs the main job when imported: not a module to collect.
 collect_ignore = ["dprnn_jax/__main__.py"]
+
+CHEAP_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
+PROBE = "import jax; jax.jit(lambda x: x + 1)(1.0); print(jax.default_backend())"
+
+
+def _cheap_xla_flags() -> str | None:
+    """CHEAP_XLA_FLAGS where a child process on the default backend, a CPU, runs a jitted
+    function with them; None if asked for the defaults, already set, or not usable."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("DPRNN_JAX_TEST_XLA_DEFAULTS") or CHEAP_XLA_FLAGS in current:
+        return None
+    environment = {**os.environ, "XLA_FLAGS": f"{current} {CHEAP_XLA_FLAGS}".strip()}
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if probe.returncode != 0 or probe.stdout.strip().splitlines()[-1:] != ["cpu"]:
+        return None
+    return environment["XLA_FLAGS"]
+
+
+def pytest_configure(config):
+    # An xdist worker inherits the environment of the process that started it.
+    if hasattr(config, "workerinput"):
+        return
+    flags = _cheap_xla_flags()
+    if flags is not None:
+        os.environ["XLA_FLAGS"] = flags
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -41,41 +83,6 @@ def _docstring_example_names(doctest_namespace):
     for module in (dj, dj.backward, dj.diagnostics, dj.training):
         doctest_namespace.update({name: getattr(module, name) for name in module.__all__})
     doctest_namespace.update(dj=dj, jax=jax, jnp=jnp, np=np, optax=optax)
-
-
-# XLA's CPU options for code generation that compiles fast (see tests/helpers.py).
-CHEAP_XLA_FLAGS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
-
-
-def _notebook_xla_flags() -> str | None:
-    """`XLA_FLAGS` for the notebooks' kernels, or None where this XLA lacks the options
-    (an unknown flag in XLA_FLAGS is a fatal error)."""
-    import jax
-
-    if jax.default_backend() != "cpu":
-        return None
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=CHEAP_XLA_FLAGS).lower(1.0).compile()
-    except Exception:
-        return None
-    return " ".join(f"--{name}={str(value).lower()}" for name, value in CHEAP_XLA_FLAGS.items())
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-    flags = _notebook_xla_flags() if item.path.suffix == ".ipynb" else None
-    if flags is None:
-        yield
-        return
-    previous = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = f"{previous} {flags}" if previous else flags
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["XLA_FLAGS"]
-        else:
-            os.environ["XLA_FLAGS"] = previous
 
 
 def pytest_collection_modifyitems(config, items):
