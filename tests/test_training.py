@@ -116,9 +116,10 @@ def test_many_to_one_loss_uses_only_the_masked_step():
     last = outputs[-1, :, 0]
     expected = 0.5 * jnp.mean((last - batch.targets[-1, :, 0]) ** 2)
     np.testing.assert_allclose(metrics.loss, expected, rtol=1e-6)
-    np.testing.assert_allclose(
-        metrics.accuracy, jnp.mean(jnp.abs(last - batch.targets[-1, :, 0]) < 0.04), rtol=0
-    )
+    # Within 0.04 counts as a hit; the two forward passes may round differently, so a
+    # value at the threshold may fall either way.
+    error = np.abs(np.asarray(last - batch.targets[-1, :, 0]))
+    assert np.mean(error < 0.04 - 1e-6) <= float(metrics.accuracy) <= np.mean(error < 0.04 + 1e-6)
 
 
 def test_bad_options_are_rejected():
