@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from benchmark import alternate  # the same timing protocol as scripts/benchmark.py
 
 import dprnn_jax as dj
 from dprnn_jax._app.complexity import machine_description
@@ -244,30 +245,6 @@ def elman_losses(T: int, m: int, d: int):
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def alternate(
-    contenders: dict[str, Callable[[], object]], rounds: int, minima: dict | None = None
-) -> dict[str, float]:
-    """Median seconds per contender; two warm-up calls each, then alternating rounds.
-
-    The minimum of each contender's rounds is stored in `minima` when one is given.
-    """
-    for run in contenders.values():
-        jax.block_until_ready(run())
-        jax.block_until_ready(run())
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for r in range(rounds):
-        # Rotate the order every round so no contender always follows the same one.
-        names = list(contenders)
-        names = names[r % len(names) :] + names[: r % len(names)]
-        for name in names:
-            start = time.perf_counter()
-            jax.block_until_ready(contenders[name]())
-            times[name].append(time.perf_counter() - start)
-    if minima is not None:
-        minima.update({name: float(np.min(values)) for name, values in times.items()})
-    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def relative_error(grads, reference) -> float:

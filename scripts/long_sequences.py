@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -39,8 +38,8 @@ N, D, M, K = 8, 128, 8, 10
 SEGMENT = 256
 
 
-def problem(T: int, key=jax.random.key(0)):
-    params = dj.init_rnn(key, N, (D,), K)
+def problem(T: int):
+    params = dj.init_rnn(jax.random.key(0), N, (D,), K)
     xs = jax.random.normal(jax.random.key(1), (T, M, N), jnp.float32)
     ys = jax.random.randint(jax.random.key(2), (T, M), 0, K)
     return params, xs, ys

@@ -96,9 +96,7 @@ def alone(params, x, inspect, eps, dh):
     return hs @ params.readout.W.T + params.readout.b, inspected
 
 
-@functools.partial(
-    jax.jit, static_argnames=("inspect", "lengths"), compiler_options=CHEAP_COMPILE
-)
+@functools.partial(jax.jit, static_argnames=("inspect", "lengths"), compiler_options=CHEAP_COMPILE)
 def oracle(params, xs, targets, *, inspect, lengths):
     """Per sequence v: Ω_v (L, L, d, d), σ'(Z_v) (L, d) and the injected error P_v
     (L, d); and ∂L_j/∂Z_i (T, T, m, d) of the per-step losses L_j (top layer only)."""

@@ -76,9 +76,7 @@ def shapes_checked(name: str, dtype: str, activation: str, n_layers: int):
 def methods_at(T: int, m: int, dtype: str, activation: str, n_layers: int) -> tuple:
     """The `method=` arguments checked at (T, m): objects when m > 1, names when m = 1."""
     names = [
-        name
-        for name in ALGORITHMS
-        if (T, m) in shapes_checked(name, dtype, activation, n_layers)
+        name for name in ALGORITHMS if (T, m) in shapes_checked(name, dtype, activation, n_layers)
     ]
     return tuple(ALGORITHMS[name]() if m > 1 else name for name in names)
 

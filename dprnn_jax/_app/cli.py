@@ -838,9 +838,7 @@ def _stop_signals_as_interrupt():
         # that its handler raises in the code the finaliser interrupted. (Sent a moment
         # later from another thread: sent now, the handler would run inside this hook.)
         if isinstance(unraisable.exc_value, Interrupted):
-            resend = threading.Timer(
-                0.05, os.kill, args=(os.getpid(), unraisable.exc_value.signal)
-            )
+            resend = threading.Timer(0.05, os.kill, args=(os.getpid(), unraisable.exc_value.signal))
             resend.daemon = True
             resend.start()
         else:

@@ -172,9 +172,7 @@ def rtrl_cell_gradients(step, residuals: CellResiduals, carries_bar, layout: Car
         carry, x, bar = inputs
         carry = layout.unflatten(carry)
         eye_params = jnp.eye(flat_params.size, dtype=flat_params.dtype)
-        sensitivity = jax.vmap(push, in_axes=(None, None, 0, 0))(
-            carry, x, eye_params, sensitivity
-        )
+        sensitivity = jax.vmap(push, in_axes=(None, None, 0, 0))(carry, x, eye_params, sensitivity)
         zeros = jnp.zeros_like(flat_params)
         state_sensitivity = jax.vmap(push, in_axes=(None, None, None, 0))(
             carry, x, zeros, state_sensitivity

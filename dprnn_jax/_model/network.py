@@ -145,9 +145,7 @@ def check_initial_states(
     return h0s
 
 
-def check_network_inputs(
-    xs: object, n: int, dtype, shape: tuple[int, ...]
-) -> tuple[int, int]:
+def check_network_inputs(xs: object, n: int, dtype, shape: tuple[int, ...]) -> tuple[int, int]:
     """Checks the network inputs (floats (T, m, n) or tokens (T, m)); returns (T, m)."""
     if is_token_input(xs):
         T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
