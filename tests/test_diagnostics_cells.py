@@ -7,6 +7,12 @@ a given state, the derivative of the state at step j with respect to the state a
 (Ω(j, i), by `jax.jacfwd`) and `jax.grad` of the loss at step j alone with respect to the state at step i
 (G(j, i) = ∂L_j/∂carry_i). Lyapunov exponents: NumPy's QR of the explicit one-step
 Jacobians. All in float64, to 1e-10.
+
+A gated layer below another (layer 0 of a two-layer stack) is checked the same way, with
+the layer above's equations written out too: each sequence alone, G(j, i) = P_j Ω(j, i),
+where P_j is `jax.grad` of the whole cost with respect to the layer's outputs h_j as the
+layer above reads them ([P_j, 0] for an LSTM). Token inputs are read by the oracle as
+their one-hot rows, which the library must match.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def make_problem(cell: str, *, bidirectional: bool = False):
 def oracle_step(cell: str, layer, state, x):
     """One step of one sample: state (D,) = h, or [h, c] for an LSTM."""
     sigmoid = jax.nn.sigmoid
+    if cell == "elman":
+        return jnp.tanh(layer.W @ x + layer.S @ state + layer.b)
     gi = layer.W @ x + layer.b_ih
     if cell == "gru":
         h = state
@@ -282,6 +290,152 @@ def test_diagnostics_of_the_backward_lstm_direction_with_lengths(x64):
         np.isnan(squared).all(axis=-1), np.nan, np.sqrt(np.nansum(squared, axis=-1))
     )
     np.testing.assert_allclose(flow, expected, rtol=TOL, atol=0)
+
+
+# A gated layer below another layer: the error injected into it comes through the layer
+# above. Each case inspects layer 0 of a two-layer stack; between them, each stack sees
+# float and token inputs, with and without lengths.
+STACK_T, STACK_MAX_LAG, STACK_BURN_IN = 6, 3, 1
+STACK_CASES = (
+    (("gru", "elman"), False, (STACK_T, 4)),
+    (("gru", "elman"), True, None),
+    (("lstm", "gru"), False, None),
+    (("lstm", "gru"), True, (STACK_T, 4)),
+)
+
+
+def make_stack_problem(cells: tuple[str, str], tokens: bool):
+    """A stack of two layers of D units, weights drawn as PyTorch's initialisation plus
+    0.5·N(0, 1) noise (gates far from 1/2), STACK_T steps of float inputs (n = N) or of
+    tokens into N words (padding included), and class targets. All made on the host
+    (`device_put` compiles nothing, an eager `jax.random` or `init_rnn` would)."""
+    rng = np.random.default_rng(7)
+
+    def draw(*shape):
+        bound = 1 / math.sqrt(D)
+        values = rng.uniform(-bound, bound, shape) + 0.5 * rng.standard_normal(shape)
+        return jax.device_put(values)
+
+    layers, n = [], N
+    for cell in cells:
+        if cell == "elman":
+            layers.append(dj.LayerParams(draw(D, n), draw(D, D), draw(D)))
+        else:
+            gates = 3 * D if cell == "gru" else 4 * D
+            kind = dj.GRUParams if cell == "gru" else dj.LSTMParams
+            layers.append(kind(draw(gates, n), draw(gates, D), draw(gates), draw(gates)))
+        n = D
+    params = dj.RNNParams(tuple(layers), dj.ReadoutParams(draw(K, D), draw(K)))
+    if tokens:
+        xs = jax.device_put(rng.integers(0, N, (STACK_T, M)).astype(np.int32))
+    else:
+        xs = jax.device_put(rng.standard_normal((STACK_T, M, N)))
+    targets = jax.device_put(rng.integers(0, K, (STACK_T, M)).astype(np.int32))
+    return params, xs, targets
+
+
+def stack_oracle(cells: tuple[str, str], params, x, y, length):
+    """One sequence alone: x (T, n) floats (one-hot rows for tokens), y (T,), its length.
+
+    Returns Ω(j, i) = ∂state_j/∂state_i of layer 0 (T, T, W, W) and G(j, i) = P_j Ω(j, i)
+    (T, T, W), where P_j = ∂C/∂h_j is `jax.grad` of the cost C = (1/M) Σ_{t < length}
+    loss_t with respect to layer 0's outputs as layer 1 reads them ([P_j, 0] for an LSTM,
+    whose c no other layer reads). Layer 1 is causal, so the steps from `length` on
+    (whatever their inputs) reach neither C nor any entry at valid steps.
+    """
+    lower, upper = params.layers
+    readout = params.readout
+    width = D if cells[0] == "gru" else 2 * D
+    step = functools.partial(oracle_step, cells[0], lower)
+    upper_step = functools.partial(oracle_step, cells[1], upper)
+    steps = jnp.arange(STACK_T)
+    states = jax.lax.scan(lambda s, x_t: (step(s, x_t),) * 2, jnp.zeros(width), x)[1]
+
+    def propagate(state, i, j):  # the state at step j from the state at step i
+        def run(s, t_x):
+            t, x_t = t_x
+            return jnp.where((i < t) & (t <= j), step(s, x_t), s), None
+
+        return jax.lax.scan(run, state, (steps, x))[0]
+
+    def cost(hs):  # hs (T, D): layer 0's outputs, read by layer 1
+        above = jax.lax.scan(lambda s, h_t: (upper_step(s, h_t),) * 2, jnp.zeros(D), hs)[1]
+        logits = above @ readout.W.T + readout.b
+        losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+        return jnp.sum(jnp.where(steps < length, losses, 0.0)) / M
+
+    injected = jax.grad(cost)(states[:, :D])
+    injected = jnp.concatenate([injected, jnp.zeros((STACK_T, width - D))], axis=1)
+    jac = jax.vmap(
+        jax.vmap(lambda j, i: jax.jacfwd(propagate)(states[i], i, j), (None, 0)), (0, None)
+    )(steps, steps)
+    return jac, jnp.einsum("ja,jiab->jib", injected, jac)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4), compiler_options=CHEAP_COMPILE)
+def stack_comparison(cells, params, xs, targets, lengths):
+    """The library's diagnostics of layer 0 and the oracle's, in one program."""
+    where = dict(layer=0, lengths=None if lengths is None else jnp.array(lengths))
+    library = {
+        "matrix": dj.omega_matrix(params, xs, **where),
+        "norms": dj.omega_norms(params, xs, **where),
+        "flow": dj.gradient_flow(params, xs, targets, **where),
+        "estimate": dj.lyapunov_exponent(
+            params, xs, max_lag=STACK_MAX_LAG, burn_in=STACK_BURN_IN, **where
+        ),
+    }
+    # Tokens must give what their one-hot rows give.
+    dense = jax.nn.one_hot(xs, N, dtype=jnp.float64) if xs.ndim == 2 else xs
+    alone = jnp.array((STACK_T,) * M if lengths is None else lengths)
+    oracle = jax.vmap(functools.partial(stack_oracle, cells, params), (1, 1, 0), (2, 2))
+    return library, oracle(dense, targets, alone)
+
+
+@pytest.mark.parametrize(
+    ("cells", "tokens", "lengths"),
+    STACK_CASES,
+    ids=[
+        f"{'-'.join(cells)}-{'tokens' if tokens else 'floats'}-{'lengths' if lengths else 'full'}"
+        for cells, tokens, lengths in STACK_CASES
+    ],
+)
+def test_diagnostics_of_a_gated_layer_below_another(x64, cells, tokens, lengths):
+    params, xs, targets = make_stack_problem(cells, tokens)
+    results, (jac, flow) = stack_comparison(cells, params, xs, targets, lengths)
+    jac, flow = np.asarray(jac), np.asarray(flow)
+    steps = np.arange(STACK_T)
+    alone = np.array((STACK_T,) * M if lengths is None else lengths)
+    valid = steps[:, None] < alone[None, :]  # (T, M)
+    both = valid[:, None, :] & valid[None, :, :]  # (T, T, M)
+    below = np.tril(np.ones((STACK_T, STACK_T), bool))[:, :, None]  # j ≥ i
+
+    # Ω(j, i) of layer 0: zero where j < i, NaN at a padded step.
+    expected = np.where(below[..., None, None], jac, 0.0)
+    expected = np.where(both[..., None, None], expected, np.nan)
+    np.testing.assert_allclose(results["matrix"], expected, rtol=0, atol=TOL)
+    norms = results["norms"]
+    shown = below & both
+    spectral = np.linalg.svd(jac, compute_uv=False)[..., 0]
+    frobenius = np.sqrt((jac**2).sum(axis=(-2, -1)))
+    np.testing.assert_allclose(norms.spectral, np.where(shown, spectral, np.nan), rtol=TOL)
+    np.testing.assert_allclose(norms.frobenius, np.where(shown, frobenius, np.nan), rtol=TOL)
+
+    # G(j, i) = P_j Ω(j, i), its norm over the sequences for which j and i are valid.
+    squared = np.where(shown, (flow**2).sum(axis=-1), 0.0).sum(axis=-1)
+    expected_flow = np.where(shown.any(axis=-1), np.sqrt(squared), np.nan)
+    np.testing.assert_allclose(results["flow"], expected_flow, rtol=TOL, atol=0)
+
+    # The mean log-norm of Ω(i+k, i) over the windows inside each sequence, and its slope.
+    lags = np.arange(1, STACK_MAX_LAG + 1)
+    mean_log_norm = np.array(
+        [
+            np.mean([np.log(spectral[i + k, i, v]) for v in range(M) for i in range(alone[v] - k)])
+            for k in lags
+        ]
+    )
+    estimate = results["estimate"]
+    np.testing.assert_allclose(estimate.mean_log_norm, mean_log_norm, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(estimate.exponent, np.polyfit(lags, mean_log_norm, 1)[0], rtol=TOL)
 
 
 def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
