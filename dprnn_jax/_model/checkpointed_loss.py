@@ -2,8 +2,10 @@
 
 `sequence_loss`, `many_to_one_loss` and the training step call this when the algorithm
 has `checkpoint=k` (docs/algorithms.md#checkpoint): the network, the readout and the
-per-step losses run one segment at a time (`_backward/checkpointed.py`), so neither the
-(T, m, d) states nor the (T, m, k) outputs are ever all alive.
+per-step losses run one segment at a time, so neither the (T, m, d) states nor the
+(T, m, k) outputs are ever all alive. A stack of Elman layers takes the fused backward of
+`_backward/checkpointed.py`; a stack that holds a GRU or LSTM layer the `jax.checkpoint`-ed
+segments of `checkpointed_cells.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .._backward.base import GradientAlgorithm
 from .._backward.checkpointed import checkpointed_loss
 from .._validation import check_shape
 from .bidirectional import BidirectionalParams
+from .checkpointed_cells import checkpointed_cells_loss
+from .layer_kinds import hidden_size, kind_of
 from .network import (
     check_initial_states,
     check_lengths,
@@ -46,6 +50,25 @@ def uses_checkpoint(algorithm: GradientAlgorithm) -> bool:
     return getattr(algorithm, "checkpoint", None) is not None
 
 
+def _initial_carry(layer, h0, m: int):
+    """A layer's initial state as its segments carry it: zeros if None; for an LSTM the
+    pair (h, c)."""
+    if kind_of(layer).paired_state:
+        h, c = (None, None) if h0 is None else h0
+        return tuple(
+            jnp.zeros((m, hidden_size(layer)), layer.W.dtype) if x is None else x for x in (h, c)
+        )
+    return jnp.zeros((m, hidden_size(layer)), layer.W.dtype) if h0 is None else h0
+
+
+def _segmented_loss(algorithm, params, xs, targets, weights, valid, h0s, **options):
+    """The fused loss of `_backward/checkpointed.py` for Elman stacks, else (a GRU or
+    LSTM layer in the stack) the `jax.checkpoint`-ed segments of `checkpointed_cells.py`."""
+    elman = all(isinstance(layer, LayerParams) for layer in params.layers)
+    fused = checkpointed_loss if elman else checkpointed_cells_loss
+    return fused(algorithm, params, xs, targets, weights, valid, h0s, **options)
+
+
 def _prepare(params, xs, lengths, h0s, algorithm):
     """Validates a checkpointed loss's network arguments as `rnn_forward` does; returns
     (layers, T, m, xs with padded inputs zeroed, valid (T, m) or None, filled h0s)."""
@@ -58,18 +81,9 @@ def _prepare(params, xs, lengths, h0s, algorithm):
                 f"takes unidirectional layers only; params.layers[{l}] is bidirectional. Use "
                 "the algorithm without checkpoint for bidirectional models."
             )
-        if not isinstance(layer, LayerParams):
-            raise ValueError(
-                f"method={algorithm} fuses the loss for Elman layers (LayerParams); "
-                f"params.layers[{l}] is a {type(layer).__name__}. Use the algorithm without "
-                "checkpoint for GRU and LSTM layers."
-            )
     T, m = check_network_inputs(xs, sizes[0], layers[0].W.dtype, layers[0].W.shape)
     h0s = check_initial_states(h0s, layers, m)
-    h0s = tuple(
-        jnp.zeros((m, layer.S.shape[0]), layer.W.dtype) if h0 is None else h0
-        for h0, layer in zip(h0s, layers)
-    )
+    h0s = tuple(_initial_carry(layer, h0, m) for h0, layer in zip(h0s, layers))
     valid = None
     if lengths is not None:
         valid = mask_from_lengths(check_lengths(lengths, T, m), T)
@@ -120,7 +134,7 @@ def checkpointed_sequence_loss(
     weights = jnp.ones((T, m), dtype) if mask is None else (jnp.asarray(mask) != 0).astype(dtype)
     total = jnp.sum(weights)
     scale = m if normalise == "batch" else total
-    loss_value, hits = checkpointed_loss(
+    loss_value, hits = _segmented_loss(
         algorithm,
         params,
         xs,
@@ -163,7 +177,7 @@ def checkpointed_many_to_one_loss(
     last = (jnp.arange(T)[:, None] == lengths[None, :] - 1).astype(dtype)
     tiled = jnp.broadcast_to(targets[None], (T, *targets.shape))
     check_targets(loss, tiled, (T, m, k))
-    fused, _ = checkpointed_loss(
+    fused, _ = _segmented_loss(
         algorithm,
         params,
         xs,
@@ -174,6 +188,7 @@ def checkpointed_many_to_one_loss(
         activation=activation,
         segment_loss=SegmentLoss(loss),
     )
-    initial = h0s[-1] @ params.readout.W.T + params.readout.b
+    top = h0s[-1][0] if isinstance(h0s[-1], tuple) else h0s[-1]  # an LSTM's (h, c): h
+    initial = top @ params.readout.W.T + params.readout.b
     empty = jnp.where(lengths == 0, LOSSES[loss](initial, targets), 0)
     return fused + jnp.sum(empty) / m
