@@ -3,6 +3,7 @@ taken over, and what Ctrl-C and SIGTERM leave behind. Every wait is bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -26,20 +27,37 @@ ENDLESS = [*TINY, "--steps", "1000000", "--eval-every", "1", "--checkpoint-every
 TIMEOUT = 120  # seconds; a bound on every wait, far above what each step takes
 
 
+@contextlib.contextmanager
+def _children_take_sigint():
+    """Within the block, a child process starts with SIGINT's default action even if this
+    one ignores it (a test run started in the background by a shell or `nohup`): an
+    ignored signal stays ignored across exec, a Python handler is reset to the default."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Process:
     """A `python -m dprnn_jax …` child whose output lines arrive on queues, so that
     waiting for one is bounded in time."""
 
     def __init__(self, *args: str, cwd=None):
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "dprnn_jax", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-            cwd=cwd,
-        )
+        with _children_take_sigint():
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "dprnn_jax", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environment,
+                cwd=cwd,
+            )
         self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
         self.seen: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.pumps = [
