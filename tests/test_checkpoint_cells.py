@@ -4,7 +4,8 @@ the `jax.checkpoint`-ed segments give exactly the gradient of the plain loss
 
 The oracle is `jax.grad` through the plain scan (`method="autodiff"`), in float64 to
 1e-10 and float32 to 1e-4, with T not a multiple of k, k = 1, k ≥ T and "sqrt", lengths,
-a mask, token inputs and every loss; each comparison is one compiled program.
+a mask, token inputs and every loss, and under `jax.vmap` (over an ensemble of
+parameters, over the sequences); each comparison is one compiled program.
 """
 
 from __future__ import annotations
@@ -203,3 +204,69 @@ def test_bidirectional_layers_are_refused():
             jnp.zeros((5, M), jnp.int32),
             method=dj.Omega(checkpoint=2),
         )
+
+
+def test_vmap_over_an_ensemble_of_parameters(x64):
+    """`jax.vmap` of the checkpointed gradient over two parameter sets of a
+    GRU-then-LSTM stack equals each member's plain gradient, for both algorithms
+    (T = 7, k = 3: two segments and a tail of one)."""
+    T, members = 7, (0, 1)
+    ensemble = [network(("gru", "lstm"), "float64", seed=seed) for seed in members]
+    xs = inputs(T, "float64")
+    ys = jax.device_put(np.random.default_rng(6).integers(0, N_OUT, (T, M)))
+    lengths = jnp.array([T, 5])
+
+    def grad(params, h0s, method):
+        def loss(p, h):
+            return dj.sequence_loss(p, xs, ys, lengths=lengths, method=method, h0s=h)
+
+        return jax.grad(loss, (0, 1))(params, h0s)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(stacked, members):
+        vmapped = [
+            jax.vmap(functools.partial(grad, method=algorithm(checkpoint=3)))(*stacked)
+            for algorithm in CHECKPOINTED
+        ]
+        return vmapped, [grad(*member, "autodiff") for member in members]
+
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *ensemble)
+    vmapped, expected = run(stacked, ensemble)
+    for got in vmapped:
+        for i, member in enumerate(expected):
+            assert_close(jax.tree.map(lambda leaf, i=i: leaf[i], got), member, "float64")
+
+
+def test_vmap_over_the_sequences_gives_per_sequence_gradients(x64):
+    """`jax.vmap` over the batch axis, each sequence a batch of one with its own length
+    (traced under vmap): each sequence's gradient equals its plain gradient alone."""
+    T = 7
+    params, h0s = network(("gru", "lstm"), "float64", seed=4)
+    xs = inputs(T, "float64")
+    ys = jax.device_put(np.random.default_rng(8).integers(0, N_OUT, (T, M)))
+    lengths = jnp.array([T, 4])
+
+    def grad(x, y, h, length, method):  # one sequence: x (T, n), y (T,), its carries
+        def loss(p, x, h):
+            one = jax.tree.map(lambda a: a[None], h)
+            return dj.sequence_loss(
+                p, x[:, None], y[:, None], lengths=length[None], method=method, h0s=one
+            )
+
+        return jax.grad(loss, (0, 1, 2))(params, x, h)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(xs, ys, h0s, lengths):
+        method = dj.Omega(checkpoint=3)
+        vmapped = jax.vmap(functools.partial(grad, method=method), (1, 1, 0, 0))(
+            xs, ys, h0s, lengths
+        )
+        alone = [
+            grad(xs[:, v], ys[:, v], jax.tree.map(lambda a, v=v: a[v], h0s), lengths[v], "autodiff")
+            for v in range(M)
+        ]
+        return vmapped, alone
+
+    vmapped, alone = run(xs, ys, h0s, lengths)
+    for v, expected in enumerate(alone):
+        assert_close(jax.tree.map(lambda leaf, v=v: leaf[v], vmapped), expected, "float64")

@@ -12,7 +12,9 @@ A gated layer below another (layer 0 of a two-layer stack) is checked the same w
 the layer above's equations written out too: each sequence alone, G(j, i) = P_j Ω(j, i),
 where P_j is `jax.grad` of the whole cost with respect to the layer's outputs h_j as the
 layer above reads them ([P_j, 0] for an LSTM). Token inputs are read by the oracle as
-their one-hot rows, which the library must match.
+their one-hot rows, which the library must match. Below a bidirectional layer, with
+ragged lengths, each sequence is cut to its length and both directions of the layer
+above are written out (the backward one from the sequence's own last step).
 """
 
 from __future__ import annotations
@@ -304,11 +306,13 @@ STACK_CASES = (
 )
 
 
-def make_stack_problem(cells: tuple[str, str], tokens: bool):
+def make_stack_problem(cells: tuple[str, str], tokens: bool, *, bidirectional: bool = False):
     """A stack of two layers of D units, weights drawn as PyTorch's initialisation plus
     0.5·N(0, 1) noise (gates far from 1/2), STACK_T steps of float inputs (n = N) or of
-    tokens into N words (padding included), and class targets. All made on the host
-    (`device_put` compiles nothing, an eager `jax.random` or `init_rnn` would)."""
+    tokens into N words (padding included), and class targets. With `bidirectional`, the
+    upper layer has a backward direction too (drawn after the forward one) and the
+    readout reads both, 2D wide. All made on the host (`device_put` compiles nothing, an
+    eager `jax.random` or `init_rnn` would)."""
     rng = np.random.default_rng(7)
 
     def draw(*shape):
@@ -316,16 +320,21 @@ def make_stack_problem(cells: tuple[str, str], tokens: bool):
         values = rng.uniform(-bound, bound, shape) + 0.5 * rng.standard_normal(shape)
         return jax.device_put(values)
 
+    def one_layer(cell, n):
+        if cell == "elman":
+            return dj.LayerParams(draw(D, n), draw(D, D), draw(D))
+        gates = 3 * D if cell == "gru" else 4 * D
+        kind = dj.GRUParams if cell == "gru" else dj.LSTMParams
+        return kind(draw(gates, n), draw(gates, D), draw(gates), draw(gates))
+
     layers, n = [], N
     for cell in cells:
-        if cell == "elman":
-            layers.append(dj.LayerParams(draw(D, n), draw(D, D), draw(D)))
-        else:
-            gates = 3 * D if cell == "gru" else 4 * D
-            kind = dj.GRUParams if cell == "gru" else dj.LSTMParams
-            layers.append(kind(draw(gates, n), draw(gates, D), draw(gates), draw(gates)))
+        layers.append(one_layer(cell, n))
         n = D
-    params = dj.RNNParams(tuple(layers), dj.ReadoutParams(draw(K, D), draw(K)))
+    if bidirectional:
+        layers[-1] = dj.BidirectionalParams(layers[-1], one_layer(cells[-1], D))
+    width = 2 * D if bidirectional else D
+    params = dj.RNNParams(tuple(layers), dj.ReadoutParams(draw(K, width), draw(K)))
     if tokens:
         xs = jax.device_put(rng.integers(0, N, (STACK_T, M)).astype(np.int32))
     else:
@@ -436,6 +445,103 @@ def test_diagnostics_of_a_gated_layer_below_another(x64, cells, tokens, lengths)
     estimate = results["estimate"]
     np.testing.assert_allclose(estimate.mean_log_norm, mean_log_norm, rtol=TOL, atol=TOL)
     np.testing.assert_allclose(estimate.exponent, np.polyfit(lags, mean_log_norm, 1)[0], rtol=TOL)
+
+
+# A gated layer below a BIDIRECTIONAL layer, with ragged lengths: the error injected into
+# layer 0 at step j also comes from the later steps, through the upper layer's backward
+# direction, which starts at each sequence's own last step.
+BIDIRECTIONAL_LENGTHS = (STACK_T - 1, 3)  # the last step is padding in every sequence
+BIDIRECTIONAL_CASES = (("lstm", "gru"),)
+
+
+def bidirectional_stack_oracle(cells: tuple[str, str], params, x, y):
+    """One sequence alone, cut to its length L: x (L, N), y (L,).
+
+    Returns Ω(j, i) of layer 0 (L, L, W, W) and G(j, i) = P_j Ω(j, i) (L, L, W), where
+    P_j = ∂C/∂h_j, C = (1/M) Σ_{t < L} loss_t, with the upper bidirectional layer written
+    out: its forward direction over the steps 0 … L−1, its backward direction from L−1
+    down to 0, their outputs concatenated (forward first), then the readout.
+    """
+    L = x.shape[0]
+    lower, upper = params.layers
+    readout = params.readout
+    width = D if cells[0] == "gru" else 2 * D
+    step = functools.partial(oracle_step, cells[0], lower)
+    forward_step = functools.partial(oracle_step, cells[1], upper.forward)
+    backward_step = functools.partial(oracle_step, cells[1], upper.backward)
+    steps = jnp.arange(L)
+
+    def run(one_step, start, inputs):
+        return jax.lax.scan(lambda s, x_t: (one_step(s, x_t),) * 2, start, inputs)[1]
+
+    states = run(step, jnp.zeros(width), x)
+
+    def propagate(state, i, j):  # the state at step j from the state at step i
+        def body(s, t_x):
+            t, x_t = t_x
+            return jnp.where((i < t) & (t <= j), step(s, x_t), s), None
+
+        return jax.lax.scan(body, state, (steps, x))[0]
+
+    def cost(hs):  # hs (L, D): layer 0's outputs, read by both directions of layer 1
+        forward = run(forward_step, jnp.zeros(D), hs)
+        backward = run(backward_step, jnp.zeros(D), hs[::-1])[::-1]  # step t reads h_t
+        logits = jnp.concatenate([forward, backward], axis=1) @ readout.W.T + readout.b
+        losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+        return jnp.sum(losses) / M
+
+    injected = jax.grad(cost)(states[:, :D])
+    injected = jnp.concatenate([injected, jnp.zeros((L, width - D))], axis=1)
+    jac = jax.vmap(
+        jax.vmap(lambda j, i: jax.jacfwd(propagate)(states[i], i, j), (None, 0)), (0, None)
+    )(steps, steps)
+    return jac, jnp.einsum("ja,jiab->jib", injected, jac)
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=CHEAP_COMPILE)
+def bidirectional_stack_comparison(cells, params, xs, targets):
+    """The library's diagnostics of layer 0 and, per sequence, the oracle's: one program."""
+    where = dict(layer=0, lengths=jnp.array(BIDIRECTIONAL_LENGTHS))
+    library = {
+        "matrix": dj.omega_matrix(params, xs, **where),
+        "norms": dj.omega_norms(params, xs, **where),
+        "flow": dj.gradient_flow(params, xs, targets, **where),
+    }
+    alone = [
+        bidirectional_stack_oracle(cells, params, xs[:L, v], targets[:L, v])
+        for v, L in enumerate(BIDIRECTIONAL_LENGTHS)
+    ]
+    return library, alone
+
+
+@pytest.mark.parametrize("cells", BIDIRECTIONAL_CASES, ids="-bidirectional-".join)
+def test_diagnostics_of_a_gated_layer_below_a_bidirectional_one(x64, cells):
+    params, xs, targets = make_stack_problem(cells, False, bidirectional=True)
+    results, alone = bidirectional_stack_comparison(cells, params, xs, targets)
+    width = D if cells[0] == "gru" else 2 * D
+    # The sequences' results at the network's steps, NaN at their padded steps.
+    jac = np.full((STACK_T, STACK_T, M, width, width), np.nan)
+    flow = np.full((STACK_T, STACK_T, M, width), np.nan)
+    for v, ((jac_v, flow_v), L) in enumerate(zip(alone, BIDIRECTIONAL_LENGTHS)):
+        jac[:L, :L, v], flow[:L, :L, v] = jac_v, flow_v
+    steps = np.arange(STACK_T)
+    valid = steps[:, None] < np.array(BIDIRECTIONAL_LENGTHS)[None, :]  # (T, M)
+    both = valid[:, None, :] & valid[None, :, :]  # (T, T, M)
+    below = np.tril(np.ones((STACK_T, STACK_T), bool))[:, :, None]  # j ≥ i
+
+    # Ω(j, i) of layer 0: zero where j < i, NaN at a padded step.
+    expected = np.where(below[..., None, None] | ~both[..., None, None], jac, 0.0)
+    np.testing.assert_allclose(results["matrix"], expected, rtol=0, atol=TOL)
+    shown = below & both
+    spectral = np.linalg.svd(np.nan_to_num(jac), compute_uv=False)[..., 0]
+    np.testing.assert_allclose(
+        results["norms"].spectral, np.where(shown, spectral, np.nan), rtol=TOL
+    )
+
+    # G(j, i) = P_j Ω(j, i), its norm over the sequences for which j and i are valid.
+    squared = np.where(shown, np.nan_to_num(flow**2).sum(axis=-1), 0.0).sum(axis=-1)
+    expected_flow = np.where(shown.any(axis=-1), np.sqrt(squared), np.nan)
+    np.testing.assert_allclose(results["flow"], expected_flow, rtol=TOL, atol=0)
 
 
 def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
