@@ -56,14 +56,23 @@ def cotangents_from_delta(step: Callable, residuals: CellResiduals, delta, layou
     """`(∂C/∂params, ∂C/∂xs, ∂C/∂carry0)` from Δ (T, m, D), by the stored pullbacks."""
     del step
     params, xs, _, _, jacobian = residuals
-    # Row i holds step i+1's pullback (step 0's in the last row): line Δ up with it.
-    delta_by_row = layout.unflatten(jnp.roll(delta, -1, axis=0))
-    params_bar, xs_bar = with_rows_products(
-        functools.partial(_step_and_input_cotangents, jacobian, params, xs), delta_by_row
-    )
-    xs_bar = jnp.roll(xs_bar, 1, axis=0) if jacobian.with_input else None
+    # Row i holds step i+1's pullback (step 0's in the last row): rows 0 … T−2 meet
+    # Δ_1 … Δ_{T−1}, and step 0, pulled back on its own for the initial carry, gives
+    # its θ and x cotangents too. Slices rather than a roll of Δ and of x̄, which XLA
+    # writes out as copies of the (T, m, ·) arrays.
     first_step = [leaf[-1] for leaf in jacobian.per_step]
-    carry0_bar = jacobian.pullback(first_step)(layout.unflatten(delta[0]))[1]
+    first = jacobian.pullback(first_step)(layout.unflatten(delta[0]))
+    params_bar, carry0_bar = first[0], first[1]
+    xs_bar = first[2][None] if jacobian.with_input else None
+    if delta.shape[0] > 1:
+        later = jacobian.with_per_step([leaf[:-1] for leaf in jacobian.per_step])
+        later_params_bar, later_xs_bar = with_rows_products(
+            functools.partial(_step_and_input_cotangents, later, params, xs[1:]),
+            layout.unflatten(delta[1:]),
+        )
+        params_bar = jax.tree.map(jnp.add, later_params_bar, params_bar)
+        if jacobian.with_input:
+            xs_bar = jnp.concatenate([xs_bar, later_xs_bar])
     return params_bar, xs_bar, carry0_bar
 
 

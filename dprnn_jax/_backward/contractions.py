@@ -26,7 +26,11 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
     On CPU the smaller operand is transposed once into a (·, rows) array (the
     optimisation barrier keeps XLA from folding the transpose back into the product),
-    then one ordinary matrix product runs; other platforms contract directly.
+    then one ordinary matrix product runs; other platforms contract directly. When the
+    smaller operand is `b`, the product `bᵀ a` is (q, p) and is transposed afterwards,
+    behind a barrier too: without it XLA folds that small transpose into the product,
+    whose `a` operand is then contracted over its leading axis, and the product falls
+    back to a generic kernel 1.4–2× slower (T·m = 16,384 rows, p = 128, q = 32).
     """
     p, q = a.shape[-1], b.shape[-1]
     a, b = a.reshape(-1, p), b.reshape(-1, q)
@@ -36,7 +40,7 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
     def transposed_once(a, b):
         if q <= p:
-            return (lax.optimization_barrier(b.T) @ a).T
+            return lax.optimization_barrier(lax.optimization_barrier(b.T) @ a).T
         return lax.optimization_barrier(a.T) @ b
 
     return lax.platform_dependent(a, b, cpu=transposed_once, default=direct)
