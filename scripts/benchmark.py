@@ -13,9 +13,9 @@ steps and averaged over the batch), float32:
 * PyTorch `nn.RNN` + `nn.Linear` with `loss.backward()` on CPU, if torch is installed.
 
 Timing protocol: every contender is compiled and run twice (warm-up, compile excluded),
-then the contenders are run in ALTERNATING order for `rounds` rounds and the median per
-contender is reported, so that load from other processes hits all of them alike. Only
-ratios measured in the same run are meaningful.
+then the contenders are run in ALTERNATING order (a new seeded random order each round)
+for `rounds` rounds and the median per contender is reported, so that load from other
+processes hits all of them alike. Only ratios measured in the same run are meaningful.
 
 Also reported: peak temporary memory of each compiled gradient
 (`compile().memory_analysis().temp_size_in_bytes`), including a T = 4096 comparison of
@@ -190,10 +190,12 @@ def alternate(
         jax.block_until_ready(run())
         jax.block_until_ready(run())
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for r in range(rounds):
-        # Rotate the order every round so no contender always follows the same one.
-        names = list(contenders)
-        names = names[r % len(names) :] + names[: r % len(names)]
+    shuffle = np.random.default_rng(0)  # seeded: the same orders on every run
+    for _ in range(rounds):
+        # A new order every round, so that no contender mostly follows the same one: a
+        # rotation of a fixed order would, and what runs before a call changes its time
+        # (a call right after a PyTorch call ran 15–20% slower here).
+        names = [list(contenders)[i] for i in shuffle.permutation(len(contenders))]
         for name in names:
             start = time.perf_counter()
             jax.block_until_ready(contenders[name]())
@@ -809,7 +811,7 @@ def header(report: dict, title: str) -> list[str]:
         f"# {title}",
         "",
         f"Machine: {report['machine']}. Command: `{report['command']}`. Median of "
-        f"{report['rounds']} alternating rounds after two warm-up calls, compile excluded, "
+        f"{report['rounds']} rounds in random order after two warm-up calls, compile excluded, "
         "all contenders in one process. One tanh layer, n = d, "
         f"k = {N_CLASSES} classes, softmax cross-entropy, float32.",
         "",

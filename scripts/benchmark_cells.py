@@ -26,9 +26,10 @@ Before timing, every contender's gradient is compared with the library's `Autodi
 gradient (the max over the parameter arrays of max |g − g_ref| / max |g_ref|).
 
 Timing protocol (as scripts/benchmark.py): every contender is compiled and run twice
-(warm-up, compile excluded), then the contenders run in ALTERNATING order for `rounds`
-rounds and the median per contender is reported, so load from other processes hits all
-of them alike; the load average is recorded with each point. Only ratios measured in the
+(warm-up, compile excluded), then the contenders run in ALTERNATING order (a new seeded
+random order each round) for `rounds` rounds and the median per contender is reported,
+so load from other processes hits all of them alike; the load average is recorded with
+each point. Only ratios measured in the
 same run are meaningful.
 
 Targets (project issue 10): the fastest exact method (`BPTT` or `Omega`) ≥ 1.3× Flax and
@@ -499,7 +500,7 @@ def markdown(report: dict) -> str:
         "# Benchmark: GRU and LSTM gradients, and the generic cell path",
         "",
         f"Machine: {report['machine']}. Command: `{report['command']}`. Median of "
-        f"{report['rounds']} alternating rounds after two warm-up calls, compile excluded, "
+        f"{report['rounds']} rounds in random order after two warm-up calls, compile excluded, "
         "all contenders in one process. One layer, n = d, k = "
         f"{N_CLASSES} classes, softmax cross-entropy summed over steps / m, float32, CPU; "
         f"PyTorch with {TORCH_THREADS} threads. Error = max over parameter arrays of "
