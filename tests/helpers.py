@@ -13,6 +13,7 @@ algorithms under test, the problem builders and the oracles.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -114,6 +115,21 @@ def assert_trees_close(actual, expected, *, rtol: float, atol: float = 0.0) -> N
         if not error <= atol + rtol * (scale if scale > 0 else 1.0):
             failures.append(f"{name}: max|error| {error:.3e}, max|expected| {scale:.3e}")
     assert not failures, f"not close with rtol={rtol:.0e}, atol={atol:.0e}:\n" + "\n".join(failures)
+
+
+def loss_gradients(loss_fn, methods, params, xs, h0s, tokens):
+    """`(loss, gradient)` of `loss_fn(params, xs, h0s, method)` for each method, w.r.t.
+    params, xs (unless integer `tokens`) and h0s: ONE compiled program for all."""
+    argnums = (0, 2) if tokens else (0, 1, 2)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(params, xs, h0s):
+        return [
+            jax.value_and_grad(lambda p, x, h, m=m: loss_fn(p, x, h, m), argnums)(params, xs, h0s)
+            for m in methods
+        ]
+
+    return run(params, xs, h0s)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import CHEAP_COMPILE, assert_trees_close, random_inputs, random_layer
+from helpers import CHEAP_COMPILE, assert_trees_close, loss_gradients, random_inputs, random_layer
 
 import dprnn_jax as dj
 
@@ -68,20 +68,6 @@ def inputs(T, dtype, *, tokens=False, seed=50):
     return random_inputs(seed, (T, M, N_IN), dtype)
 
 
-def gradients(loss_fn, methods, params, xs, h0s, tokens):
-    """(loss, gradient) of `loss_fn` for each method: ONE compiled program for all."""
-    argnums = (0, 2) if tokens else (0, 1, 2)
-
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
-    def run(params, xs, h0s):
-        return [
-            jax.value_and_grad(lambda p, x, h, m=m: loss_fn(p, x, h, m), argnums)(params, xs, h0s)
-            for m in methods
-        ]
-
-    return run(params, xs, h0s)
-
-
 @pytest.mark.parametrize(
     ("cells", "T", "checkpoint", "tokens", "padding", "dtype"),
     [
@@ -103,7 +89,7 @@ def test_sequence_loss_matches_the_oracle(cells, T, checkpoint, tokens, padding,
         return dj.sequence_loss(p, x, ys, lengths=lengths, mask=mask, method=method, h0s=h)
 
     methods = [algorithm(checkpoint=checkpoint) for algorithm in CHECKPOINTED]
-    expected, *results = gradients(loss, ["autodiff", *methods], params, xs, h0s, tokens)
+    expected, *results = loss_gradients(loss, ["autodiff", *methods], params, xs, h0s, tokens)
     for got in results:
         assert_close(got, expected, dtype)
 
@@ -123,7 +109,7 @@ def test_other_losses_and_the_mean(x64):
         )
 
     methods = ["autodiff", dj.BPTT(checkpoint=4), dj.Omega(checkpoint=2)]
-    expected, *results = gradients(loss, methods, params, xs, h0s, False)
+    expected, *results = loss_gradients(loss, methods, params, xs, h0s, False)
     for got in results:
         assert_close(got, expected, "float64")
 
@@ -141,7 +127,7 @@ def test_many_to_one_loss_matches_the_oracle(x64):
         return dj.many_to_one_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
 
     methods = ["autodiff", *(algorithm(checkpoint=3) for algorithm in CHECKPOINTED)]
-    expected, *results = gradients(loss, methods, params, xs, h0s, False)
+    expected, *results = loss_gradients(loss, methods, params, xs, h0s, False)
     for got in results:
         assert_close(got, expected, "float64")
 

@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import CHEAP_COMPILE, assert_trees_close
+from helpers import CHEAP_COMPILE, assert_trees_close, loss_gradients
 
 import dprnn_jax as dj
 
@@ -40,20 +40,6 @@ def network(T, sizes, dtype, *, tokens=False, seed=0):
     return params, xs, h0s
 
 
-def gradients(loss_fn, methods, params, xs, h0s, tokens):
-    """(loss, gradient) of `loss_fn` for each method: ONE compiled program for all."""
-    argnums = (0, 2) if tokens else (0, 1, 2)
-
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
-    def run(params, xs, h0s):
-        return [
-            jax.value_and_grad(lambda p, x, h, m=m: loss_fn(p, x, h, m), argnums)(params, xs, h0s)
-            for m in methods
-        ]
-
-    return run(params, xs, h0s)
-
-
 @pytest.mark.parametrize(
     ("T", "sizes", "checkpoint", "tokens", "ragged", "dtype"),
     [
@@ -75,7 +61,7 @@ def test_sequence_loss_matches_the_oracle(T, sizes, checkpoint, tokens, ragged, 
         return dj.sequence_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
 
     methods = [algorithm(checkpoint=checkpoint) for algorithm in CHECKPOINTED]
-    expected, *results = gradients(loss, ["autodiff", *methods], params, xs, h0s, tokens)
+    expected, *results = loss_gradients(loss, ["autodiff", *methods], params, xs, h0s, tokens)
     for got in results:
         assert_close(got, expected, dtype)
 
@@ -90,7 +76,9 @@ def test_other_losses_and_a_mask(loss_name, x64):
     def loss(p, x, h, method):
         return dj.sequence_loss(p, x, ys, mask=mask, loss=loss_name, method=method, h0s=h)
 
-    expected, got = gradients(loss, ["autodiff", dj.BPTT(checkpoint=4)], params, xs, h0s, False)
+    expected, got = loss_gradients(
+        loss, ["autodiff", dj.BPTT(checkpoint=4)], params, xs, h0s, False
+    )
     assert_close(got, expected, "float64")
 
 
@@ -105,7 +93,7 @@ def test_many_to_one_loss_matches_the_oracle(x64):
             return dj.many_to_one_loss(p, x, ys, lengths=lengths, method=method, h0s=h)
 
         methods = ["autodiff", *(algorithm(checkpoint=3) for algorithm in CHECKPOINTED)]
-        expected, *results = gradients(loss, methods, params, xs, h0s, False)
+        expected, *results = loss_gradients(loss, methods, params, xs, h0s, False)
         for got in results:
             assert_close(got, expected, "float64")
 
