@@ -215,6 +215,65 @@ def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def readout_cotangent(params, hs, targets):
+    """∂C/∂hs (T, M, D) of the cost C = Σ_j L_j at the readout, written out:
+    (softmax(ŷ_j) − onehot(y_j)) · W / M."""
+    logits = hs @ params.readout.W.T + params.readout.b
+    error = jax.nn.softmax(logits) - jax.nn.one_hot(targets, K, dtype=hs.dtype)
+    return error @ params.readout.W / M
+
+
+def relative_diagonal_sizes(grad):
+    """‖D_k‖_F / ‖Σ_{k' ≤ k} D_k'‖_F for k = 1 … T−1 (index k − 1), from the oracle's
+    G(i+k, i) = ∂L_{i+k}/∂state_i: the diagonals D_k = {G(i+k, i)}_i of the fill."""
+    total = np.stack([grad[i, i] for i in range(T)])  # rows i, (T, M, W)
+    sizes = []
+    for k in range(1, T):
+        diagonal = np.zeros_like(total)
+        diagonal[: T - k] = np.stack([grad[i + k, i] for i in range(T - k)])
+        total = total + diagonal
+        sizes.append(np.linalg.norm(diagonal) / np.linalg.norm(total))
+    return np.array(sizes)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5), compiler_options=CHEAP_COMPILE)
+def tolerance_comparison(cell, layer, xs, hs_bar, tol, truncation):
+    """The report, and the layer's gradients with Omega(tol) and Omega(truncation)."""
+    report = dj.tolerance_report(layer, xs, hs_bar, tol=tol)
+
+    def cost(layer, method):
+        if cell == "gru":
+            return jnp.sum(dj.gru_layer(layer, xs, method=method) * hs_bar)
+        return jnp.sum(dj.lstm_layer(layer, xs, method=method)[0] * hs_bar)
+
+    adaptive = jax.grad(cost)(layer, dj.Omega(tol=tol))
+    truncated = jax.grad(cost)(layer, dj.Omega(truncation=truncation))
+    return report, adaptive, truncated
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_tolerance_report_of_a_gated_layer(x64, cell):
+    """The adaptive fill over the carry: K_eff and the last diagonal's relative size
+    against the oracle's G(i+k, i), and the layer's Omega(tol) gradient is the
+    Omega(truncation=K_eff) one, i.e. the report says what the backward did."""
+    params, xs, targets = make_problem(cell)
+    _, grad = oracle(cell)
+    layer = params.layers[0]
+    hs = dj.gru_layer(layer, xs) if cell == "gru" else dj.lstm_layer(layer, xs)[0]
+    hs_bar = readout_cotangent(params, hs, targets)
+    sizes = relative_diagonal_sizes(grad)
+    # Exact (all T − 1 diagonals), and just above the relative size of the 2nd and the
+    # 4th diagonal: the fill stops at the first diagonal at or below tol.
+    for tol in (0.0, sizes[1] * (1 + 1e-6), sizes[3] * (1 + 1e-6)):
+        below = np.flatnonzero(sizes <= tol)
+        expected = int(below[0]) + 1 if below.size else T - 1
+        report, adaptive, truncated = tolerance_comparison(cell, layer, xs, hs_bar, tol, expected)
+        assert int(report.diagonals) == expected and report.max_diagonals == T - 1
+        np.testing.assert_allclose(report.last_relative_size, sizes[expected - 1], rtol=1e-8)
+        for a, b in zip(jax.tree.leaves(adaptive), jax.tree.leaves(truncated)):
+            np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+
+
 LENGTHS = (T, 5)
 
 
@@ -292,6 +351,37 @@ def test_diagnostics_of_the_backward_lstm_direction_with_lengths(x64):
         np.isnan(squared).all(axis=-1), np.nan, np.sqrt(np.nansum(squared, axis=-1))
     )
     np.testing.assert_allclose(flow, expected, rtol=TOL, atol=0)
+
+
+def test_tolerance_report_of_the_backward_lstm_direction_with_lengths(x64):
+    """The backward direction's fill runs on each sequence reversed within its length:
+    the report equals that of the lone backward LSTM on inputs and cotangents reversed
+    by hand; NaN padding (inputs and cotangent) changes nothing."""
+    params, xs, _ = make_problem("lstm", bidirectional=True)
+    layer = params.layers[0]
+    hs_bar = np.asarray(jax.random.normal(jax.random.key(5), (T, M, 2 * D), jnp.float64))
+    reversed_xs, reversed_bar = np.zeros_like(xs), np.zeros((T, M, D))
+    padded_xs, padded_bar = np.array(xs), hs_bar.copy()
+    for v, length in enumerate(LENGTHS):
+        reversed_xs[:length, v] = np.asarray(xs)[:length, v][::-1]
+        reversed_bar[:length, v] = hs_bar[:length, v, D:][::-1]
+        padded_xs[length:, v] = np.nan
+        padded_bar[length:, v] = np.nan
+    lengths = jnp.array(LENGTHS)
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=CHEAP_COMPILE)
+    def reports(tol, xs, hs_bar, lone_xs, lone_bar):
+        return (
+            dj.tolerance_report(layer, xs, hs_bar, tol=tol, direction="backward", lengths=lengths),
+            dj.tolerance_report(layer.backward, lone_xs, lone_bar, tol=tol, lengths=lengths),
+        )
+
+    exact, _ = reports(0.0, xs, hs_bar, reversed_xs, reversed_bar)
+    assert int(exact.diagonals) == T - 1
+    bidirectional, lone = reports(0.1, padded_xs, padded_bar, reversed_xs, reversed_bar)
+    assert 1 <= int(bidirectional.diagonals) < T - 1
+    assert int(bidirectional.diagonals) == int(lone.diagonals)
+    np.testing.assert_allclose(bidirectional.last_relative_size, lone.last_relative_size, rtol=TOL)
 
 
 # A gated layer below another layer: the error injected into it comes through the layer
@@ -569,8 +659,10 @@ def test_bad_input_to_the_diagnostics_of_a_gated_cell(x64):
         dj.omega_norms(layer, xs, jnp.zeros((M, D)))
     with pytest.raises(ValueError, match="direction='backward' needs a bidirectional layer"):
         dj.omega_norms(layer, xs, direction="backward")
-    with pytest.raises(ValueError, match="tolerance_report reads an Elman layer"):
-        dj.tolerance_report(layer, xs, jnp.ones((T, M, D)), tol=1e-3)
+    with pytest.raises(
+        ValueError, match=r"hs_bar must have shape .* = \(8, 2, 3\), got \(8, 2, 6\)"
+    ):
+        dj.tolerance_report(layer, xs, jnp.ones((T, M, 2 * D)), tol=1e-3)
     broken = layer._replace(S=layer.S[:, :2])
     with pytest.raises(ValueError, match=r"params\.S"):
         dj.omega_norms(broken, xs)

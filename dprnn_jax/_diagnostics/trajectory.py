@@ -187,21 +187,6 @@ def _check_gated(layer: object, name: str) -> None:
         check_recurrent_layer(name, layer)
 
 
-def require_elman(layer: object, function: str) -> None:
-    """Refuses a gated layer (or a bidirectional one with a gated direction) in a
-    diagnostic that reads an Elman layer's S and σ'."""
-    directions = (
-        (layer.forward, layer.backward) if isinstance(layer, BidirectionalParams) else (layer,)
-    )
-    for one in directions:
-        if isinstance(one, GRUParams | LSTMParams):
-            raise ValueError(
-                f"{function} reads an Elman layer's S·diag(σ'), got a {type(one).__name__}; "
-                "omega_norms, omega_matrix, gradient_flow, lyapunov_exponent, lyapunov_qr "
-                "and decay_bound take GRU and LSTM layers."
-            )
-
-
 def layer_trajectory(
     params,
     xs: jax.Array,
