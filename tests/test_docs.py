@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +158,26 @@ def test_cited_doc_anchors_exist(site):
         if not html.is_file() or f'id="{anchor}"' not in html.read_text(encoding="utf-8"):
             broken.append(f"{where}: docs/{page}.md#{anchor}")
     assert not broken, "citations of missing pages or headings:\n" + "\n".join(broken)
+
+
+def test_the_readmes_training_example_converges_as_it_prints(capsys):
+    """The README's first example runs as written and prints what the README shows: the
+    same starting loss and a per-step cross-entropy that falls to the printed level.
+    Later values depend on rounding (another CPU, other XLA options), so they are
+    compared with a tolerance."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"## Example: training with optax\s+```python\n(.*?)```", readme, re.S)
+    assert code, "the README's optax example is missing"
+    printed = re.search(r"prints \(CPU, float32\):\s+```\n(.*?)```", readme, re.S)
+    assert printed, "the README no longer shows what the example prints"
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    pattern = re.compile(r"step\s+(\d+)\s+cross-entropy per step ([\d.]+)")
+    ran = [(int(s), float(v)) for s, v in pattern.findall(capsys.readouterr().out)]
+    shown = [(int(s), float(v)) for s, v in pattern.findall(printed.group(1))]
+    assert [s for s, _ in ran] == [s for s, _ in shown] == [0, 50, 100, 150, 200]
+    losses = np.array([v for _, v in ran])
+    expected = np.array([v for _, v in shown])
+    np.testing.assert_allclose(losses[0], expected[0], atol=1e-3)  # before any update
+    assert np.all(np.diff(losses) < 0), losses  # it converges: no spike
+    assert losses[-1] < 0.02 < np.log(2), losses  # far below chance (log 2)
+    np.testing.assert_allclose(losses, expected, rtol=0.5, atol=2e-3)
