@@ -263,11 +263,19 @@ def test_main_job_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
 
 def test_cell_and_checkpoint_flags_reach_training(tmp_path, capsys):
     """`--cell lstm` trains LSTM layers; `--checkpoint sqrt` the fused O(√T) loss; both
-    are recorded and come back with the run."""
+    are recorded and come back with the run, and `--resume` keeps the cell."""
     gated, long = tmp_path / "gated", tmp_path / "long"
     assert main([*TINY, "--steps", "2", "--cell", "lstm", "--out", str(gated)]) == 0
     run = dj.load_run(gated)
     assert run.config.cell == "lstm" and type(run.params.layers[0]).__name__ == "LSTMParams"
+    # --resume takes the cell from the checkpoint, and refuses another one.
+    capsys.readouterr()
+    resume = ["train", "--out", str(gated), "--resume", "--no-progress"]
+    assert main([*resume, "--cell", "gru", "--steps", "3"]) == 2
+    assert "(--cell gru given, lstm in the checkpoint)" in _error_line(capsys)
+    assert main([*resume, "--steps", "3"]) == 0
+    resumed = dj.load_run(gated)
+    assert resumed.config.cell == "lstm" and resumed.metadata["step"] == 3
     command = [*TINY, "--steps", "2", "--method", "bptt", "--checkpoint", "sqrt"]
     assert main([*command, "--out", str(long)]) == 0
     assert dj.load_run(long).config.method == dj.BPTT(checkpoint="sqrt")
