@@ -169,10 +169,16 @@ def test_a_lock_that_cannot_be_taken_over_is_refused(tmp_path, capsys, holder):
     assert os.listdir(out) == ["train.lock"] and (out / "train.lock").read_text() == text
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path, capsys, signum):
+@pytest.mark.parametrize(
+    "signum, cell",
+    [(signal.SIGINT, "elman"), (signal.SIGTERM, "gru")],
+    ids=["SIGINT-elman", "SIGTERM-gru"],
+)
+def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(
+    tmp_path, capsys, signum, cell
+):
     out = tmp_path / "run"
-    child = Process("train", *ENDLESS, "--no-progress", "--out", str(out))
+    child = Process("train", *ENDLESS, "--cell", cell, "--no-progress", "--out", str(out))
     try:
         child.wait_for("validation loss")
         child.popen.send_signal(signum)
@@ -192,6 +198,7 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(tmp_path,
     # What it claims is on disk: the checkpoint of that very step, with its history.
     run = dj.load_run(out)
     assert run.metadata["step"] == step and len(run.metadata["history"]["loss"]) == step
+    assert run.config.cell == cell
     assert step >= 1 and "train.lock" not in os.listdir(out)
     # And it continues from there.
     resume = ["train", *ENDLESS, "--steps", str(step + 2), "--resume", "--out", str(out)]
