@@ -204,10 +204,11 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(tmp_path, capsys
     assert "--resume and --overwrite exclude each other" in _error_line(capsys)
 
 
-def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_path, capsys):
+@pytest.mark.parametrize("cell", ["elman", "gru"])
+def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_path, capsys, cell):
     out = tmp_path / "run"
     blow_up = ["--lr", "1e6", "--optimizer", "sgd", "--clip", "0", "--steps", "10"]
-    assert main([*TINY, *blow_up, "--out", str(out)]) == 3
+    assert main([*TINY, *blow_up, "--cell", cell, "--out", str(out)]) == 3
     line = _error_line(capsys)
     assert re.fullmatch(
         r"dprnn-jax: error: training diverged: (\d+) of 10 steps were skipped \(non-finite "
