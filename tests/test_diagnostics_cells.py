@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -648,8 +649,13 @@ def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
     assert summary["method_gradient_relative_error"] == 0
     for name in ("omega_triangles.png", "omega_decay.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    printed = capsys.readouterr().out
-    assert "GRU" in printed and "max one-step norm" in printed
+    printed = capsys.readouterr()
+    assert "GRU" in printed.out and "max one-step norm" in printed.out
+    stages = re.findall(r"^\[\d/5\]", printed.err, re.M)  # progress, one line per stage
+    assert stages == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"], printed.err
+    # λ₁ by both estimates, with the caveat exactly when they disagree.
+    caveat = "caveat: λ₁ =" in printed.out
+    assert caveat is not summary["lyapunov_consistent"], (summary, printed.out)
 
 
 def test_bad_input_to_the_diagnostics_of_a_gated_cell(x64):
