@@ -23,7 +23,9 @@ from jax import lax
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
 from .gate_projection import project_inputs
+from .layer_checks import check_gated_layer_inputs
 from .linear_terms import linear_terms
+from .padding import zero_padding
 from .params import GRUParams as GRUParams
 from .params import init_gru_layer as init_gru_layer
 from .scan_cell import scan_cell
@@ -129,6 +131,7 @@ def gru_layer(
     xs: jax.Array,
     h0: jax.Array | None = None,
     *,
+    lengths: jax.Array | None = None,
     method: str | GradientAlgorithm = "omega",
     truncation: int | None = None,
     tol: float | None = None,
@@ -138,24 +141,47 @@ def gru_layer(
 
     Args:
         params: `GRUParams`, PyTorch's layout.
-        xs: inputs (T, m, n), or integer tokens (T, m) into n = W.shape[1] words.
+        xs: inputs (T, m, n), time-major, floating, same dtype as params; or integer
+            tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup of W's
+            columns, one-hot vectors never built).
         h0: initial state (m, d); zeros if None.
+        lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
+            batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
+            replaced by zeros (token 0) before the layer reads them, so whatever the
+            padding holds (even NaN) reaches no valid state and no gradient. The states
+            past each length are those of the layer running on over that zero padding;
+            a loss that masks them gives them no gradient. Each sequence's final state
+            is `hs[lengths[v] − 1, v]` (h0 when lengths[v] = 0), not `hs[-1]`.
         method: the gradient algorithm, an object or its name (see `rnn_layer`).
         truncation: with the names "omega", "bptt" (see `rnn_layer`).
         tol: with the name "omega" (see `rnn_layer`).
         block: with the name "omega" (see `rnn_layer`).
 
     Returns:
-        hs (T, m, d).
+        hs (T, m, d): the state after every step.
+
+    Raises:
+        ValueError: unknown `method` or an option it does not take; wrong ranks or
+            sizes of `params`, `xs`, `h0` or `lengths` (each named in the message);
+            T = 0; concrete `lengths` outside [0, T].
+        TypeError: `params` not a `GRUParams`; non-floating, non-integer `xs`;
+            non-integer `lengths`; mixed dtypes (`xs` or `h0` vs `params.W`).
 
     Example:
         >>> layer = init_gru_layer(jax.random.key(0), 3, 8)
         >>> gru_layer(layer, jnp.ones((5, 2, 3))).shape
         (5, 2, 8)
+        >>> xs = jnp.ones((5, 2, 3)).at[2:, 1].set(jnp.nan)
+        >>> hs = gru_layer(layer, xs, lengths=jnp.array([5, 2]))
+        >>> bool(jnp.isfinite(hs).all())
+        True
     """
-    d = params.S.shape[1]
+    _, m, lengths = check_gated_layer_inputs(
+        params, xs, h0, lengths, params_type=GRUParams, state_name="h0"
+    )
     if h0 is None:
-        h0 = jnp.zeros((xs.shape[1], d), params.S.dtype)
+        h0 = jnp.zeros((m, params.S.shape[1]), params.S.dtype)
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    xs = zero_padding(xs, lengths)
     projected = project_inputs(params.W, xs, own_backward=algorithm.uses_custom_vjp)
     return scan_cell(gru_step, gru_recurrence(params), projected, h0, method=algorithm)

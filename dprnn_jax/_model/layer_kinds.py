@@ -15,78 +15,17 @@ import jax
 import jax.numpy as jnp
 
 from .._backward.base import GradientAlgorithm
-from .._validation import check_floating, check_rank, check_same_dtype, check_shape
 from .gate_projection import project_inputs
-from .gru import GRUParams, gru_layer, gru_recurrence, gru_step
+from .gru import gru_layer, gru_recurrence, gru_step
 from .layer import rnn_layer
-from .lstm import LSTMParams, lstm_layer, lstm_recurrence, lstm_step
-from .padding import zero_padding
-from .params import LayerParams
-
-
-class LayerKind(NamedTuple):
-    """A kind of recurrent layer: its name, gates per unit and its bias fields."""
-
-    name: str
-    gates: int
-    biases: tuple[str, ...]
-    paired_state: bool
-
-
-KINDS: dict[type, LayerKind] = {
-    LayerParams: LayerKind("elman", 1, ("b",), False),
-    GRUParams: LayerKind("gru", 3, ("b_ih", "b_hh"), False),
-    LSTMParams: LayerKind("lstm", 4, ("b_ih", "b_hh"), True),
-}
-CELLS: dict[str, type] = {kind.name: params_type for params_type, kind in KINDS.items()}
-
-
-def kind_of(layer: object) -> LayerKind | None:
-    return KINDS.get(type(layer))
-
-
-def hidden_size(layer) -> int:
-    return layer.S.shape[1]
-
-
-def check_recurrent_layer(name: str, layer: object) -> tuple[int, int]:
-    """Checks a `LayerParams`, `GRUParams` or `LSTMParams`; returns (d, n)."""
-    kind = kind_of(layer)
-    if kind is None:
-        raise TypeError(
-            f"{name} must be a LayerParams, GRUParams, LSTMParams or BidirectionalParams, "
-            f"got {type(layer).__name__}. Build one with dprnn_jax.init_rnn."
-        )
-    g = kind.gates
-    rows, n = check_rank(f"{name}.W", layer.W, 2, f"({g}·d, n) = (gates·hidden, input)")
-    if rows % g:
-        raise ValueError(f"{name}.W has {rows} rows, not a multiple of {g} gates.")
-    d = rows // g
-    check_shape(f"{name}.S", layer.S, (g * d, d), f"({g}·d, d)")
-    for bias in kind.biases:
-        check_shape(f"{name}.{bias}", getattr(layer, bias), (g * d,), f"({g}·d,)")
-    check_floating(f"{name}.W", layer.W)
-    for field in ("S", *kind.biases):
-        check_same_dtype(f"{name}.{field}", getattr(layer, field), layer.W.dtype, f"{name}.W")
-    return d, n
-
-
-def check_layer_state(name: str, state: object, layer, m: int, weight_name: str) -> None:
-    """A layer's initial state: None, an (m, d) array, or the pair (h, c) for an LSTM."""
-    if state is None:
-        return
-    d = hidden_size(layer)
-    parts = [(name, state)]
-    if kind_of(layer).paired_state:
-        if not isinstance(state, tuple | list) or len(state) != 2:
-            raise ValueError(
-                f"{name} must be the pair (h0, c0), each (m, d) = ({m}, {d}), for an LSTM "
-                f"layer, got {type(state).__name__}."
-            )
-        parts = [(f"{name}[0]", state[0]), (f"{name}[1]", state[1])]
-    for part_name, part in parts:
-        check_shape(part_name, part, (m, d), "(m, d_l) = (batch, hidden)")
-        check_same_dtype(part_name, part, layer.W.dtype, weight_name)
+from .layer_checks import CELLS as CELLS
+from .layer_checks import KINDS as KINDS
+from .layer_checks import LayerKind as LayerKind
+from .layer_checks import check_layer_state as check_layer_state
+from .layer_checks import check_recurrent_layer as check_recurrent_layer
+from .layer_checks import hidden_size as hidden_size
+from .layer_checks import kind_of as kind_of
+from .lstm import lstm_layer, lstm_recurrence, lstm_step
 
 
 def final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
@@ -137,17 +76,16 @@ def run_recurrent_layer(
     """One unidirectional layer of any kind: `(hs (T, m, d), final state)`.
 
     The final state is taken at each sequence's last valid step; for an LSTM it is the
-    pair `(h, c)`. `activation` applies to Elman layers (gated cells fix theirs).
+    pair `(h, c)`. `activation` applies to Elman layers (gated cells fix theirs). Every
+    kind gets `lengths` itself and zeroes its own padded inputs.
     """
     kind = kind_of(layer)
     if kind.name == "elman":
         hs = rnn_layer(layer, xs, state0, lengths=lengths, activation=activation, method=method)
         return hs, final_state(hs, state0, lengths)
-    if lengths is not None:
-        xs = zero_padding(xs, lengths)
     if kind.name == "gru":
-        hs = gru_layer(layer, xs, state0, method=method)
+        hs = gru_layer(layer, xs, state0, lengths=lengths, method=method)
         return hs, final_state(hs, state0, lengths)
     h0, c0 = (None, None) if state0 is None else state0
-    hs, cs = lstm_layer(layer, xs, state0, method=method)
+    hs, cs = lstm_layer(layer, xs, state0, lengths=lengths, method=method)
     return hs, (final_state(hs, h0, lengths), final_state(cs, c0, lengths))

@@ -21,7 +21,9 @@ from jax import lax
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
 from .gate_projection import project_inputs
+from .layer_checks import check_gated_layer_inputs
 from .linear_terms import linear_terms
+from .padding import zero_padding
 from .params import LSTMParams as LSTMParams
 from .params import init_lstm_layer as init_lstm_layer
 from .scan_cell import scan_cell
@@ -117,6 +119,7 @@ def lstm_layer(
     xs: jax.Array,
     carry0: tuple[jax.Array, jax.Array] | None = None,
     *,
+    lengths: jax.Array | None = None,
     method: str | GradientAlgorithm = "omega",
     truncation: int | None = None,
     tol: float | None = None,
@@ -126,34 +129,50 @@ def lstm_layer(
 
     Args:
         params: `LSTMParams`, PyTorch's layout.
-        xs: inputs (T, m, n), or integer tokens (T, m) into n = W.shape[1] words.
+        xs: inputs (T, m, n), time-major, floating, same dtype as params; or integer
+            tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup of W's
+            columns, one-hot vectors never built).
         carry0: the initial pair `(h0, c0)`, each (m, d); zeros if None.
+        lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
+            batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
+            replaced by zeros (token 0) before the layer reads them, so whatever the
+            padding holds (even NaN) reaches no valid state and no gradient. The states
+            past each length are those of the layer running on over that zero padding;
+            a loss that masks them gives them no gradient. Each sequence's final state
+            is `(hs[lengths[v] − 1, v], cs[lengths[v] − 1, v])` (`carry0` when
+            lengths[v] = 0), not `(hs[-1], cs[-1])`.
         method: the gradient algorithm, an object or its name (see `rnn_layer`).
         truncation: with the names "omega", "bptt" (see `rnn_layer`).
         tol: with the name "omega" (see `rnn_layer`).
         block: with the name "omega" (see `rnn_layer`).
 
     Returns:
-        `(hs, cs)`, each (T, m, d).
+        `(hs, cs)`, each (T, m, d): the states after every step.
 
     Raises:
-        ValueError: `carry0` is not a pair.
+        ValueError: `carry0` is not a pair; unknown `method` or an option it does not
+            take; wrong ranks or sizes of `params`, `xs`, `carry0` or `lengths` (each
+            named in the message); T = 0; concrete `lengths` outside [0, T].
+        TypeError: `params` not an `LSTMParams`; non-floating, non-integer `xs`;
+            non-integer `lengths`; mixed dtypes (`xs` or `carry0` vs `params.W`).
 
     Example:
         >>> layer = init_lstm_layer(jax.random.key(0), 3, 8)
         >>> hs, cs = lstm_layer(layer, jnp.ones((5, 2, 3)))
         >>> hs.shape, cs.shape
         ((5, 2, 8), (5, 2, 8))
+        >>> xs = jnp.ones((5, 2, 3)).at[2:, 1].set(jnp.nan)
+        >>> hs, cs = lstm_layer(layer, xs, lengths=jnp.array([5, 2]))
+        >>> bool(jnp.isfinite(hs).all() & jnp.isfinite(cs).all())
+        True
     """
-    d = params.S.shape[1]
+    _, m, lengths = check_gated_layer_inputs(
+        params, xs, carry0, lengths, params_type=LSTMParams, state_name="carry0"
+    )
     if carry0 is None:
-        zeros = jnp.zeros((xs.shape[1], d), params.S.dtype)
+        zeros = jnp.zeros((m, params.S.shape[1]), params.S.dtype)
         carry0 = (zeros, zeros)
-    if not isinstance(carry0, tuple | list) or len(carry0) != 2:
-        raise ValueError(
-            f"an LSTM's initial state must be the pair (h0, c0), each (m, d), got "
-            f"{type(carry0).__name__} {carry0!r:.80}."
-        )
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    xs = zero_padding(xs, lengths)
     projected = project_inputs(params.W, xs, own_backward=algorithm.uses_custom_vjp)
     return scan_cell(lstm_step, lstm_recurrence(params), projected, tuple(carry0), method=algorithm)
