@@ -222,6 +222,27 @@ def test_a_diverged_run_writes_its_files_then_exits_3_saying_what_to_try(tmp_pat
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "loss_curve.png", "metrics.json"]
 
 
+def test_a_blow_up_that_saturates_the_network_is_diverged_too(tmp_path, capsys):
+    """A blow-up need not overflow: tanh saturates, the logits are huge but finite and no
+    step is skipped. The validation loss, far above the chance level, says diverged."""
+    out = tmp_path / "run"
+    blow_up = ["--lr", "1e6", "--optimizer", "sgd", "--clip", "0", "--steps", "6"]
+    copy = ["--task", "copy", "--seq-len", "2", "--hidden", "8"]
+    assert main([*TINY, *copy, *blow_up, "--out", str(out)]) == 3
+    line = _error_line(capsys)
+    found = re.fullmatch(
+        r"dprnn-jax: error: training diverged: the last validation loss (\S+) is more than "
+        r"100 times the chance level 2\.079 \(the loss of a prediction that ignores the "
+        r"inputs\); try a lower --lr \(now 1e\+06\) or enable --clip \(e\.g\. --clip 1\)",
+        line,
+    )
+    assert found, line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_steps"] == 0 and metrics["chance_level"] == np.log(8)
+    assert float(found[1]) == pytest.approx(metrics["validation"]["loss"], rel=1e-3)
+    assert metrics["validation"]["loss"] > 100 * np.log(8)
+
+
 def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

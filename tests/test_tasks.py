@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -130,3 +131,19 @@ def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install 'dprnn_jax\[digits\]'"):
         make_task("digits")
+
+
+def test_chance_levels_are_the_losses_of_predictions_that_ignore_the_inputs():
+    # charlm: every character predicted with its frequency in the training text (the
+    # first 90 %), counted here by hand.
+    text = bundled_text()
+    counts = np.array(list(Counter(text[: int(len(text) * 0.9)]).values()), np.float64)
+    p = counts / counts.sum()
+    assert make_task("charlm").chance_level == pytest.approx(-(p * np.log(p)).sum(), rel=1e-12)
+    # adding: predicting the mean 1 scores ½·E[(y − 1)²] = 1/12; the held-out targets agree.
+    adding = make_task("adding", 10)
+    targets = np.asarray(adding.validation.targets[-1, :, 0], np.float64)
+    assert adding.chance_level == pytest.approx(1 / 12, rel=1e-12)
+    assert 0.5 * np.mean((targets - 1) ** 2) == pytest.approx(adding.chance_level, rel=0.1)
+    # copy: 8 equally likely letters at each recall step.
+    assert make_task("copy", 3).chance_level == pytest.approx(np.log(8), rel=1e-12)

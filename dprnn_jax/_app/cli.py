@@ -237,8 +237,9 @@ def _add_train(subparsers) -> None:
         + ", ".join(TRAIN_FLAGS[name] for name in RESUMABLE_CHANGES)
         + " may change, the others must match it if given.",
         epilog="A step whose loss or gradient is not finite is skipped. The run has "
-        "diverged when its last validation loss is not finite or more than half of its "
-        "steps were skipped; it then exits with status 3 (after writing its files). "
+        "diverged when its last validation loss is not finite or more than 100 times the "
+        "task's chance level, or more than half of its steps were skipped; it then exits "
+        "with status 3 (after writing its files). "
         "Exit status: 0 done, 2 a usage error, 3 diverged, 4 a multi-process run could "
         "not start or lost a process, 130 Ctrl-C, 143 SIGTERM (after writing a checkpoint "
         "of the current step).",

@@ -16,10 +16,12 @@ Files in the output directory:
 
 Divergence. A step whose loss or gradient is not finite is skipped (the parameters stay
 as they were, see `make_train_step`) and counted. A run has *diverged* when its last
-validation loss is not finite, or when more than half of all its steps (every session of
-a resumed run) were skipped: `metrics.json` then says `"diverged": true` with the reason
-in `"divergence"`, and `dprnn-jax train` exits with status 3 after writing its files.
-The loss curve marks every skipped step.
+validation loss is not finite, or more than `DIVERGENCE_FACTOR` (100) times the task's
+chance level (a blow-up that saturates the network leaves the loss finite but huge), or
+when more than half of all its steps (every session of a resumed run) were skipped:
+`metrics.json` then says `"diverged": true` with the reason in `"divergence"`, and
+`dprnn-jax train` exits with status 3 after writing its files. The loss curve marks
+every skipped step and draws the chance level.
 """
 
 from __future__ import annotations
@@ -380,7 +382,12 @@ def _interrupted(
     return TrainingInterrupted(signum, message, step=step, checkpoint_step=on_disk)
 
 
-def divergence(history: dict) -> str | None:
+# A validation loss this many times the chance level is a blow-up, not slow learning: a
+# model that ignores its inputs scores 1×, and an untrained one stays within a few times.
+DIVERGENCE_FACTOR = 100
+
+
+def divergence(history: dict, chance_level: float | None) -> str | None:
     """Why a run's history counts as diverged (see the module docstring), or None."""
     skipped, steps = int(sum(history["skipped"])), len(history["skipped"])
     last = history["evaluations"][-1]["loss"] if history["evaluations"] else None
@@ -389,6 +396,11 @@ def divergence(history: dict) -> str | None:
         reasons.append(f"{skipped} of {steps} steps were skipped (non-finite loss or gradient)")
     if last is not None and not math.isfinite(last):
         reasons.append(f"the last validation loss is {last}")
+    elif last is not None and chance_level and last > DIVERGENCE_FACTOR * chance_level:
+        reasons.append(
+            f"the last validation loss {last:.4g} is more than {DIVERGENCE_FACTOR} times the "
+            f"chance level {chance_level:.4g} (the loss of a prediction that ignores the inputs)"
+        )
     return " and ".join(reasons) or None
 
 
@@ -402,7 +414,7 @@ def _perplexity(loss: float) -> float:
 def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     last = history["evaluations"][-1] if history["evaluations"] else None
     window = history["loss"][-max(1, len(history["loss"]) // 10) :]
-    diverged = divergence(history)
+    diverged = divergence(history, task.chance_level)
     metrics = {
         "config": config.to_dict(),
         "steps_done": step,
@@ -412,6 +424,7 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
         "diverged": diverged is not None,
         "divergence": diverged,
         "validation": last,
+        "chance_level": task.chance_level,
         "wall_seconds_this_session": seconds,
         "steps_this_session": steps_run,
         "backend": jax.default_backend(),
@@ -422,9 +435,12 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
     return metrics
 
 
-def plot_loss_curve(history: dict, path: str, title: str) -> None:
+def plot_loss_curve(
+    history: dict, path: str, title: str, chance_level: float | None = None
+) -> None:
     """Training loss per step (and its running mean) with validation loss, as a PNG;
-    non-finite losses are left out and every skipped step is marked along the bottom."""
+    non-finite losses are left out, every skipped step is marked along the bottom and the
+    task's chance level, where it knows one, is a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,6 +475,14 @@ def plot_loss_curve(history: dict, path: str, title: str) -> None:
             "o-",
             color="tab:orange",
             label="validation",
+        )
+    if chance_level is not None:
+        axes.axhline(
+            chance_level,
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"chance level {chance_level:.3g} (inputs ignored)",
         )
     finite = loss[np.isfinite(loss)]
     if finite.size and finite.min() > 0 and finite.max() > 1e3 * finite.min():
@@ -750,7 +774,7 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
         metrics["files"] = []
         return TrainResult(params, metrics)
     title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
-    plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title)
+    plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title, task.chance_level)
     files = [CHECKPOINT, METRICS, LOSS_CURVE]
     if task.name == "charlm":
         text = sample_text(

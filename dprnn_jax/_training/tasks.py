@@ -52,10 +52,18 @@ class Batch(NamedTuple):
 class Task(NamedTuple):
     """A task: model sizes, loss, a pure batch sampler `sample(key, m)` and a held-out set.
 
+    `chance_level` is the loss per supervised step of the best prediction that ignores the
+    inputs: the entropy of the training targets' frequencies for a classification task
+    (charlm: its characters' frequencies; digits: its labels'; copy: log 8), ½·Var(y) =
+    1/12 for the adding problem. A model that learns anything ends below it; the loss
+    curves draw it, and training calls a run diverged far above it (see `train`).
+
     Example:
         >>> task = make_task("adding", 8)
         >>> task.input_size, task.output_size, task.loss, task.validation.inputs.shape
         (2, 1, 'mse', (8, 1000, 2))
+        >>> round(task.chance_level, 4), round(make_task("copy").chance_level, 4)  # log 8
+        (0.0833, 2.0794)
     """
 
     name: str
@@ -66,6 +74,15 @@ class Task(NamedTuple):
     sample: Callable[[jax.Array, int], Batch]
     validation: Batch
     vocabulary: str | None
+    chance_level: float | None = None
+
+
+def entropy_of_frequencies(labels: np.ndarray) -> float:
+    """The entropy (nats) of the empirical distribution of integer `labels`: the cross-
+    entropy of predicting each class with its frequency, whatever the inputs."""
+    counts = np.bincount(np.asarray(labels).ravel())
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,7 +153,10 @@ def _charlm(seq_len: int, validation_fraction: float = 0.1, max_validation: int 
         raise ValueError(f"seq_len={seq_len} is longer than the validation text.")
     starts = np.arange(count)[:, None] * seq_len
     validation = windows_to_batch(jnp.asarray(held_out[starts + np.arange(seq_len + 1)]))
-    return Task("charlm", V, V, seq_len, "softmax_cross_entropy", sample, validation, VOCABULARY)
+    chance = entropy_of_frequencies(ids[:split])
+    return Task(
+        "charlm", V, V, seq_len, "softmax_cross_entropy", sample, validation, VOCABULARY, chance
+    )
 
 
 def sample_text(
@@ -262,7 +282,8 @@ def _digits(seq_len: int, validation_size: int = 360) -> Task:
 
     validation = to_batch(jnp.asarray(images[val_idx]), jnp.asarray(labels[val_idx]))
     n = images.shape[-1]
-    return Task("digits", n, 10, seq_len, "softmax_cross_entropy", sample, validation, None)
+    chance = entropy_of_frequencies(labels[train_idx])
+    return Task("digits", n, 10, seq_len, "softmax_cross_entropy", sample, validation, None, chance)
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,7 +311,8 @@ def _adding(seq_len: int, validation_size: int = 1000) -> Task:
         return Batch(inputs, targets, _last_step_mask(T, batch_size))
 
     validation = jax.jit(sample, static_argnums=1)(jax.random.key(VALIDATION_SEED), validation_size)
-    return Task("adding", 2, 1, seq_len, "mse", sample, validation, None)
+    # ½·E[(y − E y)²] with y the sum of two U[0, 1] values: ½ · 2/12.
+    return Task("adding", 2, 1, seq_len, "mse", sample, validation, None, 1 / 12)
 
 
 COPY_SYMBOLS = 10  # symbols to remember, drawn from the 8 letters 1..8
@@ -317,7 +339,9 @@ def _copy(delay: int, validation_size: int = 1000) -> Task:
         return Batch(jax.nn.one_hot(inputs, 10, dtype=jnp.float32), targets, mask)
 
     validation = jax.jit(sample, static_argnums=1)(jax.random.key(VALIDATION_SEED), validation_size)
-    return Task("copy", 10, 10, T, "softmax_cross_entropy", sample, validation, None)
+    # The 8 letters are equally likely at every recall step.
+    chance = float(np.log(8))
+    return Task("copy", 10, 10, T, "softmax_cross_entropy", sample, validation, None, chance)
 
 
 _BUILDERS: dict[str, Callable[[int], Task]] = {
