@@ -1,5 +1,5 @@
 """One shape for the API: `mask` and `lengths` are keyword-only everywhere, every layer
-function takes `lengths=`, `init_rnn` builds bidirectional stacks, `count_products`
+function (Elman, GRU, LSTM, bidirectional) takes `lengths=`, `init_rnn` builds bidirectional stacks, `count_products`
 takes algorithm objects, and the scale of `sequence_loss` is chosen by `reduction=`."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import dprnn_jax as dj
 
 T, M, N, D, K = 6, 3, 2, 4, 3
 LENGTHS = (6, 3, 0)
-NAMESPACES = (dj, dj.backward, dj.diagnostics, dj.training)
+NAMESPACES = (dj, dj.backward, dj.diagnostics, dj.training, dj.interop)
 
 
 def _public_functions():
@@ -36,6 +36,16 @@ def test_mask_and_lengths_are_keyword_only_everywhere():
         if parameter in ("mask", "lengths") and spec.kind is not inspect.Parameter.KEYWORD_ONLY
     ]
     assert not positional, f"mask/lengths must be keyword-only: {positional}"
+
+
+def test_every_layer_function_takes_lengths():
+    # scan_layer is the plain lax.scan reference of one Elman layer (no custom backward).
+    layers = [dj.rnn_layer, dj.gru_layer, dj.lstm_layer, dj.bidirectional_layer]
+    for function in layers:
+        spec = inspect.signature(function).parameters.get("lengths")
+        assert spec is not None and spec.kind is inspect.Parameter.KEYWORD_ONLY, function
+    named = {name for name in dj.__all__ if name.endswith("_layer") and "init" not in name}
+    assert named == {f.__name__ for f in layers} | {"scan_layer"}
 
 
 def test_a_positional_mask_or_lengths_is_a_type_error():
