@@ -167,32 +167,6 @@ def test_lengths_match_each_sequence_alone_and_the_reference_gradient(x64, cell,
     assert_trees_close(gradients, expected, rtol=RTOL)
 
 
-def test_run_recurrent_layer_passes_lengths_to_the_gated_layers(x64, monkeypatch):
-    """`run_recurrent_layer` hands `lengths` to `gru_layer` / `lstm_layer` (which zero the
-    padding) instead of zeroing the inputs itself first."""
-    from dprnn_jax._model import layer_kinds
-
-    seen = []
-
-    def spy(real):
-        def layer(params, xs, state0, *, lengths=None, **options):
-            seen.append((lengths, bool(jnp.isnan(xs).any())))
-            return real(params, xs, state0, lengths=lengths, **options)
-
-        return layer
-
-    monkeypatch.setattr(layer_kinds, "gru_layer", spy(dj.gru_layer))
-    monkeypatch.setattr(layer_kinds, "lstm_layer", spy(dj.lstm_layer))
-    lengths = jnp.array(LENGTHS)
-    for cell in ("gru", "lstm"):
-        params, nan_xs, _, _, _ = random_problem(cell)
-        hs, _ = layer_kinds.run_recurrent_layer(
-            params, nan_xs, None, lengths=lengths, activation="tanh", method=dj.BPTT()
-        )
-        assert bool(jnp.isfinite(hs).all())
-    assert [(lengths_seen is lengths, nan) for lengths_seen, nan in seen] == [(True, True)] * 2
-
-
 # ---------------------------------------------------------------------------------------
 # lengths: keyword-only and checked
 
