@@ -154,6 +154,35 @@ def test_omega_norms_are_the_norms_of_omega_matrix(dtype, activation):
     )
 
 
+def test_omega_norms_of_a_long_sequence_are_filled_in_phases(x64):
+    # T = 40: the fill runs in several phases of shrinking row counts (as the Ω
+    # backward); each lag, the phase boundaries and a max_lag inside a phase must give
+    # the norms of omega_matrix's triangle.
+    T = 40
+    layer = random_layer(4, N, 3, jnp.float64, noise=0.0)
+    layer = layer._replace(S=1.2 * layer.S)
+    xs = random_inputs(5, (T, M, N), jnp.float64)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def triangle_and_norms(layer, xs):
+        return (
+            dj.diagnostics.omega_matrix(layer, xs),
+            dj.diagnostics.omega_norms(layer, xs),
+            dj.diagnostics.omega_norms(layer, xs, max_lag=13),
+        )
+
+    triangle, norms, cut = jax.device_get(triangle_and_norms(layer, xs))
+    lag = np.subtract.outer(np.arange(T), np.arange(T))
+    spectral = np.linalg.norm(triangle, ord=2, axis=(-2, -1))
+    frobenius = np.linalg.norm(triangle, axis=(-2, -1))
+    for actual, expected in ((norms.spectral, spectral), (norms.frobenius, frobenius)):
+        np.testing.assert_allclose(actual[lag >= 0], expected[lag >= 0], rtol=1e-10)
+        assert np.all(np.isnan(actual[lag < 0]))
+    kept = (lag >= 0) & (lag <= 13)
+    np.testing.assert_allclose(cut.spectral[kept], spectral[kept], rtol=1e-10)
+    assert np.all(np.isnan(cut.spectral[~kept]))
+
+
 def test_log_norms_stay_exact_where_the_norms_underflow():
     # relu with positive pre-activations and S = s·I: Ω(i+k, i) = s^k I exactly, so
     # log‖Ω(i+k, i)‖₂ = k log s; with s = 0.01 and k up to 39 the norm itself (1e-78)

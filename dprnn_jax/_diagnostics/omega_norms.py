@@ -27,12 +27,14 @@ steps (`trajectory.network_order`), where it is the upper triangle j ≤ i.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._backward.omega import diagonal_phases
 from .._validation import check_positive_int
 from .trajectory import compiled, layer_trajectory, network_order, one_step_jacobians
 
@@ -61,36 +63,46 @@ def omega_log_norms_from_jacobians(one_step: jax.Array, max_lag: int) -> OmegaNo
     """Natural logs of ‖Ω(j, i)‖ from the one-step Jacobians (T, m, d, d).
 
     Lags 1 … `max_lag` are filled; j < i and lags beyond `max_lag` are NaN (not
-    computed, or not defined); the diagonal j = i holds the identity's norms.
+    computed, or not defined); the diagonal j = i holds the identity's norms. As in the
+    Ω backward (`diagonal_phases`), the diagonals are filled in phases, each a loop over
+    the rows still inside the triangle at its first lag, so that the SVDs of the rows
+    past the triangle's edge (half of them over all lags) are mostly not computed.
     """
     T, m, d, _ = one_step.shape
     dtype = one_step.dtype
     steps = jnp.arange(T)
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (T, m, d, d))
+    eye = jnp.eye(d, dtype=dtype)
     log_spectral = jnp.full((T, T, m), jnp.nan, dtype).at[steps, steps].set(0.0)
     log_frobenius = log_spectral.at[steps, steps].set(0.5 * jnp.log(jnp.asarray(d, dtype)))
 
-    def fill(k, state):
+    def fill(k, state, rows):
         log_spectral, log_frobenius, diagonal, log_scale = state
         # diagonal[i] = Ω(i+k-1, i) / exp(log_scale[i]); shift to Ω(i+k, i+1). The row
         # past the end is padding (identity, scale 1) whose result is dropped below.
-        shifted = jnp.concatenate([diagonal[1:], eye[:1]])
+        shifted = jnp.concatenate([diagonal[1:], jnp.broadcast_to(eye, (1, m, d, d))])
         shifted_scale = jnp.concatenate([log_scale[1:], jnp.zeros_like(log_scale[:1])])
-        product = shifted @ one_step  # Ω(i+k, i) up to the scale: one batched product
+        product = shifted @ one_step[:rows]  # Ω(i+k, i) up to the scale: one batched product
         frobenius = jnp.sqrt(jnp.sum(product * product, axis=(-2, -1)))
         # A product that is exactly zero (relu with all units off) stays zero, log −inf.
         diagonal = product / jnp.where(frobenius > 0, frobenius, 1)[..., None, None]
         log_scale = shifted_scale + jnp.log(frobenius)
         spectral = jnp.linalg.svd(diagonal, compute_uv=False)[..., 0]
         # Rows i >= T-k fall outside the triangle; mode="drop" discards them.
-        log_spectral = log_spectral.at[steps + k, steps].set(
-            log_scale + jnp.log(spectral), mode="drop"
-        )
-        log_frobenius = log_frobenius.at[steps + k, steps].set(log_scale, mode="drop")
+        at = (steps[:rows] + k, steps[:rows])
+        log_spectral = log_spectral.at[at].set(log_scale + jnp.log(spectral), mode="drop")
+        log_frobenius = log_frobenius.at[at].set(log_scale, mode="drop")
         return log_spectral, log_frobenius, diagonal, log_scale
 
-    state = (log_spectral, log_frobenius, eye, jnp.zeros((T, m), dtype))
-    log_spectral, log_frobenius, _, _ = lax.fori_loop(1, max_lag + 1, fill, state)
+    diagonal = jnp.broadcast_to(eye, (T, m, d, d))
+    state = (log_spectral, log_frobenius, diagonal, jnp.zeros((T, m), dtype))
+    for first, stop, active in diagonal_phases(T, max_lag):
+        # Lag `first` has `active` = T − first rows inside the triangle; each reads the
+        # next row of the previous lag, so the phase keeps one more.
+        rows = active + 1
+        log_spectral, log_frobenius, diagonal, log_scale = state
+        state = (log_spectral, log_frobenius, diagonal[:rows], log_scale[:rows])
+        state = lax.fori_loop(first, stop, functools.partial(fill, rows=rows), state)
+    log_spectral, log_frobenius, _, _ = state
     return OmegaNorms(log_spectral, log_frobenius)
 
 
