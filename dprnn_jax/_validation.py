@@ -19,6 +19,16 @@ def shape_of(x: object) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
+def describe(x: object) -> str:
+    """What a user passed, in their terms: an array's shape and dtype (also for a traced
+    one, whose type name means nothing to them), a sequence's length, else the type."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"an array of shape {tuple(x.shape)} ({x.dtype})"
+    if isinstance(x, tuple | list):
+        return f"a {type(x).__name__} of {len(x)}"
+    return type(x).__name__
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:

@@ -661,8 +661,26 @@ def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
 def test_bad_input_to_the_diagnostics_of_a_gated_cell(x64):
     params, xs, targets = make_problem("lstm")
     layer = params.layers[0]
-    with pytest.raises(ValueError, match=r"h0 must be the pair \(h0, c0\)"):
+    with pytest.raises(ValueError, match=r"h0 must be the pair \(h0, c0\).*got an array of shape"):
         dj.omega_norms(layer, xs, jnp.zeros((M, D)))
+    # Inputs of the wrong width are refused by every diagnostic, not broadcast.
+    bidirectional = make_problem("gru", bidirectional=True)[0]
+    calls = (
+        lambda wrong: dj.omega_norms(params, wrong),
+        lambda wrong: dj.omega_matrix(layer, wrong),
+        lambda wrong: dj.gradient_flow(params, wrong, targets),
+        lambda wrong: dj.lyapunov_exponent(params, wrong),
+        lambda wrong: dj.lyapunov_qr(layer, wrong),
+        lambda wrong: dj.decay_bound(params, wrong),
+        lambda wrong: dj.tolerance_report(layer, wrong, jnp.ones((T, M, D)), tol=0.1),
+        lambda wrong: dj.omega_norms(bidirectional, wrong, direction="backward"),
+    )
+    for n in (N - 1, N + 1):
+        for call in calls:
+            with pytest.raises(ValueError, match=rf"xs has {n} features .* expects {N} input"):
+                call(jnp.ones((T, M, n)))
+    with pytest.raises(TypeError, match=r"xs has dtype float32 but params.layers\[0\].W has"):
+        dj.omega_norms(params, xs.astype(jnp.float32))
     with pytest.raises(ValueError, match="direction='backward' needs a bidirectional layer"):
         dj.omega_norms(layer, xs, direction="backward")
     with pytest.raises(

@@ -45,7 +45,7 @@ from .._model.network import apply_layer, check_rnn_params
 from .._model.padding import check_lengths, mask_from_lengths, zero_padding
 from .._model.params import LayerParams
 from .._model.tokens import is_token_input
-from .._validation import check_choice, check_rank, check_sequence
+from .._validation import check_choice, check_rank, check_same_dtype, check_sequence
 
 DIRECTIONS = ("forward", "backward")
 
@@ -187,6 +187,20 @@ def _check_gated(layer: object, name: str) -> None:
         check_recurrent_layer(name, layer)
 
 
+def _check_gated_inputs(xs: jax.Array, layer: GRUParams | LSTMParams, weights: str) -> None:
+    """A gated layer's own inputs: floats (T, m, n) in W's dtype, n = W.shape[1] (tokens
+    are checked by `time_and_batch`; an Elman layer's inputs by `rnn_layer`)."""
+    if is_token_input(xs):
+        return
+    n = check_sequence("xs", xs)[2]
+    if n != layer.W.shape[1]:
+        raise ValueError(
+            f"xs has {n} features (shape {xs.shape}) but {weights} has shape "
+            f"{layer.W.shape}, which expects {layer.W.shape[1]} input features."
+        )
+    check_same_dtype("xs", xs, layer.W.dtype, weights)
+
+
 def layer_trajectory(
     params,
     xs: jax.Array,
@@ -232,6 +246,8 @@ def layer_trajectory(
             inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
         )
     weights = f"{name}.{direction}.W" if isinstance(inspected, BidirectionalParams) else f"{name}.W"
+    if index in (None, 0):  # it reads xs itself (a higher layer reads the checked stack's)
+        _check_gated_inputs(xs, one_direction, weights)
     check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
     cell = gated_cell(one_direction, run_inputs, h0)
     # One forward loop gives the carries and every step's linearisation (the cell is not

@@ -19,6 +19,7 @@ from .._validation import (
     check_same_dtype,
     check_sequence,
     check_shape,
+    describe,
 )
 from .padding import check_lengths
 from .params import GRUParams, LayerParams, LSTMParams
@@ -82,7 +83,7 @@ def check_layer_state(name: str, state: object, layer, m: int, weight_name: str)
         if not isinstance(state, tuple | list) or len(state) != 2:
             raise ValueError(
                 f"{name} must be the pair (h0, c0), each (m, d) = ({m}, {d}), for an LSTM "
-                f"layer, got {type(state).__name__}."
+                f"layer, got {describe(state)}."
             )
         parts = [(f"{name}[0]", state[0]), (f"{name}[1]", state[1])]
     for part_name, part in parts:

@@ -24,6 +24,7 @@ from .._validation import (
     check_same_dtype,
     check_sequence,
     check_shape,
+    describe,
 )
 from .bidirectional import BidirectionalParams, bidirectional_outputs_and_final
 from .layer_kinds import check_layer_state, check_recurrent_layer, run_recurrent_layer
@@ -132,7 +133,7 @@ def check_initial_states(
             if not isinstance(h0, tuple | list) or len(h0) != 2:
                 raise ValueError(
                     f"h0s[{l}] must be a pair (h0_forward, h0_backward) (or None) for a "
-                    f"bidirectional layer, got {type(h0).__name__}."
+                    f"bidirectional layer, got {describe(h0)}."
                 )
             check_layer_state(
                 f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W"
