@@ -4,6 +4,7 @@ corrupt files, and resume that ends bitwise where an uninterrupted run ends."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -200,12 +201,15 @@ def test_a_signal_stops_train_after_the_step_with_a_checkpoint_of_it(tmp_path):
         signal.SIGTERM, 2, 2
     )  # fmt: skip
     assert str(stopped.value) == (
-        f"interrupted at step 2; checkpoint at step 2 written to {out / 'checkpoint.npz'}; "
-        "continue with --resume"
+        f"interrupted at step 2; checkpoint at step 2 written to {out / 'checkpoint.npz'}, "
+        "with metrics.json and loss_curve.png; continue with --resume"
     )
     assert isinstance(stopped.value, KeyboardInterrupt)  # code that catches Ctrl-C still does
     assert load_run(out).metadata["step"] == 2
-    assert sorted(os.listdir(out)) == ["checkpoint.npz"]  # no lock, no half-written file
+    # No lock, no half-written file; the metrics are of the step the checkpoint holds.
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "loss_curve.png", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps_done"], metrics["interrupted"]) == (2, "SIGTERM")
     # The handlers are restored: SIGTERM is what it was before the run.
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 

@@ -188,8 +188,8 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(
     assert status == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
     assert len(err) == 1 and "Traceback" not in err[0], err
     found = re.fullmatch(
-        r"dprnn-jax: interrupted at step (\d+); checkpoint at step \1 written to (.+); "
-        r"continue with --resume\n",
+        r"dprnn-jax: interrupted at step (\d+); checkpoint at step \1 written to (.+), "
+        r"with metrics.json and loss_curve.png; continue with --resume\n",
         err[0],
     )
     assert found, err
@@ -199,6 +199,10 @@ def test_a_stopped_train_writes_the_current_step_and_says_exactly_that(
     run = dj.load_run(out)
     assert run.metadata["step"] == step and len(run.metadata["history"]["loss"]) == step
     assert run.config.cell == cell
+    # metrics.json and the loss curve are of that step too, not of an earlier session.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps_done"] == step and metrics["interrupted"] == signum.name
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert step >= 1 and "train.lock" not in os.listdir(out)
     # And it continues from there.
     resume = ["train", *ENDLESS, "--steps", str(step + 2), "--resume", "--out", str(out)]

@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -376,10 +377,24 @@ def _interrupted(
         message = f"{head}; process 0 writes the run's checkpoint in {out} (see its output)"
     elif on_disk is not None and on_disk == step and failure is None:
         path = os.path.join(out, CHECKPOINT)
-        message = f"{head}; checkpoint at step {step} written to {path}; continue with --resume"
+        message = (
+            f"{head}; checkpoint at step {step} written to {path}{_summary_note(out, step)}; "
+            "continue with --resume"
+        )
     else:
         message = f"{head}; {checkpoint_status(out, on_disk)}"
     return TrainingInterrupted(signum, message, step=step, checkpoint_step=on_disk)
+
+
+def _summary_note(out: str, step: int) -> str:
+    """Names metrics.json and the loss curve in the stop message when metrics.json, read
+    back, is of `step` (as `train` writes it on a stop); else claims nothing of them."""
+    try:
+        with open(os.path.join(out, METRICS), encoding="utf-8") as file:
+            written = json.load(file).get("steps_done")
+    except (OSError, ValueError):
+        return ""
+    return f", with {METRICS} and {LOSS_CURVE}" if written == step else ""
 
 
 # A validation loss this many times the chance level is a blow-up, not slow learning: a
@@ -541,8 +556,9 @@ def train(
             fresh run (without `overwrite`) into a folder that holds an earlier run's
             files: its checkpoint, metrics, loss curve or sample.
         TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM stopped the run: the step in
-            flight finished and its checkpoint was written (a second signal stops at
-            once); the message says what is on disk. A `KeyboardInterrupt`.
+            flight finished and its checkpoint, metrics.json and loss curve were written
+            (a second signal stops at once); the message says what is on disk. A
+            `KeyboardInterrupt`.
         RunLockedError: another run holds `out` (its lock file `out/train.lock` names
             its pid and host); a lock left by a dead process on this host is taken over
             with a warning on `log`.
@@ -756,27 +772,45 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
                     save(step)
                 except OSError as error:
                     raise _interrupted(stop.signal, out, step, failure=error) from None
+            if stop.signal is not None and writer and step > first_step:
+                # metrics.json and the loss curve follow the checkpoint: an earlier
+                # session's would describe another step.
+                metrics = _run_metrics(config, task, step, history, started, first_step, mesh)
+                metrics["interrupted"] = signal.Signals(stop.signal).name
+                with contextlib.suppress(OSError):
+                    _write_summary(out, config, task, history, metrics)
     except TrainingInterrupted:
         raise
     except Interrupted as error:  # a second signal: stop at once
         raise _interrupted(error.signal, out, step, writer=writer) from None
     if stop.signal is not None:
         raise _interrupted(stop.signal, out, step, writer=writer)
-    seconds = time.perf_counter() - started
     params = local_copy(params)  # across processes: this process's copy
+    metrics = _run_metrics(config, task, step, history, started, first_step, mesh)
+    if not writer:  # process 0 writes the run's files
+        metrics["files"] = []
+        return TrainResult(params, metrics)
+    _write_summary(out, config, task, history, metrics, params)
+    return TrainResult(params, metrics)
 
+
+def _run_metrics(config, task, step, history, started, first_step, mesh) -> dict:
+    seconds = time.perf_counter() - started
     metrics = _final_metrics(config, task, step, history, seconds, step - first_step)
     metrics["device_count"] = 1 if mesh is None else int(mesh.devices.size)
     metrics["devices_available"] = len(jax.devices())
     metrics["process_count"] = jax.process_count()
     metrics["process_id"] = jax.process_index()
-    if not writer:  # process 0 writes the run's files
-        metrics["files"] = []
-        return TrainResult(params, metrics)
+    return metrics
+
+
+def _write_summary(out, config, task, history, metrics, params=None) -> None:
+    """The loss curve, a text sample (charlm, given the final `params`) and, last,
+    metrics.json listing the files written."""
     title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
     plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title, task.chance_level)
     files = [CHECKPOINT, METRICS, LOSS_CURVE]
-    if task.name == "charlm":
+    if params is not None and task.name == "charlm":
         text = sample_text(
             params,
             "The ",
@@ -790,4 +824,3 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
         files.append(SAMPLE)
     metrics["files"] = files
     _write_text(os.path.join(out, METRICS), json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(params, metrics)
