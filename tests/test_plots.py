@@ -43,6 +43,15 @@ def test_omega_triangles_take_omega_norms_and_the_gradient_flow(results):
     assert "geometric mean over the batch" in left.get_title()
     assert "norm over the batch" in right.get_title()
     assert figure.get_suptitle() == "fresh"
+    # The norms do not record the state they follow: unnamed unless the caller says.
+    assert left.get_title() == "‖Ω(j, i)‖₂\ngeometric mean over the batch"
+    assert (left.get_xlabel(), left.get_ylabel()) == (
+        "i (earlier step)", "j (later step, of the loss L_j)"
+    )  # fmt: skip
+    named = dj.plot_omega_triangles(results["norms"], results["flow"], state="(h, c)").axes
+    assert named[0].get_title().startswith("‖Ω(j, i)‖₂ = ‖∂(h_j, c_j)/∂(h_i, c_i)‖₂")
+    assert "∂L_j/∂(h_i, c_i) at the top" in named[1].get_title()
+    assert named[0].get_xlabel() == "i (step of (h_i, c_i))"
     # What is drawn is exp(mean log) over the batch of the spectral norms.
     spectral = np.asarray(results["norms"].spectral, np.float64)
     with np.errstate(invalid="ignore"):

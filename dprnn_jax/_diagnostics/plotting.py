@@ -46,7 +46,9 @@ def _geometric_mean_over_batch(values: np.ndarray, *, log: bool) -> np.ndarray:
         return np.where(count > 0, np.exp(total / np.maximum(count, 1)), np.nan)
 
 
-def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm", state: str = "Z"):
+def plot_triangle(
+    norms, *, ax=None, title: str = "", label: str = "norm", state: str | None = None
+):
     """Heat map of a (T, T) triangle `[j, i]` on a log colour scale.
 
     Args:
@@ -58,7 +60,8 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm", state
         title: axis title.
         label: colour-bar label.
         state: the state the triangle follows, named in the axis labels: "Z" (an Elman
-            layer's pre-activations), "h" (a GRU's carry) or "(h, c)" (an LSTM's).
+            layer's pre-activations), "h" (a GRU's carry) or "(h, c)" (an LSTM's); None
+            (the default) names none, as the norms do not record it.
 
     Returns:
         The matplotlib `Figure`.
@@ -93,8 +96,12 @@ def plot_triangle(norms, *, ax=None, title: str = "", label: str = "norm", state
         norm=LogNorm(vmin=low, vmax=max(high, low * 1.0001)),
         interpolation="nearest",
     )
-    ax.set_xlabel(f"i (step of {_at_step(state, 'i')})")
-    ax.set_ylabel(f"j (step of {_at_step(state, 'j')}, of the loss L_j)")
+    if state is None:
+        ax.set_xlabel("i (earlier step)")
+        ax.set_ylabel("j (later step, of the loss L_j)")
+    else:
+        ax.set_xlabel(f"i (step of {_at_step(state, 'i')})")
+        ax.set_ylabel(f"j (step of {_at_step(state, 'j')}, of the loss L_j)")
     ax.set_title(title)
     figure.colorbar(image, ax=ax, label=label)
     return figure
@@ -107,7 +114,9 @@ def _at_step(state: str, step: str) -> str:
     return f"{state}_{step}"
 
 
-def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", state: str = "Z"):
+def plot_omega_triangles(
+    omega, flow, *, log: bool = False, title: str = "", state: str | None = None
+):
     """Two heat maps side by side: ‖Ω(j, i)‖₂ and the gradient flow ‖G(j, i)‖_F.
 
     Args:
@@ -120,8 +129,10 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", sta
         log: `omega` holds natural logarithms of the norms (`omega_norms(..., log=True)`),
             which stay finite where the norms underflow.
         title: figure title.
-        state: the state Ω follows, named in the titles and labels: "Z" (Elman, the
-            default), "h" (GRU) or "(h, c)" (LSTM: Ω(j, i) = ∂(h_j, c_j)/∂(h_i, c_i)).
+        state: the state Ω follows, named in the titles and labels: "Z" (an Elman
+            layer's pre-activations), "h" (GRU) or "(h, c)" (LSTM: Ω(j, i) =
+            ∂(h_j, c_j)/∂(h_i, c_i)); None (the default) names none, as the norms do
+            not record which layer they come from.
 
     Returns:
         The matplotlib `Figure`; its two axes are titled with what they show.
@@ -133,7 +144,8 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", sta
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
         >>> xs, ys, lengths = jnp.ones((5, 2, 3)), jnp.zeros((5, 2), jnp.int32), jnp.array([3, 2])
         >>> norms = omega_norms(params, xs, lengths=lengths)
-        >>> figure = plot_omega_triangles(norms, gradient_flow(params, xs, ys, lengths=lengths))
+        >>> flow = gradient_flow(params, xs, ys, lengths=lengths)
+        >>> figure = plot_omega_triangles(norms, flow, state="Z")  # an Elman layer
         >>> figure.axes[0].get_title()
         '‖Ω(j, i)‖₂ = ‖∂Z_j/∂Z_i‖₂\\ngeometric mean over the batch'
     """
@@ -142,7 +154,9 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", sta
     if isinstance(omega, OmegaNorms):
         omega = omega.spectral
     values = np.asarray(omega, dtype=np.float64)
-    omega_title = f"‖Ω(j, i)‖₂ = ‖∂{_at_step(state, 'j')}/∂{_at_step(state, 'i')}‖₂"
+    omega_title = "‖Ω(j, i)‖₂"
+    if state is not None:
+        omega_title += f" = ‖∂{_at_step(state, 'j')}/∂{_at_step(state, 'i')}‖₂"
     if values.ndim == 3:
         values = _geometric_mean_over_batch(values, log=log)
         omega_title += "\ngeometric mean over the batch"
@@ -154,10 +168,10 @@ def plot_omega_triangles(omega, flow, *, log: bool = False, title: str = "", sta
     figure = Figure(figsize=(10.0, 4.4), layout="constrained")
     left, right = figure.subplots(1, 2)
     plot_triangle(values, ax=left, title=omega_title, label="‖Ω(j, i)‖₂", state=state)
-    flow_title = (
-        f"gradient flow ‖G(j, i)‖_F (∂L_j/∂{_at_step(state, 'i')} at the top)\n"
-        "norm over the batch and units"
-    )
+    flow_title = "gradient flow ‖G(j, i)‖_F"
+    if state is not None:
+        flow_title += f" (∂L_j/∂{_at_step(state, 'i')} at the top)"
+    flow_title += "\nnorm over the batch and units"
     plot_triangle(flow, ax=right, title=flow_title, label="‖G(j, i)‖_F", state=state)
     if title:
         figure.suptitle(title)
