@@ -297,6 +297,21 @@ def test_decay_bound_holds(x64, activation):
     assert excess.max() > -50  # the bound is not vacuous by orders of magnitude everywhere
 
 
+def test_what_is_undefined_is_nan_and_the_caveat_says_why(x64):
+    # No Jacobian between two valid steps: nothing is bounded.
+    layer = random_layer(9, 3, 4, np.float64)
+    xs = random_inputs(10, (5, 3, 3), np.float64)
+    empty = dj.diagnostics.decay_bound(layer, xs, lengths=jnp.array([0, 1, 1]))
+    assert np.isnan(empty.gamma) and np.isnan(empty.max_sigma_prime)
+    assert np.isfinite(dj.diagnostics.decay_bound(layer, xs, lengths=jnp.array([0, 2, 1])).gamma)
+    # relu with every unit off (σ' = 0): Ω(i+k, i) = 0 exactly, no decay rate exists, and
+    # the caveat says that rather than blaming the number of sequences.
+    off = layer._replace(b=jnp.full_like(layer.b, -100.0))
+    estimate = dj.diagnostics.lyapunov_exponent(off, xs, activation="relu")
+    assert not bool(estimate.consistent)
+    assert "are not finite: some Ω(i+k, i) is exactly zero" in estimate.caveat()
+
+
 def test_bad_input_is_named():
     layer = random_layer(0, 2, 3, np.float32)
     params = random_rnn(0, 2, (3,), 2, np.float32)

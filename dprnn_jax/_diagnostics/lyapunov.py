@@ -34,6 +34,7 @@ gates multiply terms that depend on the state and the biases).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -126,11 +127,18 @@ class LyapunovEstimate(NamedTuple):
         estimates = (
             f"λ₁ = {diagonal:.3g} ± {error:.2g} (diagonal decay) and {qr:.3g} ± {qr_error:.2g} (QR)"
         )
-        if not (jnp.isfinite(error) and jnp.isfinite(qr_error)):
+        if not (math.isfinite(diagonal) and math.isfinite(qr)):
+            return (
+                f"λ₁ = {diagonal:.3g} (diagonal decay) and {qr:.3g} (QR) are not finite: "
+                "some Ω(i+k, i) is exactly zero (a saturated network: σ' = 0) or not finite "
+                "(a diverged one) on this trajectory, so no decay rate can be fitted."
+            )
+        if not (math.isfinite(error) and math.isfinite(qr_error)):
             estimates = f"λ₁ = {diagonal:.3g} (diagonal decay) and {qr:.3g} (QR)"
             return (
                 f"{estimates} cannot be compared: no standard error with fewer than two "
-                "sequences (or two fitted lags per sequence); analyse more sequences."
+                "sequences (or two fitted lags per sequence); analyse more sequences, or "
+                "longer ones."
             )
         how = "in sign" if (diagonal > 0) != (qr > 0) else "by more than two standard errors"
         return (
@@ -151,6 +159,9 @@ class DecayBound(NamedTuple):
         spectral_norm_S: ‖S‖₂ (of the stacked gate blocks, (G·d, d), for a gated layer).
         max_sigma_prime: the largest σ'(Z_t) entry over steps, samples and units; NaN for
             a gated layer.
+
+    `gamma` and `max_sigma_prime` are NaN when no Jacobian lies between two valid steps
+    (T = 1, or every length ≤ 1): nothing is bounded there.
 
     Example:
         >>> bound = decay_bound(init_layer(jax.random.key(0), 3, 8), jnp.ones((5, 2, 3)))
@@ -453,10 +464,10 @@ def decay_bound(
     if trajectory.sigma_prime is None:
         return _gated_decay_bound(trajectory, spectral_norm_S)
     # Only steps t with a valid successor enter a Jacobian Ω(t+1, t); σ' ≥ 0, so 0 is
-    # the neutral element of the max (and the value when no Jacobian is left).
+    # the neutral element of the max. With no Jacobian at all, nothing is bounded: NaN.
     entering = valid_steps(trajectory)[1:, :, None]
     sigma_prime = jnp.where(entering, trajectory.sigma_prime[:-1], 0)
-    max_sigma_prime = sigma_prime.max() if sigma_prime.size else jnp.zeros_like(spectral_norm_S)
+    max_sigma_prime = _max_or_nan(sigma_prime, entering, spectral_norm_S)
     return DecayBound(
         spectral_norm_S * max_sigma_prime,
         spectral_norm_S * SIGMA_PRIME_SUP[activation],
@@ -465,13 +476,19 @@ def decay_bound(
     )
 
 
+def _max_or_nan(values: jax.Array, entering: jax.Array, like: jax.Array) -> jax.Array:
+    """The max of `values` (zeros where not `entering`), NaN when nothing enters."""
+    if not values.size:
+        return jnp.full_like(like, jnp.nan)
+    return jnp.where(entering.any(), values.max(), jnp.nan).astype(like.dtype)
+
+
 def _gated_decay_bound(trajectory: Trajectory, spectral_norm_S: jax.Array) -> DecayBound:
     """γ = max_t ‖J_t‖₂ of a gated layer over the Jacobians between two valid steps."""
     one_step = one_step_jacobians(trajectory)[:-1]
     norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0] if one_step.size else one_step
     entering = valid_steps(trajectory)[1:]
-    # Norms are ≥ 0, so 0 is the neutral element of the max (and the value when no
-    # Jacobian is left).
-    gamma = jnp.where(entering, norms, 0).max() if norms.size else jnp.zeros_like(spectral_norm_S)
+    # Norms are ≥ 0, so 0 is the neutral element of the max; no Jacobian at all: NaN.
+    gamma = _max_or_nan(jnp.where(entering, norms, 0), entering, spectral_norm_S)
     nan = jnp.full_like(spectral_norm_S, jnp.nan)
     return DecayBound(gamma, nan, spectral_norm_S, nan)
