@@ -53,6 +53,7 @@ def _error_line(capsys) -> str:
         (["--devices", "64", "--batch-size", "64"], "JAX sees"),
         (["--task", "digits", "--seq-len", "9"], "must be 8 (row by row) or 64"),
         (["--task", "copy", "--clip", "-1"], "--clip must be >= 0"),
+        (["--cell", "gru", "--activation", "relu"], "--activation is an option of elman cells"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, options, message):

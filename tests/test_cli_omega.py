@@ -101,12 +101,19 @@ def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
         (["--method", "bptt", "--block", "4"], "--method bptt --block 4: block=4 applies only to"),
         (["--tol", "0.1", "--block", "2"], "block cannot be combined with truncation or tol"),
         (["--truncation", "-1"], "truncation must be a non-negative"),
+        (
+            ["--checkpoint", "run/checkpoint.npz", "--cell", "gru", "--T", "8"],
+            "--T, --cell describe a fresh model; the checkpoint has its own",
+        ),
+        (["--cell", "lstm", "--activation", "relu"], "--activation is an option of elman"),
     ],
 )
 def test_omega_command_reports_mistakes_in_one_line(tmp_path, capsys, extra, message):
-    assert main(["omega", "--out", str(tmp_path), "--T", "8", *extra]) == 2
+    fresh = [] if "--checkpoint" in extra else ["--T", "8"]
+    assert main(["omega", "--out", str(tmp_path), *fresh, *extra]) == 2
     error = capsys.readouterr().err
-    # One error line, last; what comes before it are the stages' progress lines.
+    # One error line, last, before any slow stage; what comes before it are progress lines.
     *progress, last = error.splitlines()
     assert last.startswith("dprnn-jax: error: ") and message in last, error
     assert not any("error" in line or "Traceback" in line for line in progress), error
+    assert not any(line.startswith("[") for line in progress), error

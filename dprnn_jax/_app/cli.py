@@ -348,6 +348,8 @@ def _given_train_options(args: argparse.Namespace) -> dict:
         raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {args.clip}")
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.activation is not None and args.cell in ("gru", "lstm"):
+        raise UsageError(f"--activation is an option of elman cells; {args.cell} fixes its own")
     values = {
         "task": args.task,
         "seq_len": args.seq_len,
@@ -584,29 +586,27 @@ def _add_omega(subparsers) -> None:
     parser.add_argument(
         "--checkpoint", default=None, help="a checkpoint.npz of `dprnn-jax train` (else fresh)"
     )
-    parser.add_argument("--T", type=int, default=64, help="fresh model: sequence length (64)")
+    parser.add_argument("--T", type=int, help="fresh model: sequence length (64)")
     parser.add_argument("--batch", type=int, default=8, help="sequences analysed (8)")
-    parser.add_argument("--input", type=int, default=4, help="fresh model: input features (4)")
-    parser.add_argument("--hidden", type=int, default=16, help="fresh model: hidden units (16)")
-    parser.add_argument("--layers", type=int, default=1, help="fresh model: layers (1)")
-    parser.add_argument("--classes", type=int, default=4, help="fresh model: classes (4)")
+    parser.add_argument("--input", type=int, help="fresh model: input features (4)")
+    parser.add_argument("--hidden", type=int, help="fresh model: hidden units (16)")
+    parser.add_argument("--layers", type=int, help="fresh model: layers (1)")
+    parser.add_argument("--classes", type=int, help="fresh model: classes (4)")
     parser.add_argument(
-        "--activation", choices=("tanh", "sigmoid", "relu"), default="tanh", help="fresh model"
+        "--activation", choices=("tanh", "sigmoid", "relu"), help="fresh model (tanh)"
     )
     parser.add_argument(
         "--cell",
         choices=("elman", "gru", "lstm"),
-        default="elman",
         help="fresh model: recurrent cell (elman); for gru and lstm Ω follows the carry, "
         "h or (h, c)",
     )
     parser.add_argument(
         "--gain",
         type=float,
-        default=1.0,
         help="fresh model: spectral radius of S for elman, a factor on S for gru, lstm (1.0)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="fresh model: PRNG seed (0)")
+    parser.add_argument("--seed", type=int, help="fresh model: PRNG seed (0)")
     parser.add_argument("--layer", type=int, default=-1, help="layer to analyse (-1: top)")
     parser.add_argument(
         "--max-lag", type=int, default=None, help="largest lag of the Lyapunov fit (T/2)"
@@ -618,7 +618,34 @@ def _add_omega(subparsers) -> None:
     parser.set_defaults(command=_command_omega)
 
 
+# `dprnn-jax omega`'s options that describe a fresh model, with their defaults: a
+# checkpoint has its own, and they are refused with one.
+FRESH_MODEL_DEFAULTS = {
+    "T": 64,
+    "input": 4,
+    "hidden": 16,
+    "layers": 1,
+    "classes": 4,
+    "activation": "tanh",
+    "cell": "elman",
+    "gain": 1.0,
+    "seed": 0,
+}
+
+
 def _command_omega(args: argparse.Namespace) -> int:
+    given = [name for name in FRESH_MODEL_DEFAULTS if getattr(args, name) is not None]
+    if args.checkpoint is not None and given:
+        flags = ", ".join(f"--{name}" for name in given)
+        raise UsageError(
+            f"{flags} describe{'s' if len(given) == 1 else ''} a fresh model; the checkpoint "
+            "has its own (leave them out, or leave out --checkpoint)"
+        )
+    for name, default in FRESH_MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.cell != "elman" and "activation" in given:
+        raise UsageError(f"--activation is an option of elman cells; {args.cell} fixes its own")
     for name in ("T", "batch", "input", "hidden", "layers", "classes"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")

@@ -28,9 +28,11 @@ from .._diagnostics.lyapunov import (
 )
 from .._diagnostics.omega_norms import omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
+from .._diagnostics.trajectory import check_layer_index
 from .._model.bidirectional import BidirectionalParams
 from .._model.layer_kinds import kind_of
 from .._model.loss import sequence_loss
+from .._model.network import check_rnn_params
 from .._model.params import RNNParams, init_rnn
 from .._validation import check_sequence
 
@@ -135,6 +137,8 @@ def omega_report(
     """
     say = log if log is not None else (lambda line: None)
     method = resolve_method(method)
+    check_rnn_params(params)
+    check_layer_index(layer, len(params.layers))  # before the slow stages, not during
     T = check_sequence("xs", xs)[0]
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
