@@ -165,7 +165,7 @@ class Omega(GradientAlgorithm):
     Example:
         >>> print(Omega(truncation=32))
         Omega(truncation=32)
-        >>> Omega(truncation=32) == resolve_method("omega", truncation=32)
+        >>> Omega(truncation=32) == dj.backward.resolve_method("omega", truncation=32)
         True
     """
 
