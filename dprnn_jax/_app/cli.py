@@ -580,7 +580,8 @@ def _add_omega(subparsers) -> None:
         description="Writes omega_triangles.png (‖Ω(j, i)‖₂ and ‖∂L_j/∂Z_i‖), "
         "omega_decay.png (decay per lag with the bound γ^k and both Lyapunov estimates) and "
         "omega_summary.json to --out, for a freshly initialised model on random data or for "
-        "a `train` checkpoint on its task's held-out sequences.",
+        "a `train` checkpoint on its task's held-out sequences; an earlier report's three "
+        "files in --out are replaced, nothing else there is touched.",
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
@@ -722,7 +723,8 @@ def _add_complexity(subparsers) -> None:
         "complexity",
         help="the Ω note's operation-count table: products, XLA flops, wall time over T",
         description="Writes complexity.md, complexity.png and complexity.json to --out "
-        "(same as scripts/complexity.py).",
+        "(same as scripts/complexity.py), replacing those three files of an earlier sweep "
+        "there and nothing else.",
     )
     parser.add_argument(
         "--out", default="runs/complexity", help="output directory (runs/complexity)"
