@@ -23,12 +23,12 @@ from .._diagnostics.lyapunov import (
     decay_bound,
     default_burn_in,
     default_max_lag,
-    lyapunov_exponent,
+    estimate_from_log_norms,
     lyapunov_qr,
 )
-from .._diagnostics.omega_norms import omega_norms
+from .._diagnostics.omega_norms import check_max_lag, omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
-from .._diagnostics.trajectory import check_layer_index
+from .._diagnostics.trajectory import check_layer_index, layer_trajectory, one_step_jacobians
 from .._model.bidirectional import BidirectionalParams
 from .._model.layer_kinds import kind_of
 from .._model.loss import sequence_loss
@@ -48,9 +48,17 @@ _gradient_flow = jax.jit(gradient_flow, static_argnames=("layer", "loss", "activ
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "layer", "fit_lag", "burn_in"))
-def _lyapunov_arrays(params, xs, *, activation, layer, fit_lag, burn_in):
-    estimate = lyapunov_exponent(
-        params, xs, activation=activation, layer=layer, max_lag=fit_lag, burn_in=burn_in
+def _lyapunov_arrays(params, xs, log_norms, *, activation, layer, fit_lag, burn_in):
+    # lyapunov_exponent's estimate from the norms of stage 1 (the SVDs are not repeated):
+    # the report's layer is unidirectional, so network order is run order.
+    trajectory = layer_trajectory(params, xs, activation=activation, layer=layer)
+    estimate = estimate_from_log_norms(
+        trajectory,
+        one_step_jacobians(trajectory),
+        log_norms,
+        last=fit_lag,
+        min_lag=1,
+        burn_in=burn_in,
     )
     qr = lyapunov_qr(params, xs, activation=activation, layer=layer, burn_in=burn_in)
     bound = decay_bound(params, xs, activation=activation, layer=layer)
@@ -143,7 +151,7 @@ def omega_report(
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     # The API's default fit range, so that the report and lyapunov_exponent agree.
-    fit_lag = default_max_lag(T) if max_lag is None else max_lag
+    fit_lag = check_max_lag(default_max_lag(T) if max_lag is None else max_lag, T)
     burn_in = default_burn_in(T)
     stages = [
         (
@@ -160,7 +168,13 @@ def omega_report(
         (
             "the Lyapunov exponents and the decay bound γ",
             lambda: _lyapunov_arrays(
-                params, xs, activation=activation, layer=layer, fit_lag=fit_lag, burn_in=burn_in
+                params,
+                xs,
+                results[0].spectral,  # stage 1's log-norms
+                activation=activation,
+                layer=layer,
+                fit_lag=fit_lag,
+                burn_in=burn_in,
             ),
         ),
         (

@@ -327,6 +327,23 @@ def lyapunov_exponent(
     )
     one_step = one_step_jacobians(trajectory)
     log_norms = omega_log_norms_from_jacobians(one_step, last).spectral
+    return estimate_from_log_norms(
+        trajectory, one_step, log_norms, last=last, min_lag=min_lag, burn_in=burn_in
+    )
+
+
+def estimate_from_log_norms(
+    trajectory: Trajectory,
+    one_step: jax.Array,
+    log_norms: jax.Array,
+    *,
+    last: int,
+    min_lag: int,
+    burn_in: int,
+) -> LyapunovEstimate:
+    """`lyapunov_exponent`'s estimate from the run-order log-norms (T, T, m) of lags
+    1 … `last` (longer lags, if filled, are ignored) and the one-step Jacobians: for a
+    caller that has the norms already (`dprnn-jax omega`'s report), checked options."""
     sums, counts = log_norm_sums_per_lag(log_norms, last, valid_steps(trajectory))
     mean_log_norm = sums.sum(axis=-1) / counts.sum(axis=-1)
     lags = jnp.arange(1, last + 1, dtype=mean_log_norm.dtype)
