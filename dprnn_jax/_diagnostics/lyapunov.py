@@ -342,8 +342,9 @@ def estimate_from_log_norms(
     burn_in: int,
 ) -> LyapunovEstimate:
     """`lyapunov_exponent`'s estimate from the run-order log-norms (T, T, m) of lags
-    1 … `last` (longer lags, if filled, are ignored) and the one-step Jacobians: for a
-    caller that has the norms already (`dprnn-jax omega`'s report), checked options."""
+    1 … `last` (longer lags, if filled, are ignored) and the one-step Jacobians, for a
+    caller that has the norms already (`dprnn-jax omega`'s report). The caller checks
+    `last`, `min_lag` and `burn_in` as `lyapunov_exponent` does."""
     sums, counts = log_norm_sums_per_lag(log_norms, last, valid_steps(trajectory))
     mean_log_norm = sums.sum(axis=-1) / counts.sum(axis=-1)
     lags = jnp.arange(1, last + 1, dtype=mean_log_norm.dtype)
