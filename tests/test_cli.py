@@ -244,6 +244,15 @@ def test_a_blow_up_that_saturates_the_network_is_diverged_too(tmp_path, capsys):
     assert metrics["validation"]["loss"] > 100 * np.log(8)
 
 
+def test_a_gated_char_model_trains_and_writes_its_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    charlm = ["--task", "charlm", "--seq-len", "8", "--cell", "gru", "--steps", "1"]
+    assert main([*TINY, *charlm, "--out", str(out)]) == 0
+    sample = (out / "sample.txt").read_text()
+    assert sample.startswith("The ") and len(sample) == 4 + 300 + 1
+    assert json.loads((out / "metrics.json").read_text())["sample"] == sample[:-1]
+
+
 def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

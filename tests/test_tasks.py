@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dprnn_jax import bundled_text, init_rnn, make_task, sample_text
+from dprnn_jax import bundled_text, init_rnn, make_task, rnn_apply, sample_text
 
 # The copy task's documented shape: 10 symbols from 8 letters, a delay, a delimiter.
 COPY_SYMBOLS = 10
@@ -116,6 +116,27 @@ def test_sample_text_is_deterministic_and_validates():
         sample_text(params, "", 20, jax.random.key(1))
     with pytest.raises(ValueError, match="temperature"):
         sample_text(params, "a", 20, jax.random.key(1), temperature=0.0)
+
+
+@pytest.mark.parametrize("cells", [("elman", "elman"), ("gru", "lstm")], ids="-".join)
+def test_greedy_sampling_follows_the_networks_own_forward(cells):
+    """At a tiny temperature each drawn character is the argmax of `rnn_apply` on the
+    text so far: generation runs every cell exactly as the network does."""
+    V = len(VOCABULARY)
+    params = init_rnn(jax.random.key(2), V, (8, 8), V, cell=cells)
+    # Logits far apart, so that the argmax is not decided by rounding.
+    params = params._replace(readout=params.readout._replace(W=40 * params.readout.W))
+    text = sample_text(params, "for ", 6, jax.random.key(3), temperature=1e-6)
+    forward = jax.jit(rnn_apply)
+    for end in range(4, len(text)):
+        ids = jnp.asarray([VOCABULARY.index(c) for c in text[:end]])
+        logits = forward(params, jax.nn.one_hot(ids[:, None], V))[-1, 0]
+        assert VOCABULARY[int(jnp.argmax(logits))] == text[end], (end, text)
+    bidirectional = init_rnn(jax.random.key(2), V, (8,), V, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        sample_text(bidirectional, "a", 2, jax.random.key(1))
+    with pytest.raises(ValueError, match="96 inputs and outputs"):
+        sample_text(init_rnn(jax.random.key(2), 5, (8,), V), "a", 2, jax.random.key(1))
 
 
 def test_bad_task_options():

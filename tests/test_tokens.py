@@ -96,6 +96,19 @@ def test_out_of_vocabulary_token_gives_nan_not_a_number():
     assert np.isnan(losses[2:, 1]).all() and np.isfinite(losses[:, 0]).all()
 
 
+@pytest.mark.parametrize("cell", ["elman", "gru", "lstm"])
+@pytest.mark.parametrize("bad_token", [-1, VOCABULARY])
+def test_a_token_outside_the_vocabulary_gives_nan_in_every_cell(cell, bad_token):
+    # Never a wrapped-around (negative) or clipped lookup: that sequence's outputs from
+    # the bad step on are NaN, the other sequence's are untouched.
+    params = dj.init_rnn(jax.random.key(0), VOCABULARY, (4,), 3, cell=cell)
+    tokens = np.zeros((5, 2), np.int32)
+    tokens[2, 1] = bad_token
+    outputs = jax.jit(dj.rnn_apply)(params, tokens)
+    assert np.isnan(outputs[2:, 1]).all() and np.isfinite(outputs[:2, 1]).all()
+    assert np.isfinite(outputs[:, 0]).all()
+
+
 def test_token_shape_errors():
     params, tokens, _ = make_problem(jnp.float32)
     # Integer inputs are tokens only with rank 2 (T, m).

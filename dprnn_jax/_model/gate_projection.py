@@ -23,7 +23,11 @@ def project_inputs(W: jax.Array, xs: jax.Array, *, own_backward: bool) -> jax.Ar
     lookup of W's columns. `own_backward`: differentiate with `_projection`'s backward
     (reverse mode only) rather than JAX's."""
     if jnp.issubdtype(xs.dtype, jnp.integer):
-        return jnp.take(W.T, xs, axis=0)
+        # NaN rows for tokens outside [0, n), as the Elman layer's lookup (`tokens.py`):
+        # never a wrapped-around negative id or a clipped one.
+        valid = (xs >= 0) & (xs < W.shape[1])
+        columns = jnp.take(W.T, jnp.where(valid, xs, 0), axis=0)
+        return jnp.where(valid[..., None], columns, jnp.nan)
     if own_backward:
         return _projection(W, xs)
     return jnp.einsum("tmn,gn->tmg", xs, W)

@@ -28,6 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._backward.registry import resolve_method
+from .._model.bidirectional import BidirectionalParams
+from .._model.layer_kinds import hidden_size, kind_of, run_recurrent_layer
+from .._model.network import check_rnn_params
 from .._validation import check_choice, check_positive_int
 
 # Every held-out set is drawn from this fixed seed, whatever the training seed, so that
@@ -170,11 +174,13 @@ def sample_text(
 ) -> str:
     """Generates `length` characters after `prompt` with a trained char-level model.
 
-    The prompt is fed one character at a time through every layer (`cell`), then each
-    next character is drawn from softmax(logits / temperature) and fed back.
+    The prompt is fed one character at a time through every layer (Elman, GRU or LSTM,
+    each as the network runs it), then each next character is drawn from
+    softmax(logits / temperature) and fed back.
 
     Args:
-        params: `RNNParams` of a model trained on the `"charlm"` task.
+        params: `RNNParams` of a model trained on the `"charlm"` task (unidirectional
+            layers of any cell).
         prompt: the opening text (at least one character); characters outside
             `VOCABULARY` are read as '?'.
         length: how many characters to generate.
@@ -186,7 +192,8 @@ def sample_text(
         The prompt followed by the generated text.
 
     Raises:
-        ValueError: empty prompt, `length` < 1 or `temperature` <= 0.
+        ValueError: empty prompt, `length` < 1 or `temperature` <= 0; a bidirectional
+            layer; a model without the task's 96 inputs and outputs.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 96, (8,), 96)  # charlm's 96 characters
@@ -196,6 +203,20 @@ def sample_text(
     """
     if not prompt:
         raise ValueError("prompt must hold at least one character, got ''.")
+    check_rnn_params(params)
+    for l, layer in enumerate(params.layers):
+        if isinstance(layer, BidirectionalParams):
+            raise ValueError(
+                f"params.layers[{l}] is bidirectional: text is generated one character at "
+                "a time, and a backward direction would need the characters still to come."
+            )
+    V = len(VOCABULARY)
+    if params.layers[0].W.shape[1] != V or params.readout.W.shape[0] != V:
+        raise ValueError(
+            f"sample_text needs a model of the charlm task, with {V} inputs and outputs (its "
+            f"characters); got {params.layers[0].W.shape[1]} inputs and "
+            f"{params.readout.W.shape[0]} outputs."
+        )
     check_positive_int("length", length)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
@@ -205,20 +226,28 @@ def sample_text(
 
 
 def _char_step(params, states, token, activation):
-    """Feeds one character through every layer; returns the new states and the logits."""
-    from .._model.cell import cell
-
-    x = jax.nn.one_hot(token[None], len(VOCABULARY), dtype=params.readout.W.dtype)
+    """Feeds one character through every layer (Elman, GRU or LSTM, each as the network
+    runs it, on a sequence of one step); returns the new states and the logits."""
+    x = jax.nn.one_hot(token[None, None], len(VOCABULARY), dtype=params.readout.W.dtype)
+    autodiff = resolve_method("autodiff")
     new_states = []
-    for layer, h in zip(params.layers, states, strict=True):
-        x = h = cell(layer, h, x, activation=activation)
-        new_states.append(h)
-    return tuple(new_states), (x @ params.readout.W.T + params.readout.b)[0]
+    for layer, state in zip(params.layers, states, strict=True):
+        x, state = run_recurrent_layer(
+            layer, x, state, lengths=None, activation=activation, method=autodiff
+        )
+        new_states.append(state)
+    return tuple(new_states), (x[0] @ params.readout.W.T + params.readout.b)[0]
+
+
+def _zero_state(layer):
+    """A batch of one's initial state: h, or the pair (h, c) of an LSTM."""
+    h = jnp.zeros((1, hidden_size(layer)), layer.S.dtype)
+    return (h, h) if kind_of(layer).paired_state else h
 
 
 @functools.partial(jax.jit, static_argnames=("length", "activation"))
 def _generate(params, prompt_ids, key, temperature, *, length, activation):
-    states = tuple(jnp.zeros((1, layer.S.shape[0]), layer.S.dtype) for layer in params.layers)
+    states = tuple(_zero_state(layer) for layer in params.layers)
     states, logits = jax.lax.scan(
         lambda states, token: _char_step(params, states, token, activation), states, prompt_ids
     )
