@@ -310,6 +310,12 @@ def test_what_is_undefined_is_nan_and_the_caveat_says_why(x64):
     estimate = dj.diagnostics.lyapunov_exponent(off, xs, activation="relu")
     assert not bool(estimate.consistent)
     assert "are not finite: some Ω(i+k, i) is exactly zero" in estimate.caveat()
+    # No sequence with two valid steps: nothing to average, and the caveat says so.
+    empty = dj.diagnostics.lyapunov_exponent(layer, xs, lengths=jnp.array([1, 0, 1]))
+    assert "no lag could be averaged: no sequence has two valid steps" in empty.caveat()
+    # A gated layer over one step has no Jacobian either.
+    gru = dj.init_rnn(jax.random.key(0), 3, (4,), 2, cell="gru", dtype=jnp.float64)
+    assert np.isnan(dj.diagnostics.decay_bound(gru, xs[:1]).gamma)
 
 
 def test_bad_input_is_named():

@@ -679,6 +679,11 @@ def test_bad_input_to_the_diagnostics_of_a_gated_cell(x64):
         for call in calls:
             with pytest.raises(ValueError, match=rf"xs has {n} features .* expects {N} input"):
                 call(jnp.ones((T, M, n)))
+    # A stack's inputs are named as rnn_forward names them, whichever layer is inspected.
+    stack = dj.init_rnn(jax.random.key(0), N, (D, D), K, cell="gru", dtype=jnp.float64)
+    for inspected in (0, 1):
+        with pytest.raises(ValueError, match=r"but params\.layers\[0\]\.W has shape"):
+            dj.omega_norms(stack, jnp.ones((T, M, N + 1)), layer=inspected)
     with pytest.raises(TypeError, match=r"xs has dtype float32 but params.layers\[0\].W has"):
         dj.omega_norms(params, xs.astype(jnp.float32))
     with pytest.raises(ValueError, match="direction='backward' needs a bidirectional layer"):

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .omega_norms import check_max_lag, omega_log_norms_from_jacobians
@@ -128,10 +129,22 @@ class LyapunovEstimate(NamedTuple):
             f"λ₁ = {diagonal:.3g} ± {error:.2g} (diagonal decay) and {qr:.3g} ± {qr_error:.2g} (QR)"
         )
         if not (math.isfinite(diagonal) and math.isfinite(qr)):
+            means = np.asarray(self.mean_log_norm, np.float64)
+            if np.isnan(means).all():
+                why = (
+                    "no lag could be averaged: no sequence has two valid steps, or the "
+                    "states are not finite"
+                )
+            elif np.isneginf(means).any() or qr == -math.inf:
+                why = (
+                    "some Ω(i+k, i) is exactly zero on this trajectory (every unit "
+                    "saturated or switched off)"
+                )
+            else:
+                why = "some Ω(i+k, i) is not finite on this trajectory (a diverged network)"
             return (
                 f"λ₁ = {diagonal:.3g} (diagonal decay) and {qr:.3g} (QR) are not finite: "
-                "some Ω(i+k, i) is exactly zero (a saturated network: σ' = 0) or not finite "
-                "(a diverged one) on this trajectory, so no decay rate can be fitted."
+                f"{why}, so no decay rate can be fitted."
             )
         if not (math.isfinite(error) and math.isfinite(qr_error)):
             estimates = f"λ₁ = {diagonal:.3g} (diagonal decay) and {qr:.3g} (QR)"
@@ -504,7 +517,10 @@ def _max_or_nan(values: jax.Array, entering: jax.Array, like: jax.Array) -> jax.
 def _gated_decay_bound(trajectory: Trajectory, spectral_norm_S: jax.Array) -> DecayBound:
     """γ = max_t ‖J_t‖₂ of a gated layer over the Jacobians between two valid steps."""
     one_step = one_step_jacobians(trajectory)[:-1]
-    norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0] if one_step.size else one_step
+    if not one_step.size:  # T = 1: no Jacobian at all
+        nan = jnp.full_like(spectral_norm_S, jnp.nan)
+        return DecayBound(nan, nan, spectral_norm_S, nan)
+    norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0]
     entering = valid_steps(trajectory)[1:]
     # Norms are ≥ 0, so 0 is the neutral element of the max; no Jacobian at all: NaN.
     gamma = _max_or_nan(jnp.where(entering, norms, 0), entering, spectral_norm_S)

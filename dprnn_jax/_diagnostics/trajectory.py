@@ -41,7 +41,7 @@ from .._model.gru import GRUParams
 from .._model.layer import rnn_layer
 from .._model.layer_kinds import check_layer_state, check_recurrent_layer, gated_cell, kind_of
 from .._model.lstm import LSTMParams
-from .._model.network import apply_layer, check_rnn_params
+from .._model.network import apply_layer, check_network_inputs, check_rnn_params, first_weight
 from .._model.padding import check_lengths, mask_from_lengths, zero_padding
 from .._model.params import LayerParams
 from .._model.tokens import is_token_input
@@ -145,8 +145,11 @@ def layer_inputs(
         lengths = check_lengths(lengths, T, m)
     if not is_stack(params):
         return params, zero_padding(xs, lengths), lengths, None
-    check_rnn_params(params)
+    sizes = check_rnn_params(params)
     layers = tuple(params.layers)
+    # The network's inputs, named as `rnn_forward` names them (params.layers[0].W).
+    first = first_weight(layers[0])
+    check_network_inputs(xs, sizes[0], first.dtype, first.shape)
     index = check_layer_index(layer, len(layers))
     # The layers below run exactly as in `rnn_forward` (same layer step, from zeros).
     plain = resolve_method("autodiff")

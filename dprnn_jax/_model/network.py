@@ -71,7 +71,8 @@ def _layer_sizes(name: str, layer: object) -> tuple[int, int]:
     return check_recurrent_layer(name, layer)
 
 
-def _first_weight(layer) -> jax.Array:
+def first_weight(layer) -> jax.Array:
+    """The input weight W of a layer (of its forward direction if bidirectional)."""
     return layer.forward.W if isinstance(layer, BidirectionalParams) else layer.W
 
 
@@ -95,7 +96,7 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
         if sizes and n != sizes[-1]:
             weight = "forward.W" if isinstance(layer, BidirectionalParams) else "W"
             raise ValueError(
-                f"params.layers[{l}].{weight} has shape {_first_weight(layer).shape}: it "
+                f"params.layers[{l}].{weight} has shape {first_weight(layer).shape}: it "
                 f"expects {n} inputs but layer {l - 1} has {sizes[-1]} hidden units."
             )
         sizes = [*sizes, n, d] if not sizes else [*sizes, d]
@@ -107,9 +108,9 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
             f"hidden units: expected shape ({k}, {sizes[-1]})."
         )
     check_shape("params.readout.b", params.readout.b, (k,), "(k,)")
-    dtype = _first_weight(layers[0]).dtype
+    dtype = first_weight(layers[0]).dtype
     for l, layer in enumerate(layers[1:], start=1):
-        check_same_dtype(f"params.layers[{l}].W", _first_weight(layer), dtype, "params.layers[0].W")
+        check_same_dtype(f"params.layers[{l}].W", first_weight(layer), dtype, "params.layers[0].W")
     check_same_dtype("params.readout.W", W_out, dtype, "params.layers[0].W")
     check_same_dtype("params.readout.b", params.readout.b, dtype, "params.layers[0].W")
     return (*sizes, k)
@@ -228,7 +229,7 @@ def rnn_forward(
     """
     sizes = check_rnn_params(params)
     layers = tuple(params.layers)
-    first = _first_weight(layers[0])
+    first = first_weight(layers[0])
     T, m = check_network_inputs(xs, sizes[0], first.dtype, first.shape)
     h0s = check_initial_states(h0s, layers, m)
     if lengths is not None:
