@@ -305,6 +305,8 @@ def test_cell_and_checkpoint_flags_reach_training(tmp_path, capsys):
     resume = ["train", "--out", str(gated), "--resume", "--no-progress"]
     assert main([*resume, "--cell", "gru", "--steps", "3"]) == 2
     assert "(--cell gru given, lstm in the checkpoint)" in _error_line(capsys)
+    assert main([*resume, "--activation", "tanh", "--steps", "3"]) == 2
+    assert "--activation is an option of elman cells; the checkpoint's lstm" in _error_line(capsys)
     assert main([*resume, "--steps", "3"]) == 0
     resumed = dj.load_run(gated)
     assert resumed.config.cell == "lstm" and resumed.metadata["step"] == 3

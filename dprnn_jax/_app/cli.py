@@ -406,6 +406,11 @@ def _train_config(args: argparse.Namespace):
     except CheckpointError as error:
         raise UsageError(str(error).rstrip(".")) from None
     config = dataclasses.replace(saved, **given)
+    if "activation" in given and config.cell in ("gru", "lstm"):
+        raise UsageError(
+            f"--activation is an option of elman cells; the checkpoint's {config.cell} "
+            "fixes its own"
+        )
     changed = config_differences(saved, config)
     if changed:
         details = "; ".join(
