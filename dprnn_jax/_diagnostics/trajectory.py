@@ -39,13 +39,14 @@ from .._model.activations import ACTIVATIONS, get_activation
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._model.gru import GRUParams
 from .._model.layer import rnn_layer
+from .._model.layer_checks import check_inputs
 from .._model.layer_kinds import check_layer_state, check_recurrent_layer, gated_cell, kind_of
 from .._model.lstm import LSTMParams
-from .._model.network import apply_layer, check_network_inputs, check_rnn_params, first_weight
+from .._model.network import apply_layer, check_rnn_params, first_weight
 from .._model.padding import check_lengths, mask_from_lengths, zero_padding
 from .._model.params import LayerParams
 from .._model.tokens import is_token_input
-from .._validation import check_choice, check_rank, check_same_dtype, check_sequence
+from .._validation import check_choice, check_rank, check_sequence
 
 DIRECTIONS = ("forward", "backward")
 
@@ -145,11 +146,10 @@ def layer_inputs(
         lengths = check_lengths(lengths, T, m)
     if not is_stack(params):
         return params, zero_padding(xs, lengths), lengths, None
-    sizes = check_rnn_params(params)
+    check_rnn_params(params)
     layers = tuple(params.layers)
     # The network's inputs, named as `rnn_forward` names them (params.layers[0].W).
-    first = first_weight(layers[0])
-    check_network_inputs(xs, sizes[0], first.dtype, first.shape)
+    check_inputs(xs, first_weight(layers[0]), "params.layers[0].W")
     index = check_layer_index(layer, len(layers))
     # The layers below run exactly as in `rnn_forward` (same layer step, from zeros).
     plain = resolve_method("autodiff")
@@ -188,20 +188,6 @@ def _check_gated(layer: object, name: str) -> None:
     # An Elman layer (or anything else) is checked by `rnn_layer`, with its own messages.
     if isinstance(layer, GRUParams | LSTMParams):
         check_recurrent_layer(name, layer)
-
-
-def _check_gated_inputs(xs: jax.Array, layer: GRUParams | LSTMParams, weights: str) -> None:
-    """A gated layer's own inputs: floats (T, m, n) in W's dtype, n = W.shape[1] (tokens
-    are checked by `time_and_batch`; an Elman layer's inputs by `rnn_layer`)."""
-    if is_token_input(xs):
-        return
-    n = check_sequence("xs", xs)[2]
-    if n != layer.W.shape[1]:
-        raise ValueError(
-            f"xs has {n} features (shape {xs.shape}) but {weights} has shape "
-            f"{layer.W.shape}, which expects {layer.W.shape[1]} input features."
-        )
-    check_same_dtype("xs", xs, layer.W.dtype, weights)
 
 
 def layer_trajectory(
@@ -249,8 +235,8 @@ def layer_trajectory(
             inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
         )
     weights = f"{name}.{direction}.W" if isinstance(inspected, BidirectionalParams) else f"{name}.W"
-    if index in (None, 0):  # it reads xs itself (a higher layer reads the checked stack's)
-        _check_gated_inputs(xs, one_direction, weights)
+    if index is None:  # a lone layer reads xs itself (a stack's are checked by layer_inputs)
+        check_inputs(xs, one_direction.W, weights)
     check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
     cell = gated_cell(one_direction, run_inputs, h0)
     # One forward loop gives the carries and every step's linearisation (the cell is not

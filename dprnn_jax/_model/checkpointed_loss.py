@@ -20,11 +20,11 @@ from .._backward.checkpointed import checkpointed_loss
 from .._validation import check_shape
 from .bidirectional import BidirectionalParams
 from .checkpointed_cells import checkpointed_cells_loss
+from .layer_checks import check_inputs
 from .layer_kinds import hidden_size, kind_of
 from .network import (
     check_initial_states,
     check_lengths,
-    check_network_inputs,
     check_rnn_params,
     mask_from_lengths,
 )
@@ -72,7 +72,7 @@ def _segmented_loss(algorithm, params, xs, targets, weights, valid, h0s, **optio
 def _prepare(params, xs, lengths, h0s, algorithm):
     """Validates a checkpointed loss's network arguments as `rnn_forward` does; returns
     (layers, T, m, xs with padded inputs zeroed, valid (T, m) or None, filled h0s)."""
-    sizes = check_rnn_params(params)
+    check_rnn_params(params)
     layers = tuple(params.layers)
     for l, layer in enumerate(layers):
         if isinstance(layer, BidirectionalParams):
@@ -81,7 +81,7 @@ def _prepare(params, xs, lengths, h0s, algorithm):
                 f"takes unidirectional layers only; params.layers[{l}] is bidirectional. Use "
                 "the algorithm without checkpoint for bidirectional models."
             )
-    T, m = check_network_inputs(xs, sizes[0], layers[0].W.dtype, layers[0].W.shape)
+    T, m = check_inputs(xs, layers[0].W, "params.layers[0].W")
     h0s = check_initial_states(h0s, layers, m)
     h0s = tuple(_initial_carry(layer, h0, m) for h0, layer in zip(h0s, layers))
     valid = None

@@ -91,6 +91,25 @@ def check_layer_state(name: str, state: object, layer, m: int, weight_name: str)
         check_same_dtype(part_name, part, layer.W.dtype, weight_name)
 
 
+def check_inputs(xs: object, W: jax.Array, weights: str) -> tuple[int, int]:
+    """The inputs a layer (or a network's first layer) reads, checked against its input
+    weight `W` (named `weights` in the messages): floats (T, m, n) in W's dtype with
+    n = W.shape[1], or integer tokens (T, m); T ≥ 1. Returns (T, m)."""
+    if is_token_input(xs):
+        T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
+        if T == 0:
+            raise ValueError(f"xs must have at least one time step, got shape {(T, m)} (T = 0).")
+        return T, m
+    T, m, n = check_sequence("xs", xs)
+    if n != W.shape[1]:
+        raise ValueError(
+            f"xs has {n} features (shape {xs.shape}) but {weights} has shape {W.shape}, "
+            f"which expects {W.shape[1]} input features."
+        )
+    check_same_dtype("xs", xs, W.dtype, weights)
+    return T, m
+
+
 def check_gated_layer_inputs(
     params: object,
     xs: object,
@@ -113,19 +132,8 @@ def check_gated_layer_inputs(
             f"params must be a {params_type.__name__}, got {type(params).__name__}. "
             f"Build one with dprnn_jax.{init}."
         )
-    _, n = check_recurrent_layer("params", params)
-    if is_token_input(xs):
-        T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
-        if T == 0:
-            raise ValueError(f"xs must have at least one time step, got shape {(T, m)} (T = 0).")
-    else:
-        T, m, n_xs = check_sequence("xs", xs)
-        if n_xs != n:
-            raise ValueError(
-                f"xs has {n_xs} features (shape {xs.shape}) but params.W has shape "
-                f"{params.W.shape}, which expects {n} input features."
-            )
-        check_same_dtype("xs", xs, params.W.dtype, "params.W")
+    check_recurrent_layer("params", params)
+    T, m = check_inputs(xs, params.W, "params.W")
     check_layer_state(state_name, state0, params, m, "params.W")
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)

@@ -22,16 +22,15 @@ from .._backward.registry import resolve_method
 from .._validation import (
     check_rank,
     check_same_dtype,
-    check_sequence,
     check_shape,
     describe,
 )
 from .bidirectional import BidirectionalParams, bidirectional_outputs_and_final
+from .layer_checks import check_inputs
 from .layer_kinds import check_layer_state, check_recurrent_layer, run_recurrent_layer
 from .padding import check_lengths as check_lengths
 from .padding import mask_from_lengths as mask_from_lengths
 from .params import RNNParams
-from .tokens import is_token_input
 
 
 class RNNOutput(NamedTuple):
@@ -147,23 +146,6 @@ def check_initial_states(
     return h0s
 
 
-def check_network_inputs(xs: object, n: int, dtype, shape: tuple[int, ...]) -> tuple[int, int]:
-    """Checks the network inputs (floats (T, m, n) or tokens (T, m)); returns (T, m)."""
-    if is_token_input(xs):
-        T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
-        if T == 0:
-            raise ValueError(f"xs must have at least one time step, got shape {(T, m)}.")
-        return T, m
-    T, m, n_xs = check_sequence("xs", xs)
-    if n_xs != n:
-        raise ValueError(
-            f"xs has {n_xs} features (shape {xs.shape}) but params.layers[0].W has shape "
-            f"{shape}, which expects {n} input features."
-        )
-    check_same_dtype("xs", xs, dtype, "params.layers[0].W")
-    return T, m
-
-
 def apply_layer(
     layer,
     hs: jax.Array,
@@ -227,10 +209,9 @@ def rnn_forward(
         >>> out.outputs.shape, out.final_states[0].shape
         ((5, 2, 4), (2, 8))
     """
-    sizes = check_rnn_params(params)
+    check_rnn_params(params)
     layers = tuple(params.layers)
-    first = first_weight(layers[0])
-    T, m = check_network_inputs(xs, sizes[0], first.dtype, first.shape)
+    T, m = check_inputs(xs, first_weight(layers[0]), "params.layers[0].W")
     h0s = check_initial_states(h0s, layers, m)
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)
