@@ -132,6 +132,17 @@ def loss_gradients(loss_fn, methods, params, xs, h0s, tokens):
     return run(params, xs, h0s)
 
 
+def gradient_temporaries(params, xs, ys, method) -> int:
+    """XLA's temporary bytes of the compiled gradient of `sequence_loss` under `method`
+    (its memory, not its arguments or result)."""
+
+    def loss(p):
+        return dj.sequence_loss(p, xs, ys, method=method)
+
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
 # ---------------------------------------------------------------------------------------
 # Builders
 

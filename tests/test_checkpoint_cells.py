@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import CHEAP_COMPILE, assert_trees_close, loss_gradients, random_inputs, random_layer
+from helpers import (
+    CHEAP_COMPILE,
+    assert_trees_close,
+    gradient_temporaries,
+    loss_gradients,
+    random_inputs,
+    random_layer,
+)
 
 import dprnn_jax as dj
 
@@ -164,14 +171,10 @@ def test_checkpoint_bounds_the_memory():
     xs = jnp.zeros((T, M, N_IN))
     ys = jnp.zeros((T, M), jnp.int32)
 
-    def temporaries(method):
-        def loss(p):
-            return dj.sequence_loss(p, xs, ys, method=method)
-
-        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    plain, fused = temporaries(dj.BPTT()), temporaries(dj.BPTT(checkpoint="sqrt"))
+    plain, fused = (
+        gradient_temporaries(params, xs, ys, method)
+        for method in (dj.BPTT(), dj.BPTT(checkpoint="sqrt"))
+    )
     # The plain gradient keeps each step's linearisation, O(T·m·d); the segments keep
     # ~√T carries and one segment's residuals.
     assert fused * 5 < plain, (fused, plain)

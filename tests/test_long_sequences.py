@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import CHEAP_COMPILE, assert_trees_close, loss_gradients
+from helpers import CHEAP_COMPILE, assert_trees_close, gradient_temporaries, loss_gradients
 
 import dprnn_jax as dj
 
@@ -103,14 +103,10 @@ def test_checkpoint_bounds_the_memory():
     params, xs, _ = network(1024, (32,), "float32")
     ys = jnp.zeros((1024, M), jnp.int32)
 
-    def temporaries(method):
-        def loss(p):
-            return dj.sequence_loss(p, xs, ys, method=method)
-
-        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    plain, fused = temporaries(dj.BPTT()), temporaries(dj.BPTT(checkpoint="sqrt"))
+    plain, fused = (
+        gradient_temporaries(params, xs, ys, method)
+        for method in (dj.BPTT(), dj.BPTT(checkpoint="sqrt"))
+    )
     # States alone are T·m·d·4 bytes = 256 KiB here; the fused loss keeps ~√T of them.
     assert fused * 8 < plain, (fused, plain)
 
