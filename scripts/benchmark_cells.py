@@ -256,6 +256,20 @@ def relative_error(grads, reference) -> float:
     return max(jax.tree.leaves(errors))
 
 
+def _record(cell, T, m, d, seconds, minima, errors) -> dict:
+    """What every point records: its sizes, the load, the times and the errors."""
+    return {
+        "cell": cell,
+        "T": T,
+        "m": m,
+        "d": d,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "seconds": seconds,
+        "min_seconds": minima,
+        "max_relative_error": errors,
+    }
+
+
 def gated_point(cell: str, T: int, m: int, d: int, rounds: int) -> tuple[dict, dict]:
     """Checks then times every contender of one (cell, T, m, d) point; returns the
     point's record and the contenders (for the profile)."""
@@ -278,17 +292,7 @@ def gated_point(cell: str, T: int, m: int, d: int, rounds: int) -> tuple[dict, d
     minima: dict[str, float] = {}
     seconds = alternate(thunks, rounds, minima)
     best = min(EXACT, key=seconds.get)
-    point = {
-        "cell": cell,
-        "T": T,
-        "m": m,
-        "d": d,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "seconds": seconds,
-        "min_seconds": minima,
-        "max_relative_error": errors,
-        "fastest": best,
-    }
+    point = {**_record(cell, T, m, d, seconds, minima, errors), "fastest": best}
     for label, name, target in (
         ("flax", flax_name, FLAX_TARGET),
         ("torch", torch_name, TORCH_TARGET),
@@ -313,14 +317,7 @@ def elman_point(T: int, m: int, d: int, rounds: int) -> tuple[dict, dict]:
     seconds = alternate(thunks, rounds, minima)
     ratio = seconds["scan_cell bptt (generic)"] / seconds["rnn_layer bptt (specialised)"]
     return {
-        "cell": "elman",
-        "T": T,
-        "m": m,
-        "d": d,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "seconds": seconds,
-        "min_seconds": minima,
-        "max_relative_error": errors,
+        **_record("elman", T, m, d, seconds, minima, errors),
         "generic_over_specialised": ratio,
         "target": ELMAN_TARGET,
         "met": bool(ratio <= ELMAN_TARGET),
