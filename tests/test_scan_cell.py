@@ -167,3 +167,81 @@ def test_bad_cells_are_named():
         dj.scan_cell("tanh", params, xs, carry0)
     with pytest.raises(ValueError, match="T ≥ 1"):
         dj.scan_cell(gated_step, params, xs[:0], carry0)
+
+
+def test_integer_and_key_leaves_of_params_are_constants_of_the_step(x64):
+    # An RNG key, a step counter and a flag in θ, and a pytree of inputs mixing floats and
+    # tokens: the gradient is jax.grad's through a plain lax.scan, which gives the
+    # integer leaves no gradient (float0).
+    def step(params, h, x):
+        key = jax.random.fold_in(params["key"], params["count"])
+        mask = jnp.where(params["flag"], jax.random.bernoulli(key, 0.7, h.shape), 1.0)
+        pre = x["features"] @ params["W"].T + h @ params["S"].T + params["E"][x["tokens"]]
+        return jnp.tanh(pre) * mask
+
+    params = {
+        "W": random_inputs(0, (D, N), "float64"),
+        "S": random_inputs(1, (D, D), "float64"),
+        "E": random_inputs(2, (5, D), "float64"),
+        "key": jax.random.key(0),
+        "count": jnp.uint32(3),
+        "flag": jnp.array(True),
+    }
+    T = 4
+    xs = {
+        "features": random_inputs(3, (T, M, N), "float64"),
+        "tokens": jnp.array([[0, 4], [2, 1], [3, 3], [1, 0]]),
+    }
+    h0 = random_inputs(4, (M, D), "float64")
+    weights = random_inputs(5, (T, M, D), "float64")
+
+    def f(params, xs, h0, method):
+        return jnp.sum(jnp.sin(dj.scan_cell(step, params, xs, h0, method=method)) * weights)
+
+    methods = ("autodiff", dj.Omega(), dj.BPTT(), dj.RTRL())
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def all_gradients(params, xs, h0):
+        return [jax.grad(f, (0, 1, 2), allow_int=True)(params, xs, h0, m) for m in methods]
+
+    reference, *results = all_gradients(params, xs, h0)
+    floating = lambda grads: jax.tree.map(  # noqa: E731
+        lambda g: g if g.dtype != jax.dtypes.float0 else None, grads
+    )
+    for got in results:
+        assert jax.tree.structure(got) == jax.tree.structure(reference)
+        for name in ("key", "count", "flag"):
+            assert got[0][name].dtype == jax.dtypes.float0
+        assert got[1]["tokens"].dtype == jax.dtypes.float0
+        assert_close(floating(got), floating(reference), "float64")
+
+
+def test_pytree_inputs_reach_the_step_as_rows(x64):
+    # A tuple of float inputs of two widths: the same gradient w.r.t. each as one
+    # concatenated array gives.
+    params, xs, carry0, weights = problem(5, "float64")
+    parts = (xs[..., :1], xs[..., 1:])
+
+    def split_step(params, carry, x):
+        return gated_step(params, carry, jnp.concatenate(x, axis=-1))
+
+    def f(parts, method):
+        hs, cs = dj.scan_cell(split_step, params, parts, carry0, method=method)
+        return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(cs**2)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def run(parts, xs):
+        whole = jax.grad(lambda xs: loss(params, xs, carry0, weights, "autodiff"))(xs)
+        return whole, [jax.grad(f)(parts, m) for m in (dj.Omega(), dj.BPTT())]
+
+    whole, results = run(parts, xs)
+    for got in results:
+        assert_close(jnp.concatenate(got, axis=-1), whole, "float64")
+
+
+def test_pytree_inputs_must_agree_on_time_and_batch():
+    params, xs, carry0, _ = problem(4, "float32")
+    with pytest.raises(ValueError, match=r"agree on T and m.*'b'.*\(3, 2, 2\)"):
+        dj.scan_cell(gated_step, params, {"a": xs, "b": xs[:3]}, carry0)
+    with pytest.raises(TypeError, match="xs must be an array"):
+        dj.scan_cell(gated_step, params, [1.0, 2.0], carry0)

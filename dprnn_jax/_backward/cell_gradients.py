@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .cell_jacobian import CarryLayout, CellJacobian
+from .cell_jacobian import CarryLayout, CellJacobian, floating_leaves
 from .contractions import with_rows_products
 
 
@@ -29,7 +29,7 @@ class CellResiduals(NamedTuple):
     step's linearisation."""
 
     params: Any
-    xs: jax.Array
+    xs: Any  # a pytree of (T, m, …) arrays
     carry0: Any
     carries: Any
     jacobian: CellJacobian
@@ -53,33 +53,38 @@ def injected_and_jacobian(
 
 
 def cotangents_from_delta(step: Callable, residuals: CellResiduals, delta, layout: CarryLayout):
-    """`(∂C/∂params, ∂C/∂xs, ∂C/∂carry0)` from Δ (T, m, D), by the stored pullbacks."""
+    """`(∂C/∂params, ∂C/∂xs, ∂C/∂carry0)` from Δ (T, m, D), by the stored pullbacks;
+    ∂C/∂xs is the list of the cotangents of xs's floating leaves, None when it has none."""
     del step
     params, xs, _, _, jacobian = residuals
     # Row i holds step i+1's pullback (step 0's in the last row): rows 0 … T−2 meet
     # Δ_1 … Δ_{T−1}, and step 0, pulled back on its own for the initial carry, gives
     # its θ and x cotangents too. Slices rather than a roll of Δ and of x̄, which XLA
     # writes out as copies of the (T, m, ·) arrays.
+    # The inputs' cotangents are those of their floating leaves, a list (`step_vjp`).
+    floats = floating_leaves(xs)
     first_step = [leaf[-1] for leaf in jacobian.per_step]
     first = jacobian.pullback(first_step)(layout.unflatten(delta[0]))
     params_bar, carry0_bar = first[0], first[1]
-    xs_bar = first[2][None] if jacobian.with_input else None
+    xs_bar = [leaf[None] for leaf in first[2]] if jacobian.with_input else None
     if delta.shape[0] > 1:
         later = jacobian.with_per_step([leaf[:-1] for leaf in jacobian.per_step])
         later_params_bar, later_xs_bar = with_rows_products(
-            functools.partial(_step_and_input_cotangents, later, params, xs[1:]),
+            functools.partial(
+                _step_and_input_cotangents, later, params, [leaf[1:] for leaf in floats]
+            ),
             layout.unflatten(delta[1:]),
         )
         params_bar = jax.tree.map(jnp.add, later_params_bar, params_bar)
         if jacobian.with_input:
-            xs_bar = jnp.concatenate([xs_bar, later_xs_bar])
+            xs_bar = [jnp.concatenate(pair) for pair in zip(xs_bar, later_xs_bar)]
     return params_bar, xs_bar, carry0_bar
 
 
 def _step_and_input_cotangents(jacobian: CellJacobian, params, xs, delta_by_row):
     """`(Σ_t θ̄_t, (x̄_t)_t)`: the rows' pullbacks applied to the rows of Δ, as the
-    transpose of the vmapped tangent map (module docstring); x̄ is None for integer
-    inputs."""
+    transpose of the vmapped tangent map (module docstring); `xs` and x̄ are the lists
+    of the inputs' floating leaves, x̄ None when there are none."""
     row_cotangent = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), delta_by_row
     )

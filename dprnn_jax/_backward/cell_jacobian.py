@@ -70,11 +70,29 @@ def is_differentiable(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+def has_differentiable_leaf(tree) -> bool:
+    return any(is_differentiable(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def floating_leaves(tree) -> list:
+    """The floating leaves of an input pytree, in order: what has a cotangent."""
+    return [leaf for leaf in jax.tree.leaves(tree) if is_differentiable(leaf)]
+
+
 def step_vjp(step: Step, params, carry, x, with_input: bool):
-    """`jax.vjp` of one step w.r.t. (θ, carry, x), or (θ, carry) for integer inputs."""
-    if with_input:
-        return jax.vjp(step, params, carry, x)
-    return jax.vjp(lambda params, carry: step(params, carry, x), params, carry)
+    """`jax.vjp` of one step w.r.t. (θ, carry, the list of x's floating leaves), or
+    (θ, carry) when x has none. x's other leaves (tokens, flags) are constants of the
+    step."""
+    if not with_input:
+        return jax.vjp(lambda params, carry: step(params, carry, x), params, carry)
+    leaves, treedef = jax.tree.flatten(x)
+
+    def with_floats(params, carry, floats):
+        floats = iter(floats)
+        merged = [next(floats) if is_differentiable(leaf) else leaf for leaf in leaves]
+        return step(params, carry, jax.tree.unflatten(treedef, merged))
+
+    return jax.vjp(with_floats, params, carry, floating_leaves(x))
 
 
 def _depends_on_step(step: Step, params, carry, x, with_input: bool) -> tuple[Any, list[bool]]:
@@ -201,16 +219,17 @@ def linearised_scan(step: Step, params, xs, carry0) -> tuple[Any, CellJacobian]:
     Args:
         step: the cell, `step(params, carry, x) -> carry`.
         params: its parameters.
-        xs: the inputs (T, m, …); floating inputs are linearised too.
+        xs: the inputs, a pytree of (T, m, …) arrays; floating leaves are linearised too.
         carry0: the initial carry.
 
     Returns:
         `(carries, jacobian)`.
     """
-    T = xs.shape[0]
-    with_input = is_differentiable(xs)
-    treedef, mask = _depends_on_step(step, params, carry0, xs[0], with_input)
-    carry, first = _linearised_step(step, with_input, params, carry0, xs[0])
+    T = jax.tree.leaves(xs)[0].shape[0]
+    with_input = has_differentiable_leaf(xs)
+    x0 = input_row(xs, 0)
+    treedef, mask = _depends_on_step(step, params, carry0, x0, with_input)
+    carry, first = _linearised_step(step, with_input, params, carry0, x0)
     shared = [leaf for leaf, m in zip(first, mask) if not m]
     rows = [jnp.broadcast_to(leaf, (T, *leaf.shape)) for leaf, m in zip(first, mask) if m]
     carries = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (T, *leaf.shape)), carry)
@@ -221,10 +240,10 @@ def linearised_scan(step: Step, params, xs, carry0) -> tuple[Any, CellJacobian]:
         leaves = [leaf for leaf, m in zip(leaves, mask) if m]
         rows = [_write_row(r, leaf, t - 1) for r, leaf in zip(rows, leaves)]
         carries = jax.tree.map(lambda cs, c: _write_row(cs, c, t), carries, carry)
-        x_next = lax.dynamic_index_in_dim(xs, jnp.minimum(t + 1, T - 1), keepdims=False)
+        x_next = input_row(xs, jnp.minimum(t + 1, T - 1))
         return carry, x_next, carries, rows
 
-    x1 = xs[min(1, T - 1)]
+    x1 = input_row(xs, min(1, T - 1))
     _, _, carries, rows = lax.fori_loop(1, T, body, (carry, x1, carries, rows))
     ranks = [leaf.ndim - 1 for leaf in rows]
     jacobian = CellJacobian(treedef, mask, shared, rows, CarryLayout.of(carry0), ranks, with_input)
@@ -242,6 +261,11 @@ def _linearised_step(step: Step, with_input: bool, params, carry, x):
     """
     carry, pullback = step_vjp(step, params, carry, x, with_input)
     return carry, jax.tree.leaves(pullback)
+
+
+def input_row(xs, t):
+    """x_t: row t of every leaf of the inputs (`t` may be traced)."""
+    return jax.tree.map(lambda leaf: lax.dynamic_index_in_dim(leaf, t, keepdims=False), xs)
 
 
 def _write_row(rows: jax.Array, row: jax.Array, index) -> jax.Array:

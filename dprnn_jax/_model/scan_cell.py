@@ -17,10 +17,32 @@ def _describe(tree) -> str:
     return str(jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", tree))
 
 
+def _check_inputs(xs) -> tuple[int, int, str]:
+    """`xs` an array or a pytree of arrays, each (T, m, …) with one T ≥ 1 and one m:
+    returns T, m and where m was read (for messages)."""
+    leaves = jax.tree_util.tree_leaves_with_path(xs)
+    if not leaves or not all(hasattr(leaf, "shape") for _, leaf in leaves):
+        raise TypeError(
+            "xs must be an array (T, m, …) or a pytree (dict, tuple, …) of such arrays, "
+            f"got {type(xs).__name__}."
+        )
+    shapes = {f"xs{jax.tree_util.keystr(path)}": tuple(leaf.shape) for path, leaf in leaves}
+    if any(len(shape) < 2 or shape[0] == 0 for shape in shapes.values()) or (
+        len({shape[:2] for shape in shapes.values()}) > 1
+    ):
+        shown = next(iter(shapes.values())) if len(shapes) == 1 else shapes
+        raise ValueError(
+            "xs must be an array (T, m, …) with T ≥ 1, or a pytree of such arrays that "
+            f"agree on T and m (time, then batch), got shape {shown}."
+        )
+    where, shape = next(iter(shapes.items()))
+    return shape[0], shape[1], f"{where} has shape {shape}"
+
+
 def check_cell(step: Callable, params, xs, carry0) -> None:
-    """`carry0` a pytree of (m, …) floating arrays of one dtype; `xs` (T, m, …) with
-    T ≥ 1; `step(params, carry, x)` returns a carry of the same structure, shapes and
-    dtypes."""
+    """`carry0` a pytree of (m, …) floating arrays of one dtype; `xs` a pytree of
+    (T, m, …) arrays with T ≥ 1; `step(params, carry, x)` returns a carry of the same
+    structure, shapes and dtypes."""
     if not callable(step):
         raise TypeError(f"step must be a function step(params, carry, x) -> carry, got {step!r}.")
     leaves = jax.tree.leaves(carry0)
@@ -28,23 +50,19 @@ def check_cell(step: Callable, params, xs, carry0) -> None:
         raise TypeError(
             f"carry0 must be a pytree of (m, …) arrays, got {type(carry0).__name__} {carry0!r}."
         )
-    if not hasattr(xs, "shape") or xs.ndim < 2 or xs.shape[0] == 0:
-        raise ValueError(
-            f"xs must be an array (T, m, …) with T ≥ 1, got shape {getattr(xs, 'shape', None)}."
-        )
-    m = xs.shape[1]
+    _, m, xs_where = _check_inputs(xs)
     for path, leaf in jax.tree_util.tree_leaves_with_path(carry0):
         where = "carry0" + jax.tree_util.keystr(path)
         if leaf.ndim < 1 or leaf.shape[0] != m:
             raise ValueError(
-                f"{where} must lead with the batch axis m = {m} (xs has shape {xs.shape}), "
+                f"{where} must lead with the batch axis m = {m} ({xs_where}), "
                 f"got shape {leaf.shape}."
             )
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             raise TypeError(f"{where} must be floating, got dtype {leaf.dtype}.")
     if len({leaf.dtype for leaf in leaves}) > 1:
         raise TypeError(f"carry0's leaves must share one dtype, got {_describe(carry0)}.")
-    out = jax.eval_shape(step, params, carry0, xs[0])
+    out = jax.eval_shape(step, params, carry0, jax.tree.map(lambda leaf: leaf[0], xs))
     expected = jax.eval_shape(lambda c: c, carry0)
     if jax.tree.structure(out) != jax.tree.structure(expected) or any(
         (a.shape, a.dtype) != (b.shape, b.dtype)
@@ -58,9 +76,9 @@ def check_cell(step: Callable, params, xs, carry0) -> None:
 
 
 def scan_cell(
-    step: Callable[[Any, Any, jax.Array], Any],
+    step: Callable[[Any, Any, Any], Any],
     params: Any,
-    xs: jax.Array,
+    xs: Any,
     carry0: Any,
     *,
     method: str | GradientAlgorithm = "omega",
@@ -79,8 +97,12 @@ def scan_cell(
     Args:
         step: a pure function `step(params, carry, x) -> carry`, batched over the rows of
             `carry` and `x` (e.g. an Equinox or Flax cell's call, or the library's own).
-        params: the cell's parameters, any pytree of arrays.
-        xs: inputs (T, m, …), time-major; integer inputs (tokens) have no gradient.
+        params: the cell's parameters, any pytree of arrays. Integer and boolean leaves
+            (step counters, RNG keys, flags) are constants of the step: no gradient, as
+            `jax.grad` treats them.
+        xs: inputs (T, m, …), time-major, or a pytree (dict, tuple, …) of such arrays
+            with one T and one m, as `lax.scan` takes them; the step gets the same
+            pytree of rows. Integer leaves (tokens) have no gradient.
         carry0: the initial carry, a pytree of (m, …) floating arrays of one dtype:
             `h` (m, d), or `(h, c)` for an LSTM.
         method: a `GradientAlgorithm` or its name (see `rnn_layer`).
@@ -93,9 +115,10 @@ def scan_cell(
 
     Raises:
         ValueError: a `step` whose output carry differs from `carry0` in structure,
-            shape or dtype (both are named), T = 0, a carry not batched like `xs`, and
-            the errors of `resolve_method`.
-        TypeError: a non-callable `step`, a non-floating or mixed-dtype carry.
+            shape or dtype (both are named), T = 0, leaves of `xs` that disagree on T
+            or m, a carry not batched like `xs`, and the errors of `resolve_method`.
+        TypeError: a non-callable `step`, `xs` not an array or pytree of arrays, a
+            non-floating or mixed-dtype carry.
 
     Example:
         >>> def step(params, h, x):
