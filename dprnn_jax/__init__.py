@@ -29,6 +29,7 @@ from ._diagnostics.lyapunov import lyapunov_qr as lyapunov_qr
 from ._diagnostics.omega_matrix import omega_matrix as omega_matrix
 from ._diagnostics.omega_norms import OmegaNorms as OmegaNorms
 from ._diagnostics.omega_norms import omega_norms as omega_norms
+from ._diagnostics.plotting import color_limits as color_limits
 from ._diagnostics.plotting import plot_decay as plot_decay
 from ._diagnostics.plotting import plot_omega_triangles as plot_omega_triangles
 from ._diagnostics.plotting import plot_training_curves as plot_training_curves
@@ -137,6 +138,7 @@ __all__ = [
     "bundled_text",
     "cell",
     "closed_form_products",
+    "color_limits",
     "count_products",
     "decay_bound",
     "error_flow_norms",

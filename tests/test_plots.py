@@ -4,6 +4,8 @@ pixels; matplotlib draws with Agg, without a display."""
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,20 +19,23 @@ T, M, N, K = 8, 3, 2, 3
 @pytest.fixture(scope="module")
 def results():
     params = dj.init_rnn(jax.random.key(0), N, (4,), K)
+    bidirectional = dj.init_rnn(jax.random.key(2), N, (4,), K, bidirectional=True)
     xs = jax.random.normal(jax.random.key(1), (T, M, N))
     targets = jnp.zeros((T, M), jnp.int32)
 
     @jax.jit
-    def diagnostics(params, xs):
+    def diagnostics(params, bidirectional, xs):
         return {
             "norms": dj.omega_norms(params, xs),
             "logs": dj.omega_norms(params, xs, log=True),
             "flow": dj.gradient_flow(params, xs, targets),
             "estimate": dj.lyapunov_exponent(params, xs),
             "bound": dj.decay_bound(params, xs),
+            "backward_norms": dj.omega_norms(bidirectional, xs, direction="backward"),
+            "backward_flow": dj.gradient_flow(bidirectional, xs, targets, direction="backward"),
         }
 
-    return diagnostics(params, xs)
+    return diagnostics(params, bidirectional, xs)
 
 
 def _labels_and_colours(ax):
@@ -51,7 +56,9 @@ def test_omega_triangles_take_omega_norms_and_the_gradient_flow(results):
     named = dj.plot_omega_triangles(results["norms"], results["flow"], state="(h, c)").axes
     assert named[0].get_title().startswith("‖Ω(j, i)‖₂ = ‖∂(h_j, c_j)/∂(h_i, c_i)‖₂")
     assert "∂L_j/∂(h_i, c_i) at the top" in named[1].get_title()
-    assert named[0].get_xlabel() == "i (step of (h_i, c_i))"
+    assert (named[0].get_xlabel(), named[0].get_ylabel()) == (
+        "i (earlier step: (h_i, c_i))", "j (later step: (h_j, c_j), of the loss L_j)"
+    )  # fmt: skip
     # What is drawn is exp(mean log) over the batch of the spectral norms.
     spectral = np.asarray(results["norms"].spectral, np.float64)
     with np.errstate(invalid="ignore"):
@@ -70,6 +77,103 @@ def test_omega_triangles_take_omega_norms_and_the_gradient_flow(results):
     assert "mean" not in as_given.axes[0].get_title()
     with pytest.raises(ValueError, match="flow must be the \\(T, T\\) map"):
         dj.plot_omega_triangles(results["norms"], np.ones((T, T, M)))
+
+
+def _cut_off(figure):
+    """The axes (with their titles, labels and tick labels) and the figure title that
+    reach past the edge of the saved PNG."""
+    figure.savefig(io.BytesIO(), format="png", dpi=120)
+    renderer = figure._get_renderer()
+    page = figure.bbox
+    parts = [(ax.get_title() or ax.get_ylabel(), ax.get_tightbbox(renderer)) for ax in figure.axes]
+    if figure.get_suptitle():
+        parts.append((figure.get_suptitle(), figure._suptitle.get_window_extent(renderer)))
+    return [
+        (name, tuple(np.round(box.extents, 1)))
+        for name, box in parts
+        if box.x0 < page.x0 or box.y0 < page.y0 or box.x1 > page.x1 or box.y1 > page.y1
+    ]
+
+
+def test_omega_triangles_fit_inside_their_image(results):
+    # The bottom axis labels were cut off at the image edge (a fixed-aspect heat map
+    # under a two-line title and a figure title, laid out "constrained").
+    for state, title in ((None, ""), ("Z", "layer 0, tanh, T = 8"), ("(h, c)", "LSTM")):
+        figure = dj.plot_omega_triangles(
+            results["logs"], results["flow"], log=True, title=title, state=state
+        )
+        cut = _cut_off(figure)  # the first draw, as save_figure's one savefig
+        assert not cut, (state, cut)
+
+
+def test_the_backward_direction_is_labelled_as_the_upper_triangle_it_is(results):
+    # The backward direction of a bidirectional layer: G(j, i) = ∂L_j/∂Z←_i and
+    # Ω(j, i) = ∂Z←_j/∂Z←_i are non-zero for j ≤ i, so i (the column) is the later step.
+    flow = np.asarray(results["backward_flow"])
+    assert np.isnan(flow[1, 0]) and np.isfinite(flow[0, 1])  # the upper triangle
+    later_i = ("i (later step, run first)", "j (earlier step, of the loss L_j)")
+    earlier_i = ("i (earlier step)", "j (later step, of the loss L_j)")
+    for ax in (
+        dj.plot_triangle(flow).axes[0],
+        dj.plot_triangle(results["backward_norms"].spectral).axes[0],
+        *dj.plot_omega_triangles(results["backward_norms"], flow).axes[:2],
+    ):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == later_i
+    named = dj.plot_triangle(flow, state="Z", direction="backward").axes[0]
+    assert named.get_xlabel() == "i (later step, run first: Z_i)"
+    # The forward direction (lower triangle) keeps its labels; a full matrix names no order.
+    assert (lambda ax: (ax.get_xlabel(), ax.get_ylabel()))(
+        dj.plot_triangle(results["flow"]).axes[0]
+    ) == earlier_i
+    assert dj.plot_triangle(np.ones((3, 3))).axes[0].get_xlabel() == "i (step)"
+    # Said explicitly, the direction wins over the values (e.g. a diagonal-only max_lag=0).
+    diagonal = dj.plot_triangle(np.eye(3), direction="backward").axes[0]
+    assert (diagonal.get_xlabel(), diagonal.get_ylabel()) == later_i
+    with pytest.raises(ValueError, match="direction must be 'forward', 'backward' or None"):
+        dj.plot_triangle(flow, direction="reverse")
+
+
+def test_compared_panels_can_share_one_colour_scale(results):
+    # Two triangles whose values differ by orders of magnitude: with color_limits, a
+    # colour means the same value in both panels; by default each has its own range.
+    from matplotlib.figure import Figure
+
+    small = np.tril(np.full((T, T), 1e-3))
+    large = np.asarray(results["norms"].spectral)  # (T, T, M): drawn as the batch mean
+    vmin, vmax = dj.color_limits(small, large)
+    drawn = np.exp(np.log(large).mean(axis=-1))  # NaN above the diagonal
+    assert vmin == pytest.approx(1e-3)
+    assert vmax == pytest.approx(np.nanmax(drawn), rel=1e-12)
+    figure = Figure()
+    axes = figure.subplots(1, 2)
+    for ax, triangle in zip(axes, (small, large)):
+        dj.plot_triangle(triangle, ax=ax, vmin=vmin, vmax=vmax, colorbar=False)
+    assert [ax.images[0].get_clim() for ax in axes] == [(vmin, vmax)] * 2
+    assert len(figure.axes) == 2  # no colour bar drawn: the caller draws one for both
+    unshared = [dj.plot_triangle(t).axes[0].images[0].get_clim() for t in (small, large)]
+    assert unshared[0] != unshared[1]
+    # omega_norms as it comes, its log-norms and a (T, T) array range alike.
+    assert dj.color_limits(results["norms"]) == pytest.approx(
+        dj.color_limits(results["logs"].spectral, log=True), rel=1e-5
+    )
+    # plot_omega_triangles: one range per quantity, for several models drawn alike.
+    omega_limits = dj.color_limits(results["norms"], results["backward_norms"])
+    flow_limits = dj.color_limits(results["flow"], results["backward_flow"])
+    for norms, flow in (
+        (results["norms"], results["flow"]),
+        (results["backward_norms"], results["backward_flow"]),
+    ):
+        left, right = dj.plot_omega_triangles(
+            norms, flow, omega_limits=omega_limits, flow_limits=flow_limits
+        ).axes[:2]
+        assert left.images[0].get_clim() == pytest.approx(omega_limits)
+        assert right.images[0].get_clim() == pytest.approx(flow_limits)
+    with pytest.raises(ValueError, match="vmin must be > 0 on the log colour scale"):
+        dj.plot_triangle(small, vmin=0.0, vmax=1.0)
+    with pytest.raises(ValueError, match="vmin must be <= vmax"):
+        dj.plot_triangle(small, vmin=2.0, vmax=1.0)
+    with pytest.raises(ValueError, match="no positive finite value"):
+        dj.color_limits(np.zeros((2, 2)))
 
 
 def test_padded_sequences_are_left_out_of_the_batch_mean():

@@ -46,10 +46,101 @@ def _geometric_mean_over_batch(values: np.ndarray, *, log: bool) -> np.ndarray:
         return np.where(count > 0, np.exp(total / np.maximum(count, 1)), np.nan)
 
 
+def _drawn_values(values, *, log: bool = False) -> np.ndarray:
+    """What a heat map shows of `values`: a (T, T) array as given, a (T, T, m) one as its
+    geometric mean over the batch; `log`: the values are natural logarithms."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 3:
+        return _geometric_mean_over_batch(values, log=log)
+    return np.exp(values) if log else values
+
+
+def color_limits(*triangles, log: bool = False) -> tuple[float, float]:
+    """One colour range `(vmin, vmax)` for several heat maps, so that a colour means the
+    same value in each.
+
+    Pass the result as `vmin, vmax` of `plot_triangle`, or as `omega_limits` /
+    `flow_limits` of `plot_omega_triangles`, to every panel that is compared (several
+    cells, gains or checkpoints side by side); draw one colour bar for all of them.
+
+    Args:
+        *triangles: what the panels draw, as `plot_triangle` and `plot_omega_triangles`
+            take it: `omega_norms(...)` (its spectral norms), (T, T, m) per-sample norms
+            (their geometric mean over the batch is what is drawn, so that is what is
+            ranged) or (T, T) arrays such as `gradient_flow(...)`; the T may differ.
+        log: the arrays hold natural logarithms of the norms (`omega_norms(..., log=True)`).
+
+    Returns:
+        `(vmin, vmax)`: the smallest and largest positive finite value drawn in any
+        panel (zeros and NaNs are left blank, so they do not count).
+
+    Raises:
+        ValueError: no triangle, or none with a positive finite value.
+
+    Example:
+        >>> limits = color_limits(np.tril(np.full((3, 3), 0.5)), np.tril(np.full((4, 4), 8.0)))
+        >>> limits
+        (0.5, 8.0)
+        >>> figure = plot_triangle(np.tril(np.ones((3, 3))), vmin=limits[0], vmax=limits[1])
+        >>> figure.axes[0].images[0].get_clim()
+        (0.5, 8.0)
+    """
+    if not triangles:
+        raise ValueError("color_limits takes at least one triangle, got none.")
+    low, high = np.inf, -np.inf
+    for triangle in triangles:
+        if isinstance(triangle, OmegaNorms):
+            triangle = triangle.spectral
+        values = _drawn_values(triangle, log=log)
+        shown = values[np.isfinite(values) & (values > 0)]
+        if shown.size:
+            low, high = min(low, float(shown.min())), max(high, float(shown.max()))
+    if not np.isfinite(low):
+        raise ValueError(
+            "color_limits found no positive finite value to range in the triangles given "
+            "(a log colour scale leaves zeros and NaNs blank)."
+        )
+    return low, high
+
+
+# Which step is which, by the side of the diagonal that holds the values: the forward
+# direction's Z_j depends on the earlier Z_i (j >= i, lower triangle), the backward
+# direction's on the later ones, which it ran first (j <= i, upper triangle).
+_STEP_ORDER = {
+    "forward": ("earlier step", "later step"),
+    "backward": ("later step, run first", "earlier step"),
+    None: ("step", "step"),
+}
+
+
+def _filled_direction(values: np.ndarray) -> str | None:
+    """The direction whose labels fit: "forward" for a lower triangle (or a diagonal),
+    "backward" for an upper one, None for values on both sides."""
+    present = np.isfinite(values) & (values != 0)
+    below, above = np.tril(present, -1).any(), np.triu(present, 1).any()
+    if below and above:
+        return None
+    return "backward" if above else "forward"
+
+
 def plot_triangle(
-    norms, *, ax=None, title: str = "", label: str = "norm", state: str | None = None
+    norms,
+    *,
+    ax=None,
+    title: str = "",
+    label: str = "norm",
+    state: str | None = None,
+    direction: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
 ):
     """Heat map of a (T, T) triangle `[j, i]` on a log colour scale.
+
+    The axis labels say which step is the earlier one: for the forward direction (a
+    lower triangle, j ≥ i) i is the earlier step; for the backward direction of a
+    bidirectional layer (`direction="backward"` of the diagnostics: an upper triangle,
+    j ≤ i) i is the later step, which that direction runs first.
 
     Args:
         norms: (T, T) array, e.g. `gradient_flow(...)`; or (T, T, m) per sample, e.g.
@@ -62,17 +153,29 @@ def plot_triangle(
         state: the state the triangle follows, named in the axis labels: "Z" (an Elman
             layer's pre-activations), "h" (a GRU's carry) or "(h, c)" (an LSTM's); None
             (the default) names none, as the norms do not record it.
+        direction: "forward" or "backward", the direction the triangle was computed
+            for; None (the default) reads it from the side of the diagonal that holds
+            the values (both sides: the labels name no order).
+        vmin, vmax: the colour range, as matplotlib's `imshow` takes it (both > 0: the
+            scale is logarithmic); by default the range of this triangle's values. Give
+            every compared panel the same range, e.g. `color_limits(...)`.
+        colorbar: draw this panel's colour bar; False for panels that share one (draw
+            it once with `figure.colorbar(ax.images[0], ax=axes)`).
 
     Returns:
         The matplotlib `Figure`.
 
     Raises:
-        ValueError: `norms` is not a square (T, T) or (T, T, m) array.
+        ValueError: `norms` is not a square (T, T) or (T, T, m) array; an unknown
+            `direction`; `vmin` or `vmax` not positive, or `vmin > vmax`.
 
     Example:
         >>> figure = plot_triangle(np.tril(np.ones((4, 4))), title="ones")
-        >>> figure.axes[0].get_title()
-        'ones'
+        >>> figure.axes[0].get_title(), figure.axes[0].get_xlabel()
+        ('ones', 'i (earlier step)')
+        >>> upper = plot_triangle(np.triu(np.ones((4, 4))))  # a backward direction's
+        >>> upper.axes[0].get_xlabel(), upper.axes[0].get_ylabel()
+        ('i (later step, run first)', 'j (earlier step, of the loss L_j)')
     """
     from matplotlib.colors import LogNorm
 
@@ -82,28 +185,42 @@ def plot_triangle(
             f"norms must be a square (T, T) array or (T, T, m) per sample, got shape "
             f"{values.shape}."
         )
+    if direction not in ("forward", "backward", None):
+        raise ValueError(
+            f"direction must be 'forward', 'backward' or None (read from the values), "
+            f"got {direction!r}."
+        )
+    for name, limit in (("vmin", vmin), ("vmax", vmax)):
+        if limit is not None and not limit > 0:
+            raise ValueError(f"{name} must be > 0 on the log colour scale, got {limit}.")
+    if vmin is not None and vmax is not None and vmin > vmax:
+        raise ValueError(f"vmin must be <= vmax, got vmin = {vmin} > vmax = {vmax}.")
     if values.ndim == 3:
-        values = _geometric_mean_over_batch(values, log=False)
         label = f"{label}, geometric mean over the batch"
+    values = _drawn_values(values)
     figure, ax = _axis(ax)
     shown = np.where(np.isfinite(values) & (values > 0), values, np.nan)
-    finite = shown[np.isfinite(shown)]
-    low, high = (finite.min(), finite.max()) if finite.size else (1e-3, 1.0)
+    if vmin is None or vmax is None:
+        finite = shown[np.isfinite(shown)]
+        low, high = (finite.min(), finite.max()) if finite.size else (1e-3, 1.0)
+        vmin = low if vmin is None else vmin
+        vmax = max(high, vmin * 1.0001) if vmax is None else vmax
     image = ax.imshow(
         shown,
         origin="upper",
         cmap="viridis",
-        norm=LogNorm(vmin=low, vmax=max(high, low * 1.0001)),
+        norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 1.0001)),
         interpolation="nearest",
     )
-    if state is None:
-        ax.set_xlabel("i (earlier step)")
-        ax.set_ylabel("j (later step, of the loss L_j)")
-    else:
-        ax.set_xlabel(f"i (step of {_at_step(state, 'i')})")
-        ax.set_ylabel(f"j (step of {_at_step(state, 'j')}, of the loss L_j)")
+    direction = _filled_direction(values) if direction is None else direction
+    earlier_or_later_i, earlier_or_later_j = _STEP_ORDER[direction]
+    named_i = "" if state is None else f": {_at_step(state, 'i')}"
+    named_j = "" if state is None else f": {_at_step(state, 'j')}"
+    ax.set_xlabel(f"i ({earlier_or_later_i}{named_i})")
+    ax.set_ylabel(f"j ({earlier_or_later_j}{named_j}, of the loss L_j)")
     ax.set_title(title)
-    figure.colorbar(image, ax=ax, label=label)
+    if colorbar:
+        figure.colorbar(image, ax=ax, label=label)
     return figure
 
 
@@ -115,9 +232,21 @@ def _at_step(state: str, step: str) -> str:
 
 
 def plot_omega_triangles(
-    omega, flow, *, log: bool = False, title: str = "", state: str | None = None
+    omega,
+    flow,
+    *,
+    log: bool = False,
+    title: str = "",
+    state: str | None = None,
+    direction: str | None = None,
+    omega_limits: tuple[float, float] | None = None,
+    flow_limits: tuple[float, float] | None = None,
 ):
     """Two heat maps side by side: ‖Ω(j, i)‖₂ and the gradient flow ‖G(j, i)‖_F.
+
+    The two panels show different quantities, each on its own colour scale. To compare
+    several layers, cells or checkpoints, draw each with the same `omega_limits` and
+    `flow_limits` (e.g. from `color_limits`), so that a colour means one value in all.
 
     Args:
         omega: `omega_norms(...)` as it comes (its spectral norms are drawn), or its
@@ -133,12 +262,18 @@ def plot_omega_triangles(
             layer's pre-activations), "h" (GRU) or "(h, c)" (LSTM: Ω(j, i) =
             ∂(h_j, c_j)/∂(h_i, c_i)); None (the default) names none, as the norms do
             not record which layer they come from.
+        direction: "forward" or "backward", as for `plot_triangle` (None: read from the
+            values).
+        omega_limits: `(vmin, vmax)` of the Ω panel's colour scale; by default its own
+            range.
+        flow_limits: `(vmin, vmax)` of the gradient-flow panel's colour scale; by
+            default its own range.
 
     Returns:
         The matplotlib `Figure`; its two axes are titled with what they show.
 
     Raises:
-        ValueError: arrays that are not square triangles.
+        ValueError: arrays that are not square triangles; bad `direction` or limits.
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -158,24 +293,41 @@ def plot_omega_triangles(
     if state is not None:
         omega_title += f" = ‖∂{_at_step(state, 'j')}/∂{_at_step(state, 'i')}‖₂"
     if values.ndim == 3:
-        values = _geometric_mean_over_batch(values, log=log)
         omega_title += "\ngeometric mean over the batch"
-    elif log:
-        values = np.exp(values)
+    values = _drawn_values(values, log=log)
     flow = np.asarray(flow, dtype=np.float64)
     if flow.ndim != 2:
         raise ValueError(f"flow must be the (T, T) map of gradient_flow, got shape {flow.shape}.")
-    figure = Figure(figsize=(10.0, 4.4), layout="constrained")
+    # "compressed" packs fixed-aspect axes (the square heat maps) and their colour bars
+    # inside the figure; "constrained" left the bottom axis label cut off at the edge.
+    figure = Figure(figsize=(10.0, 4.8), layout="compressed")
     left, right = figure.subplots(1, 2)
-    plot_triangle(values, ax=left, title=omega_title, label="‖Ω(j, i)‖₂", state=state)
-    flow_title = "gradient flow ‖G(j, i)‖_F"
-    if state is not None:
-        flow_title += f" (∂L_j/∂{_at_step(state, 'i')} at the top)"
-    flow_title += "\nnorm over the batch and units"
-    plot_triangle(flow, ax=right, title=flow_title, label="‖G(j, i)‖_F", state=state)
+    panels = (
+        (left, values, omega_title, "‖Ω(j, i)‖₂", omega_limits),
+        (right, flow, _flow_title(state), "‖G(j, i)‖_F", flow_limits),
+    )
+    for ax, triangle, panel_title, label, limits in panels:
+        vmin, vmax = (None, None) if limits is None else limits
+        plot_triangle(
+            triangle,
+            ax=ax,
+            title=panel_title,
+            label=label,
+            state=state,
+            direction=direction,
+            vmin=vmin,
+            vmax=vmax,
+        )
     if title:
         figure.suptitle(title)
     return figure
+
+
+def _flow_title(state: str | None) -> str:
+    title = "gradient flow ‖G(j, i)‖_F"
+    if state is not None:
+        title += f" (∂L_j/∂{_at_step(state, 'i')} at the top)"
+    return title + "\nnorm over the batch and units"
 
 
 def plot_decay(
