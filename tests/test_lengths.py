@@ -129,3 +129,80 @@ def test_invalid_lengths_and_targets_are_rejected():
         dj.sequence_loss(params, xs, targets, mask=jnp.ones((T, M)), lengths=jnp.array([1, 2, 3]))
     with pytest.raises(ValueError, match="one class index per sequence"):
         dj.many_to_one_loss(params, xs, targets, lengths=jnp.array([1, 2, 3]))
+
+
+# Under jit, lengths cannot be checked: each row is one batch's lengths, the first valid,
+# the others each with one length out of [0, T] (too long, negative, far too long).
+JIT_LENGTHS = np.array([[4, 2], [5, 2], [-1, 2], [4, 9]])
+LAYERS = {"elman": dj.rnn_layer, "gru": dj.gru_layer, "lstm": dj.lstm_layer}
+
+
+@pytest.mark.parametrize("cells", [("elman",), ("gru", "lstm")], ids="-".join)
+def test_out_of_range_lengths_under_jit_give_nan_and_leave_valid_lengths_alone(cells):
+    """Every loss (value and gradient), the network's outputs and final states and each
+    cell's layer states are NaN for a batch with a length outside [0, T], not those of a
+    clamped length; the sequences with a valid length keep their numbers, and a batch
+    of valid lengths keeps finite, exact gradients (those of the same mask). An Elman
+    stack and a GRU-LSTM stack: their checkpointed losses take different paths."""
+    T, m, n, d, k = 4, 2, 2, 2, 2
+    params = dj.init_rnn(jax.random.key(0), n, (d,) * len(cells), k, cell=cells)
+    both_ways = dj.init_bidirectional_layer(jax.random.key(1), n, d, cell=cells[-1])
+    xs = random_inputs(1, (T, m, n), np.float32)
+    tokens = jnp.array([[0, 1], [1, 1], [1, 0], [0, 0]])
+    targets, labels = jnp.array([[0, 1], [1, 1], [1, 0], [0, 1]]), jnp.array([1, 0])
+
+    def results(lengths):
+        r = {}
+        for name, method in (("omega", dj.Omega()), ("sqrt", dj.BPTT(checkpoint="sqrt"))):
+            options = dict(lengths=lengths, method=method)
+            r[f"{name} sequence"], r[f"{name} sequence gradient"] = jax.value_and_grad(
+                dj.sequence_loss
+            )(params, xs, targets, **options)
+            # Values only where a gradient would cost a compile of its own and take no
+            # other path (the NaN factor is the same as the gradients' above).
+            r[f"{name} many-to-one"] = dj.many_to_one_loss(params, xs, labels, **options)
+        r["omega many-to-one gradient"] = jax.grad(dj.many_to_one_loss)(
+            params, xs, labels, lengths=lengths
+        )
+        r["omega mean"] = dj.sequence_loss(params, xs, targets, reduction="mean", lengths=lengths)
+        mask = jnp.arange(T)[:, None] < lengths[None, :]
+        r["same mask"] = jax.grad(dj.sequence_loss)(params, xs, targets, mask=mask)
+        forward = dj.rnn_forward(params, xs, lengths=lengths)
+        r["outputs"], r["final states"] = forward.outputs, forward.final_states
+        r["token outputs"] = dj.rnn_apply(params, tokens, lengths=lengths)
+        for l, cell in enumerate(cells):
+            layer = LAYERS[cell](params.layers[l], xs, lengths=lengths)  # n = d
+            r[f"{cell} layer"] = layer[0] if cell == "lstm" else layer
+        r["bidirectional"] = dj.bidirectional_layer(both_ways, xs, lengths=lengths)
+        return r
+
+    r = jax.device_get(jax.jit(jax.vmap(results), compiler_options=CHEAP_COMPILE)(JIT_LENGTHS))
+    gradients = {
+        "omega sequence": r.pop("omega sequence gradient"),
+        "sqrt sequence": r.pop("sqrt sequence gradient"),
+        "omega many-to-one": r.pop("omega many-to-one gradient"),
+    }
+    for name, gradient in gradients.items():
+        assert all(np.isfinite(leaf[0]).all() for leaf in jax.tree.leaves(gradient)), name
+        assert all(np.isnan(leaf[1:]).all() for leaf in jax.tree.leaves(gradient)), name
+    for name in ("omega sequence", "sqrt sequence", "omega many-to-one", "sqrt many-to-one"):
+        assert np.isfinite(r[name][0]) and np.isnan(r[name][1:]).all(), name
+    assert np.isfinite(r["omega mean"][0]) and np.isnan(r["omega mean"][1:]).all()
+    # Lengths zero the padded inputs, the mask does not: the gradients are the same.
+    first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)  # noqa: E731
+    for name in ("omega sequence", "sqrt sequence"):
+        assert_trees_close(
+            first(gradients[name]), first(r["same mask"]), rtol=RTOL[jnp.dtype(jnp.float32)]
+        )
+    # A sequence with a bad length is NaN at every step; the other one is untouched.
+    bad = (JIT_LENGTHS < 0) | (JIT_LENGTHS > T)  # (rows, m)
+    states = ["outputs", "token outputs", "bidirectional", *(f"{cell} layer" for cell in cells)]
+    for name in states:
+        per_sequence = np.moveaxis(r[name], 2, 1)  # (rows, m, T, features)
+        assert np.isnan(per_sequence[bad]).all(), name
+        assert np.isfinite(per_sequence[~bad]).all(), name
+        # The same program on the same sequence and length: the same numbers.
+        for i, v in zip(*np.nonzero(~bad)):
+            np.testing.assert_array_equal(per_sequence[i, v], per_sequence[0, v], err_msg=name)
+    for final in jax.tree.leaves(r["final states"]):
+        assert np.isnan(final[bad]).all() and np.isfinite(final[~bad]).all()

@@ -58,7 +58,8 @@ def bidirectional_layer(
         xs: inputs (T, m, n), or integer tokens (T, m), right-padded.
         h0: `(h0→, h0←)`, each (m, d) or None for zeros; or None. h0← is the state
             before the backward direction's first step, i.e. after the last valid one.
-        lengths: valid steps per sequence (m,), or None for all T.
+        lengths: valid steps per sequence (m,), or None for all T; as in `rnn_layer`
+            (under `jit`, a length outside [0, T] gives that sequence NaN outputs).
         activation: "tanh", "sigmoid" or "relu".
         method: gradient algorithm of both directions, an object or its name (see
             `rnn_layer`).

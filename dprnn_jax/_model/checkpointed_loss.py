@@ -28,6 +28,7 @@ from .network import (
     check_rnn_params,
     mask_from_lengths,
 )
+from .padding import nan_unless_in_range, zero_padding
 from .params import LayerParams, RNNParams
 from .per_step_loss import LOSSES, check_targets, per_step_hits
 
@@ -86,9 +87,11 @@ def _prepare(params, xs, lengths, h0s, algorithm):
     h0s = tuple(_initial_carry(layer, h0, m) for h0, layer in zip(h0s, layers))
     valid = None
     if lengths is not None:
-        valid = mask_from_lengths(check_lengths(lengths, T, m), T)
-        # As `rnn_forward`: padded inputs never reach a valid step.
-        xs = jnp.where(valid if xs.ndim == 2 else valid[..., None], xs, jnp.zeros_like(xs))
+        lengths = check_lengths(lengths, T, m)
+        valid = mask_from_lengths(lengths, T)
+        # As `rnn_forward`: padded inputs never reach a valid step, and a sequence whose
+        # length is out of range (under jit) reads NaN.
+        xs = zero_padding(xs, lengths)
     return layers, T, m, xs, valid, h0s
 
 
@@ -118,7 +121,7 @@ def checkpointed_sequence_loss(
 
     Returns:
         The loss (differentiable w.r.t. params, xs and h0s) and the weighted hit rate
-        (not differentiable).
+        (not differentiable); both NaN when a length lies outside [0, T] (under jit).
 
     Raises:
         ValueError: a bidirectional layer (its backward direction needs the whole
@@ -145,7 +148,11 @@ def checkpointed_sequence_loss(
         activation=activation,
         segment_loss=SegmentLoss(loss),
     )
-    return loss_value, hits * scale / total
+    # Lengths outside [0, T] (only possible under jit): NaN, not the loss of clamped ones.
+    return (
+        nan_unless_in_range(loss_value, lengths, T),
+        nan_unless_in_range(hits * scale / total, lengths, T),
+    )
 
 
 def checkpointed_many_to_one_loss(
@@ -163,7 +170,8 @@ def checkpointed_many_to_one_loss(
     step, fused into the segments (a weight of 1/m there, 0 elsewhere).
 
     A sequence of length 0 has no valid step: as in `many_to_one_loss`, its loss is
-    read from its initial top-layer state, outside the segments.
+    read from its initial top-layer state, outside the segments. A length outside
+    [0, T] (under jit) makes the loss NaN.
     """
     layers, T, m, xs, valid, h0s = _prepare(params, xs, lengths, h0s, algorithm)
     k = params.readout.W.shape[0]
@@ -191,4 +199,5 @@ def checkpointed_many_to_one_loss(
     top = h0s[-1][0] if isinstance(h0s[-1], tuple) else h0s[-1]  # an LSTM's (h, c): h
     initial = top @ params.readout.W.T + params.readout.b
     empty = jnp.where(lengths == 0, LOSSES[loss](initial, targets), 0)
-    return fused + jnp.sum(empty) / m
+    # Lengths outside [0, T] (only possible under jit) select no step: NaN, not 0.
+    return nan_unless_in_range(fused + jnp.sum(empty) / m, lengths, T)

@@ -152,6 +152,8 @@ def gru_layer(
             past each length are those of the layer running on over that zero padding;
             a loss that masks them gives them no gradient. Each sequence's final state
             is `hs[lengths[v] − 1, v]` (h0 when lengths[v] = 0), not `hs[-1]`.
+            Under `jit`, where they cannot be checked, lengths outside [0, T]
+            give that sequence NaN states at every step, not a clamped length.
         method: the gradient algorithm, an object or its name (see `rnn_layer`).
         truncation: with the names "omega", "bptt" (see `rnn_layer`).
         tol: with the name "omega" (see `rnn_layer`).
@@ -163,7 +165,7 @@ def gru_layer(
     Raises:
         ValueError: unknown `method` or an option it does not take; wrong ranks or
             sizes of `params`, `xs`, `h0` or `lengths` (each named in the message);
-            T = 0; concrete `lengths` outside [0, T].
+            T = 0 or m = 0 (an empty batch); concrete `lengths` outside [0, T].
         TypeError: `params` not a `GRUParams`; non-floating, non-integer `xs`;
             non-integer `lengths`; mixed dtypes (`xs` or `h0` vs `params.W`).
 

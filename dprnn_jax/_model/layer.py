@@ -65,6 +65,8 @@ def rnn_layer(
             a loss that masks them gives them no gradient. Each sequence's final state,
             as `rnn_forward` returns it in `final_states`, is `hs[lengths[v] − 1, v]`
             (h0 when lengths[v] = 0), not `hs[-1]`.
+            Under `jit`, where they cannot be checked, lengths outside [0, T]
+            give that sequence NaN states at every step, not a clamped length.
         activation: "tanh", "sigmoid" or "relu".
         method: a `GradientAlgorithm` (`Omega(truncation=32)`, `BPTT()`, …) or its name
             ("omega", "bptt", "naive", "scan", "rtrl", "autodiff").
@@ -79,7 +81,7 @@ def rnn_layer(
     Raises:
         ValueError: unknown `method`/`activation`, an option the method does not take
             (or an option keyword next to an algorithm object), an invalid option,
-            wrong ranks or sizes, T = 0.
+            wrong ranks or sizes, T = 0 or an empty batch (m = 0).
         TypeError: non-floating, non-integer `xs` or mixed dtypes.
 
     Example:

@@ -19,6 +19,7 @@ from .checkpointed_loss import (
     uses_checkpoint,
 )
 from .network import mask_from_lengths, rnn_forward
+from .padding import nan_unless_in_range
 from .params import RNNParams
 from .per_step_loss import LOSSES as LOSSES
 from .per_step_loss import per_step_losses as per_step_losses
@@ -84,11 +85,13 @@ def sequence_loss(
             is supervised, as there).
 
     Returns:
-        A scalar. Class indices outside [0, k) give NaN rather than a wrong number.
+        A scalar. Class indices outside [0, k), and under `jit` (where they cannot be
+        checked) `lengths` outside [0, T], give NaN, and a NaN gradient, rather than a
+        wrong number.
 
     Raises:
         ValueError: if both `mask` and `lengths` are given, an unknown `reduction`, and
-            as `rnn_forward`.
+            as `rnn_forward` (concrete `lengths` outside [0, T], an empty batch, …).
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -124,13 +127,17 @@ def sequence_loss(
     outputs = rnn_forward(
         params, xs, h0s, lengths=lengths, activation=activation, method=algorithm
     ).outputs
+    T = xs.shape[0]
     if lengths is not None:
-        mask = mask_from_lengths(jnp.asarray(lengths), xs.shape[0])
+        mask = mask_from_lengths(jnp.asarray(lengths), T)
     losses = per_step_losses(outputs, targets, mask=mask, loss=loss)
     if reduction == "mean":
         supervised = losses.size if mask is None else jnp.sum(jnp.asarray(mask) != 0)
-        return losses.sum() / supervised
-    return losses.sum() / xs.shape[1]
+        total = losses.sum() / supervised
+    else:
+        total = losses.sum() / xs.shape[1]
+    # A length outside [0, T] (only under jit) would mask a sequence away: NaN instead.
+    return nan_unless_in_range(total, lengths, T)
 
 
 def many_to_one_loss(
@@ -167,7 +174,12 @@ def many_to_one_loss(
         h0s: as in `sequence_loss`.
 
     Returns:
-        A scalar.
+        A scalar. Class indices outside [0, k), and under `jit` (where they cannot be
+        checked) `lengths` outside [0, T], give NaN, and a NaN gradient.
+
+    Raises:
+        ValueError: `targets` of the wrong shape, and as `rnn_forward` (concrete
+            `lengths` outside [0, T], an empty batch, …).
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -199,4 +211,6 @@ def many_to_one_loss(
     else:
         check_shape("targets", targets, (m, k), "(m, k) = one target per sequence")
     losses = per_step_losses(outputs[None], jnp.asarray(targets)[None], loss=loss)
-    return losses.sum() / outputs.shape[0]
+    # The final state of a length outside [0, T] (only under jit) is NaN already; the
+    # gradient is made NaN too.
+    return nan_unless_in_range(losses.sum() / outputs.shape[0], lengths, xs.shape[0])

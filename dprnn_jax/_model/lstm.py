@@ -141,6 +141,8 @@ def lstm_layer(
             a loss that masks them gives them no gradient. Each sequence's final state
             is `(hs[lengths[v] − 1, v], cs[lengths[v] − 1, v])` (`carry0` when
             lengths[v] = 0), not `(hs[-1], cs[-1])`.
+            Under `jit`, where they cannot be checked, lengths outside [0, T]
+            give that sequence NaN states at every step, not a clamped length.
         method: the gradient algorithm, an object or its name (see `rnn_layer`).
         truncation: with the names "omega", "bptt" (see `rnn_layer`).
         tol: with the name "omega" (see `rnn_layer`).
@@ -152,7 +154,7 @@ def lstm_layer(
     Raises:
         ValueError: `carry0` is not a pair; unknown `method` or an option it does not
             take; wrong ranks or sizes of `params`, `xs`, `carry0` or `lengths` (each
-            named in the message); T = 0; concrete `lengths` outside [0, T].
+            named in the message); T = 0 or m = 0; concrete `lengths` outside [0, T].
         TypeError: `params` not an `LSTMParams`; non-floating, non-integer `xs`;
             non-integer `lengths`; mixed dtypes (`xs` or `carry0` vs `params.W`).
 

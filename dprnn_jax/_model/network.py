@@ -190,6 +190,9 @@ def rnn_forward(
         h0s: one initial state per layer ((m, d_l), a pair for a bidirectional layer,
             or None for zeros), or None.
         lengths: valid steps per sequence (m,) integers in [0, T]; None: all T.
+            Concrete values outside [0, T] raise; under `jit`, where they cannot be
+            checked, such a sequence's outputs (at every step) and final states are
+            NaN, not those of a clamped length.
         activation: recurrent activation, "tanh", "sigmoid" or "relu".
         method: gradient algorithm of every recurrent layer(s): a `GradientAlgorithm`
             (`Omega(truncation=32)`, `BPTT()`, …) or its name (see `rnn_layer`).
@@ -201,7 +204,8 @@ def rnn_forward(
         `RNNOutput(outputs (T, m, k), final_states)`.
 
     Raises:
-        ValueError, TypeError: for inconsistent shapes, dtypes or options.
+        ValueError, TypeError: for inconsistent shapes, dtypes or options, an empty
+            batch (m = 0) or T = 0, and concrete `lengths` outside [0, T].
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
@@ -254,10 +258,11 @@ def rnn_apply(
         block: with the name "omega": Ω triangle size (see `rnn_layer`).
         truncation: with the names "omega", "bptt": K-step truncation (see `rnn_layer`).
         tol: with the name "omega": adaptive Ω tolerance (see `rnn_layer`).
-        lengths: valid steps per sequence (m,), or None.
+        lengths: valid steps per sequence (m,), or None (see `rnn_forward`).
 
     Returns:
-        Outputs (T, m, k): logits for softmax/logistic readouts, values for identity.
+        Outputs (T, m, k): logits for softmax/logistic readouts, values for identity;
+        NaN at every step of a sequence whose length lies outside [0, T] (under `jit`).
 
     Example:
         >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
