@@ -67,6 +67,27 @@ def _cheap_compile_options() -> dict[str, object]:
 CHEAP_COMPILE = _cheap_compile_options()
 
 
+def _default_compile_options() -> dict[str, object]:
+    """XLA options that give a program the default CPU pipeline, the one users' programs
+    get, whatever `XLA_FLAGS` this run set (per-program options override the flags);
+    {} off the CPU or where XLA does not know them.
+
+    XLA's defaults of the two flags that conftest.py turns off for speed. That they are
+    the defaults is checked by test_default_compiler.py against a process without flags.
+    """
+    options = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
+    except Exception:  # an XLA without these options compiles every program as usual
+        return {}
+    return options
+
+
+DEFAULT_COMPILE = _default_compile_options()
+
+
 # ---------------------------------------------------------------------------------------
 # Comparisons
 
