@@ -10,7 +10,10 @@ So a test run sets them in `XLA_FLAGS` before JAX starts, for its workers and fo
 process they start (the command-line children, the notebooks' kernels), where this XLA
 has them (probed in a child process once: an unknown flag would abort). Set
 `DPRNN_JAX_TEST_XLA_DEFAULTS=1` to run the suite with XLA's defaults instead, as users'
-programs and the benchmarks compile.
+programs and the benchmarks compile. Whatever the flags, tests/test_default_compiler.py
+compiles a core subset with XLA's default pipeline per program, since that pipeline has
+been seen to miscompile what the cheap one compiles right
+(docs/algorithms.md#the-compiler-users-get).
 
 **Examples.** `python -m pytest` also runs every `Example:` section of the `dprnn_jax`
 package as a doctest (`--doctest-modules`, pyproject.toml). The examples are written as
