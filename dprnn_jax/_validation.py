@@ -67,11 +67,23 @@ def check_same_dtype(name: str, x: object, expected: object, reference: str) -> 
         )
 
 
-def check_sequence(name: str, xs: object) -> tuple[int, int, int]:
-    """Checks a time-major input sequence (T, m, n) with T >= 1 and a floating dtype."""
-    T, m, n = check_rank(name, xs, 3, "(T, m, n) = (time, batch, features)")
+def check_not_empty(name: str, shape: tuple[int, ...]) -> None:
+    """Checks that a time-major batch (T, m, …) has a step and a sequence: an empty one
+    would give a NaN loss (0 / 0) or nothing at all, never a useful number."""
+    T, m = shape[:2]
     if T == 0:
-        raise ValueError(f"{name} must have at least one time step, got shape {(T, m, n)} (T = 0).")
+        raise ValueError(f"{name} must have at least one time step, got shape {shape} (T = 0).")
+    if m == 0:
+        raise ValueError(
+            f"{name} must hold at least one sequence, got shape {shape} (m = 0, an empty "
+            "batch); skip empty batches before calling."
+        )
+
+
+def check_sequence(name: str, xs: object) -> tuple[int, int, int]:
+    """Checks a time-major input sequence (T, m, n) with T, m >= 1 and a floating dtype."""
+    T, m, n = check_rank(name, xs, 3, "(T, m, n) = (time, batch, features)")
+    check_not_empty(name, (T, m, n))
     check_floating(name, xs)
     return T, m, n
 

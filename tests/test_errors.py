@@ -42,6 +42,28 @@ def test_rnn_layer_rejects_bad_xs(layer, bad_xs, error, message):
         dj.rnn_layer(layer, bad_xs)
 
 
+def test_an_empty_batch_raises_as_an_empty_sequence_does(params):
+    """m = 0 gave a NaN loss (0 / 0) where T = 0 raised: every entry point raises, at
+    trace time (under jit too), for float inputs and tokens alike."""
+    empty, targets = xs((T, 0, N)), np.zeros((T, 0), np.int32)
+    gru = dj.init_rnn(jax.random.key(0), N, (D,), K, cell="gru")
+    calls = {
+        "sequence_loss": lambda: dj.sequence_loss(params, empty, targets),
+        "checkpointed": lambda: dj.sequence_loss(
+            params, empty, targets, method=dj.BPTT(checkpoint="sqrt")
+        ),
+        "many_to_one_loss": lambda: dj.many_to_one_loss(gru, empty, np.zeros(0, np.int32)),
+        "jit": lambda: jax.jit(dj.sequence_loss)(gru, empty, targets),
+        "rnn_layer": lambda: dj.rnn_layer(params.layers[0], empty),
+        "gru_layer": lambda: dj.gru_layer(gru.layers[0], empty),
+        "tokens": lambda: dj.rnn_apply(params, targets),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"xs must hold at least one sequence.*m = 0"):
+            call()
+            pytest.fail(f"{name} accepted an empty batch")
+
+
 def test_rnn_layer_rejects_bad_h0(layer):
     with pytest.raises(ValueError, match=r"h0 must have shape \(m, d\).*= \(2, 5\), got \(3, 5\)"):
         dj.rnn_layer(layer, xs(), jnp.zeros((3, D)))

@@ -15,6 +15,7 @@ import jax
 
 from .._validation import (
     check_floating,
+    check_not_empty,
     check_rank,
     check_same_dtype,
     check_sequence,
@@ -94,11 +95,10 @@ def check_layer_state(name: str, state: object, layer, m: int, weight_name: str)
 def check_inputs(xs: object, W: jax.Array, weights: str) -> tuple[int, int]:
     """The inputs a layer (or a network's first layer) reads, checked against its input
     weight `W` (named `weights` in the messages): floats (T, m, n) in W's dtype with
-    n = W.shape[1], or integer tokens (T, m); T ≥ 1. Returns (T, m)."""
+    n = W.shape[1], or integer tokens (T, m); T, m ≥ 1. Returns (T, m)."""
     if is_token_input(xs):
         T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
-        if T == 0:
-            raise ValueError(f"xs must have at least one time step, got shape {(T, m)} (T = 0).")
+        check_not_empty("xs", (T, m))
         return T, m
     T, m, n = check_sequence("xs", xs)
     if n != W.shape[1]:

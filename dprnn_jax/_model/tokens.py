@@ -21,6 +21,7 @@ from jax import lax
 from .._validation import (
     check_choice,
     check_layer_params,
+    check_not_empty,
     check_rank,
     check_same_dtype,
     check_shape,
@@ -88,8 +89,7 @@ def check_token_inputs(
     check_choice("activation", activation, ACTIVATIONS)
     d, _ = check_layer_params("params", params)
     T, m = check_rank("xs", tokens, 2, "(T, m) = (time, batch) integer token indices")
-    if T == 0:
-        raise ValueError(f"xs must have at least one time step, got shape {(T, m)} (T = 0).")
+    check_not_empty("xs", (T, m))
     if h0 is None:
         h0 = jnp.zeros((m, d), params.W.dtype)
     else:
