@@ -198,10 +198,12 @@ def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     np.testing.assert_allclose(estimate.exponent, np.polyfit(lags, mean_log_norm, 1)[0], rtol=TOL)
     np.testing.assert_allclose(estimate.qr_exponent, spectrum[0], rtol=TOL, atol=TOL)
 
-    # γ = max ‖J_t‖₂ over the trajectory; no a-priori bound for a gated cell.
+    # γ = max ‖J_t‖₂ over the trajectory; no a-priori bound for a gated cell, and ‖S‖₂ of
+    # the stacked gate blocks enters none.
     bound = results["bound"]
     np.testing.assert_allclose(bound.gamma, spectral[steps + 1, steps].max(), rtol=TOL)
     assert np.isnan(bound.gamma_a_priori) and np.isnan(bound.max_sigma_prime)
+    assert np.isnan(bound.spectral_norm_S)
 
     # The plots name the followed state and render without a display (Agg).
     state = "h" if cell == "gru" else "(h, c)"
@@ -644,6 +646,7 @@ def test_omega_command_on_a_fresh_gru(tmp_path, capsys):
     summary = json.loads((out / "omega_summary.json").read_text())
     assert (summary["cell"], summary["state"], summary["state_width"]) == ("gru", "h", 3)
     assert summary["gamma_a_priori"] is None and summary["max_sigma_prime"] is None
+    assert summary["spectral_norm_S"] is None  # of the stacked (3d, d) gate blocks: no bound
     # λ₁ ≤ log γ with γ = max ‖J_t‖₂: every factor of Ω(i+k, i) has norm ≤ γ.
     assert summary["lyapunov_qr"] <= math.log(summary["gamma"]) + 1e-6
     assert summary["method_gradient_relative_error"] == 0

@@ -120,7 +120,7 @@ def omega_report(
     flow ‖G(j, i)‖_F), `omega_decay.png` (per-lag decay with γ^k and both Lyapunov
     fits) and `omega_summary.json` (the returned dict). For a GRU or LSTM layer Ω is
     the Jacobian of the cell's carry (`h`, or `(h, c)` 2d wide) and γ the largest
-    one-step norm ‖J_t‖₂ observed (no a-priori γ: those entries are None).
+    one-step norm ‖J_t‖₂ observed (no a-priori γ: those entries, and ‖S‖₂, are None).
 
     Args:
         params: `RNNParams` (Elman, GRU or LSTM layers).
@@ -221,7 +221,8 @@ def omega_report(
         "gamma": float(bound.gamma),
         # None for a gated cell: no a-priori bound of the form ‖S‖₂ · max σ' holds.
         "gamma_a_priori": _finite_or_none(bound.gamma_a_priori),
-        "spectral_norm_S": float(bound.spectral_norm_S),
+        # None for a gated cell too: ‖S‖₂ of its stacked gate blocks bounds nothing.
+        "spectral_norm_S": _finite_or_none(bound.spectral_norm_S),
         "max_sigma_prime": _finite_or_none(bound.max_sigma_prime),
         "lyapunov_diagonal_decay": float(estimate.exponent),
         "lyapunov_qr": float(qr[0]),

@@ -169,7 +169,8 @@ class DecayBound(NamedTuple):
             a GRU or LSTM layer, the largest one-step ‖J_t‖₂ observed.
         gamma_a_priori: γ with sup σ' of the activation (1 for tanh and relu, 1/4 for
             sigmoid): holds for every input. NaN for a gated layer (none is known).
-        spectral_norm_S: ‖S‖₂ (of the stacked gate blocks, (G·d, d), for a gated layer).
+        spectral_norm_S: ‖S‖₂; NaN for a gated layer, whose stacked gate blocks
+            ((3d, d) or (4d, d)) enter no bound.
         max_sigma_prime: the largest σ'(Z_t) entry over steps, samples and units; NaN for
             a gated layer.
 
@@ -465,7 +466,8 @@ def decay_bound(
     product is at most the product of the norms. With the observed max σ' the bound
     holds for this trajectory; with the activation's sup it holds for every input. For
     a GRU or LSTM layer γ is the largest one-step norm ‖J_t‖₂ observed on this
-    trajectory (the bound holds for it), and the a-priori fields are NaN.
+    trajectory (the bound holds for it), and the Elman-only fields (`gamma_a_priori`,
+    `spectral_norm_S`, `max_sigma_prime`) are NaN.
 
     Args:
         params: a `LayerParams`, `GRUParams`, `LSTMParams` or `BidirectionalParams`, or
@@ -491,9 +493,9 @@ def decay_bound(
     trajectory = layer_trajectory(
         params, xs, h0, activation=activation, layer=layer, direction=direction, lengths=lengths
     )
-    spectral_norm_S = jnp.linalg.norm(trajectory.params.S, ord=2)
     if trajectory.sigma_prime is None:
-        return _gated_decay_bound(trajectory, spectral_norm_S)
+        return _gated_decay_bound(trajectory)
+    spectral_norm_S = jnp.linalg.norm(trajectory.params.S, ord=2)
     # Only steps t with a valid successor enter a Jacobian Ω(t+1, t); σ' ≥ 0, so 0 is
     # the neutral element of the max. With no Jacobian at all, nothing is bounded: NaN.
     entering = valid_steps(trajectory)[1:, :, None]
@@ -514,15 +516,16 @@ def _max_or_nan(values: jax.Array, entering: jax.Array, like: jax.Array) -> jax.
     return jnp.where(entering.any(), values.max(), jnp.nan).astype(like.dtype)
 
 
-def _gated_decay_bound(trajectory: Trajectory, spectral_norm_S: jax.Array) -> DecayBound:
-    """γ = max_t ‖J_t‖₂ of a gated layer over the Jacobians between two valid steps."""
+def _gated_decay_bound(trajectory: Trajectory) -> DecayBound:
+    """γ = max_t ‖J_t‖₂ of a gated layer over the Jacobians between two valid steps; the
+    fields of the Elman bound ‖S‖₂ · max σ' are NaN (‖S‖₂ of the stacked gate blocks
+    bounds nothing)."""
     one_step = one_step_jacobians(trajectory)[:-1]
+    nan = jnp.full((), jnp.nan, trajectory.params.S.dtype)
     if not one_step.size:  # T = 1: no Jacobian at all
-        nan = jnp.full_like(spectral_norm_S, jnp.nan)
-        return DecayBound(nan, nan, spectral_norm_S, nan)
+        return DecayBound(nan, nan, nan, nan)
     norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0]
     entering = valid_steps(trajectory)[1:]
     # Norms are ≥ 0, so 0 is the neutral element of the max; no Jacobian at all: NaN.
-    gamma = _max_or_nan(jnp.where(entering, norms, 0), entering, spectral_norm_S)
-    nan = jnp.full_like(spectral_norm_S, jnp.nan)
-    return DecayBound(gamma, nan, spectral_norm_S, nan)
+    gamma = _max_or_nan(jnp.where(entering, norms, 0), entering, nan)
+    return DecayBound(gamma, nan, nan, nan)
