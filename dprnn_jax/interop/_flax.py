@@ -9,11 +9,9 @@ module imports flax.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 try:
     import flax.linen as nn
@@ -26,25 +24,25 @@ except ImportError as error:  # pragma: no cover - exercised only without flax
 
 from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
-from .._model.scan_cell import scan_cell
+from ._sequence import SequenceLayout, scan_flax_cell
 
 
-def _output_leaf(cell_step, params, carry, x) -> tuple[int | None, Any]:
-    """Which leaf of the new carry the cell returns as its output y, if any, and y's shape.
-
-    Flax's cells return `(new_carry, y)` with y the very array of the carry that holds
-    `h` (`return (new_c, new_h), new_h`): found by identity while tracing one step.
-    """
-    found = []
-
-    def probe(params, carry, x):
-        new_carry, y = cell_step(params, carry, x)
-        leaves = jax.tree.leaves(new_carry)
-        found.append(next((i for i, leaf in enumerate(leaves) if leaf is y), None))
-        return y
-
-    y_shape = jax.eval_shape(probe, params, carry, x)
-    return found[0], y_shape
+def _check_linen_cell(cell) -> None:
+    """A flax.linen cell; cells of other frameworks are sent to their own wrapper."""
+    if isinstance(cell, nn.Module):
+        return
+    kind = f"{type(cell).__module__}.{type(cell).__qualname__}"
+    hint = "pass a flax.linen cell such as nn.GRUCell(features)"
+    if type(cell).__module__.startswith("flax.nnx") or any(
+        base.__module__.startswith("flax.nnx") for base in type(cell).__mro__
+    ):
+        hint = (
+            "it is a flax.nnx module: use dprnn_jax.interop.nnx.RNN(cell, method=...), "
+            "the drop-in for flax.nnx.RNN"
+        )
+    elif any(base.__module__.startswith("equinox") for base in type(cell).__mro__):
+        hint = "it is an Equinox module: use dprnn_jax.interop.equinox_scan(cell, xs, carry0)"
+    raise TypeError(f"FlaxRNN's cell must be a flax.linen recurrent cell, got {kind}; {hint}.")
 
 
 class FlaxRNN(nn.Module):
@@ -75,11 +73,14 @@ class FlaxRNN(nn.Module):
 
     Any cell with `nn.RNN`'s interface works: `initialize_carry(key, input_shape)`,
     `num_feature_axes` and `__call__(carry, x) -> (carry, y)` over any leading batch
-    axes (flattened into one for the scan). Not supported: `nn.RNN`'s `unroll`,
+    axes (flattened into one for the scan); integer inputs (tokens) have no gradient.
+    `unroll` is accepted as `nn.RNN` accepts it, as a hint, and not used: the forward
+    and backward loops are the algorithm's own. Not supported: `nn.RNN`'s
     `variable_axes`, `variable_broadcast`, `variable_carry` and `split_rngs` (the cell's
     variables are broadcast over time, as `nn.RNN`'s defaults do), cells that draw
-    random numbers (dropout) or update mutable collections, and integer inputs.
-    Collections other than "params" are read but not differentiated.
+    random numbers (dropout) or update mutable collections. Collections other than
+    "params" are read but not differentiated. For a `flax.nnx` cell use
+    `dprnn_jax.interop.nnx.RNN`.
 
     Attributes:
         cell: a Flax recurrent cell (`nn.RNNCellBase`).
@@ -89,6 +90,7 @@ class FlaxRNN(nn.Module):
         reverse: read each sequence from its end; outputs in that order unless
             `keep_order`.
         keep_order: with `reverse`, give the outputs back in time order.
+        unroll: accepted for `nn.RNN`'s signature; a hint that is not used.
         method: the gradient algorithm, a `GradientAlgorithm` or its name (see
             `scan_cell`); "omega" by default.
         truncation: with the names "omega" and "bptt": keep lags ≤ K.
@@ -118,10 +120,15 @@ class FlaxRNN(nn.Module):
     return_carry: bool = False
     reverse: bool = False
     keep_order: bool = False
+    unroll: int = 1
     method: str | GradientAlgorithm = "omega"
     truncation: int | None = None
     tol: float | None = None
     block: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_linen_cell(self.cell)
+        super().__post_init__()
 
     @nn.compact
     def __call__(
@@ -157,7 +164,8 @@ class FlaxRNN(nn.Module):
         Raises:
             ValueError: unknown `method` or options it does not take (`resolve_method`),
                 a cell whose carry changes structure, shape or dtype (`scan_cell`).
-            TypeError: `inputs` is not an array.
+            TypeError: `inputs` is not an array; `cell` is not a flax.linen module (at
+                construction).
 
         Example:
             >>> import flax.linen as nn
@@ -180,44 +188,21 @@ class FlaxRNN(nn.Module):
         algorithm = resolve_method(
             self.method, truncation=self.truncation, tol=self.tol, block=self.block
         )
-        if not hasattr(inputs, "ndim"):
-            raise TypeError(
-                f"inputs must be an array (*batch, time, *features), got {type(inputs).__name__}."
-            )
-
-        # The axes as nn.RNN reads them.
-        feature_axes = self.cell.num_feature_axes
-        time_axis = 0 if time_major else inputs.ndim - (feature_axes + 1)
-        if time_axis < 0:
-            time_axis += inputs.ndim
-        if time_major:
-            batch_dims = inputs.shape[1:-feature_axes]
-        else:
-            batch_dims = inputs.shape[:time_axis]
-        flip = dict(num_batch_dims=len(batch_dims), time_major=time_major)
-
+        layout = SequenceLayout.of(inputs, self.cell.num_feature_axes, time_major)
         if reverse:
-            inputs = flip_sequences(inputs, seq_lengths, **flip)
+            inputs = flip_sequences(inputs, seq_lengths, **layout.flip_options)
         if initial_carry is None:
             if init_key is None:
                 init_key = jax.random.key(0)
-            input_shape = inputs.shape[:time_axis] + inputs.shape[time_axis + 1 :]
-            carry = self.cell.initialize_carry(init_key, input_shape)
+            carry = self.cell.initialize_carry(init_key, layout.step_input_shape(inputs))
         else:
             carry = initial_carry
         if self.is_initializing():
             # nn.RNN's scan initialises the cell's variables (broadcast over time) from
             # the first step; the same call under the same name gives the same values.
-            self.cell(carry, jax.lax.index_in_dim(inputs, 0, time_axis, keepdims=False))
+            self.cell(carry, layout.first_step(inputs))
 
-        # scan_cell's layout: (T, m, *features) with the batch axes flattened into m.
-        m = math.prod(batch_dims)
-        xs = jnp.moveaxis(inputs, time_axis, 0)
-        xs = xs.reshape((xs.shape[0], m) + xs.shape[1 + len(batch_dims) :])
-        carry0 = jax.tree.map(
-            lambda leaf: leaf.reshape((m,) + leaf.shape[len(batch_dims) :]), carry
-        )
-
+        xs, carry0 = layout.to_scan(inputs, carry)
         variables = dict(self.cell.variables)
         params = variables.pop("params", {})
         cell = self.cell.clone(parent=None)
@@ -225,40 +210,11 @@ class FlaxRNN(nn.Module):
         def cell_step(params, carry, x):
             return cell.apply({**variables, "params": params}, carry, x)
 
-        output_leaf, y_shape = _output_leaf(cell_step, params, carry0, xs[0])
-        if output_leaf is not None:
-            carries = scan_cell(
-                lambda params, carry, x: cell_step(params, carry, x)[0],
-                params,
-                xs,
-                carry0,
-                method=algorithm,
-            )
-            outputs = jax.tree.leaves(carries)[output_leaf]
-        else:
-            # The output is not in the carry: carry it along, (carry, y) from y = 0.
-            y0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_shape)
-            carries, outputs = scan_cell(
-                lambda params, carry, x: cell_step(params, carry[0], x),
-                params,
-                xs,
-                (carry0, y0),
-                method=algorithm,
-            )
-
-        if seq_lengths is not None and return_carry:
-            # Each sequence's carry after its last valid step, as nn.RNN selects it.
-            last = jnp.reshape(seq_lengths, (m,)) - 1
-            final = jax.tree.map(lambda leaf: leaf[last, jnp.arange(m)], carries)
-        else:
-            final = jax.tree.map(lambda leaf: leaf[-1], carries)
-        final = jax.tree.map(lambda leaf: leaf.reshape(batch_dims + leaf.shape[1:]), final)
-        outputs = jax.tree.map(
-            lambda leaf: jnp.moveaxis(
-                leaf.reshape((leaf.shape[0],) + batch_dims + leaf.shape[2:]), 0, time_axis
-            ),
-            outputs,
-        )
+        carries, outputs = scan_flax_cell(cell_step, params, xs, carry0, algorithm)
+        final = layout.final_carry(carries, seq_lengths if return_carry else None)
+        outputs = layout.outputs_from_scan(outputs)
         if reverse and keep_order:
-            outputs = jax.tree.map(lambda leaf: flip_sequences(leaf, seq_lengths, **flip), outputs)
+            outputs = jax.tree.map(
+                lambda leaf: flip_sequences(leaf, seq_lengths, **layout.flip_options), outputs
+            )
         return (final, outputs) if return_carry else outputs
