@@ -50,6 +50,26 @@ def test_init_shapes_and_dtype(dtype):
     assert outputs.shape == (7, 2, 4) and outputs.dtype == dtype
 
 
+def test_half_precision_elman_stacks_initialise_and_run():
+    """The orthogonal S has no half-precision QR: it is drawn in float32 and rounded, so
+    it is orthogonal to that precision; the model runs forward in its own dtype."""
+
+    @jax.jit
+    def init_and_run():
+        results = []
+        for dtype in (jnp.bfloat16, jnp.float16):
+            params = dj.init_rnn(jax.random.key(0), 3, (4,), 2, dtype=dtype)
+            results.append((params, dj.rnn_apply(params, jnp.ones((5, 2, 3), dtype))))
+        return results
+
+    for dtype, (params, outputs) in zip((jnp.bfloat16, jnp.float16), init_and_run()):
+        assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(dtype)}
+        S = np.asarray(params.layers[0].S, np.float32)
+        assert np.abs(S @ S.T - np.eye(4)).max() <= 2 * jnp.finfo(dtype).eps
+        assert outputs.dtype == dtype and outputs.shape == (5, 2, 2)
+        assert np.isfinite(np.asarray(outputs, np.float32)).all()
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_forward_value_is_the_same_for_every_method(name, dtype):
     """Eagerly, by name and as an object: the custom rules change only the backward."""

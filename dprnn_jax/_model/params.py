@@ -151,7 +151,8 @@ def init_layer(
 
     `W` is LeCun-normal (variance 1/input_size), `S` is a random orthogonal matrix
     (spectral radius 1: gradients neither vanish nor explode through S alone at
-    initialisation) and `b` is zero.
+    initialisation) and `b` is zero. In a half-precision dtype (bfloat16, float16) S is
+    drawn in float32 and rounded, so it is orthogonal to that precision only.
 
     Args:
         key: a PRNG key.
@@ -174,9 +175,12 @@ def init_layer(
     W = jax.random.normal(w_key, (hidden_size, input_size), dtype) / jnp.sqrt(
         jnp.asarray(input_size, dtype)
     )
-    S = jax.nn.initializers.orthogonal()(s_key, (hidden_size, hidden_size), dtype)
+    # The QR behind the orthogonal draw has no half-precision kernel (bfloat16, float16):
+    # draw S in float32 (or wider) and cast it.
+    draw_dtype = jnp.promote_types(dtype, jnp.float32)
+    S = jax.nn.initializers.orthogonal()(s_key, (hidden_size, hidden_size), draw_dtype)
     b = jnp.zeros((hidden_size,), dtype)
-    return LayerParams(W, S, b)
+    return LayerParams(W, S.astype(dtype), b)
 
 
 def init_bidirectional_layer(
