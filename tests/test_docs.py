@@ -1,12 +1,18 @@
 """The documentation is part of the product: the mkdocs site builds under `--strict`, every
-public name has a docstring and a place in the API reference, and code and docs cite
-only what is in the repository (docs/theory.md#…, sources by title), never a planning
-file or an internal label."""
+public name has a docstring and a place in the API reference, every ```python block of
+the README and the manual runs as written, and code and docs cite only what is in the
+repository (docs/theory.md#…, sources by title), never a planning file or an internal
+label."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import doctest
 import importlib
+import importlib.util
 import inspect
+import io
 import os
 import re
 import subprocess
@@ -160,19 +166,146 @@ def test_cited_doc_anchors_exist(site):
     assert not broken, "citations of missing pages or headings:\n" + "\n".join(broken)
 
 
-def test_the_readmes_training_example_converges_as_it_prints(capsys):
-    """The README's first example runs as written and prints what the README shows: the
-    same starting loss and a per-step cross-entropy that falls to the printed level.
-    Later values depend on rounding (another CPU, other XLA options), so they are
-    compared with a tolerance."""
+# ---------------------------------------------------------------------------------------
+# Every ```python block of the README and of docs/*.md runs as written. The blocks of one
+# page share one namespace and run in order, as in a reader's session; a block that opens
+# with `>>>` is a doctest (its printed output is compared). A page's blocks are run by one
+# test, so a failure names the page, the block's line and the traceback in the page's own
+# line numbers.
+# ---------------------------------------------------------------------------------------
+
+PYTHON_BLOCK = re.compile(
+    r"^(?P<indent> *)```python\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.S | re.M
+)
+# A block that cannot run on one machine says so, visibly in the page source, right above
+# its fence: `<!-- docs-test: skip, REASON -->`. The test then skips with that reason.
+SKIP_MARK = re.compile(r"<!-- docs-test: skip, (?P<reason>(?:(?!-->).)+?) -->\s*\Z", re.S)
+# Optional packages (extras of pyproject.toml) a page may use: a block that imports or
+# names one that is not installed is not run, and the page's test skips saying so.
+OPTIONAL_PACKAGES = {"torch": "pip install 'dprnn_jax[torch]'"}
+# Blocks that train for many steps run shorter in the test, and only where the page says
+# so in these words: page -> [(as written, as run)].
+SHORTENED = {"docs/training.md": [("for s in range(1000):", "for s in range(3):")]}
+SHORTENED_NOTE = "`tests/test_docs.py` runs this block with `{run}` for `{written}`"
+
+
+def _code_pages() -> list[str]:
+    pages = ["README.md", *(f"docs/{path.name}" for path in sorted((ROOT / "docs").glob("*.md")))]
+    return [page for page in pages if PYTHON_BLOCK.search((ROOT / page).read_text("utf-8"))]
+
+
+def _missing_optional_packages(code: str) -> list[str]:
+    """The optional packages, not installed here, that a block imports or names."""
+    tree = ast.parse(code if not code.lstrip().startswith(">>>") else "")
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return [
+        package
+        for package in OPTIONAL_PACKAGES
+        if package in names and importlib.util.find_spec(package) is None
+    ]
+
+
+def _without_indent(code: str, indent: str) -> str:
+    """A block's code without the indentation of its fence (a block inside a list)."""
+    rows = code.splitlines(keepends=True)
+    return "".join(row[len(indent) :] if row.startswith(indent) else row for row in rows)
+
+
+def run_python_blocks(page: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Runs the ```python blocks of `page` in order in one namespace.
+
+    Returns `(printed, not_run)`: the output of each block that ran and the reason for
+    each that did not, by the block's first line in the page. Fails the calling test on
+    the first block that raises or whose doctest output differs."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    shortened = SHORTENED.get(page, [])
+    for written, run in shortened:
+        note = SHORTENED_NOTE.format(run=run, written=written)
+        assert note in text, f"{page} runs shorter in its test, but the page does not say: {note}"
+        in_code = sum(block.group("code").count(written) for block in PYTHON_BLOCK.finditer(text))
+        assert in_code == 1, f"{page}: {written!r} must occur once in its code, not {in_code} times"
+    namespace: dict = {"__name__": "__docs__"}
+    printed, not_run = {}, {}
+    # A page may switch JAX's global options (float64) for its later blocks, as it would
+    # in a reader's session; the tests after it get them back as they were.
+    with _jax_options_restored():
+        for block in PYTHON_BLOCK.finditer(text):
+            line = text.count("\n", 0, block.start("code")) + 1  # the first line of code
+            code = _without_indent(block.group("code"), block.group("indent"))
+            for written, run in shortened:
+                code = code.replace(written, run)
+            mark = SKIP_MARK.search(text, 0, block.start())
+            missing = _missing_optional_packages(code)
+            if mark:
+                not_run[line] = mark.group("reason")
+            elif missing:
+                not_run[line] = ", ".join(
+                    f"needs {package}, which is not installed ({OPTIONAL_PACKAGES[package]})"
+                    for package in missing
+                )
+            else:
+                printed[line] = _run_block(page, line, code, namespace)
+    return printed, not_run
+
+
+@contextlib.contextmanager
+def _jax_options_restored():
+    import jax
+
+    x64 = jax.config.jax_enable_x64
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+
+
+def _run_block(page: str, line: int, code: str, namespace: dict) -> str:
+    """Runs one block (a doctest if it opens with `>>>`) and returns what it printed."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        if code.lstrip().startswith(">>>"):
+            test = doctest.DocTestParser().get_doctest(code, namespace, page, page, line - 1)
+            runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+            report = io.StringIO()
+            runner.run(test, out=report.write, clear_globs=False)
+            if runner.failures:
+                pytest.fail(f"{page}:{line}: doctest failed\n{report.getvalue()}", pytrace=False)
+        else:
+            # Blank lines in front, so that a traceback gives the page's line numbers.
+            exec(compile("\n" * (line - 1) + code, page, "exec"), namespace)
+    return output.getvalue()
+
+
+@pytest.mark.parametrize("page", [page for page in _code_pages() if page != "README.md"])
+def test_every_python_block_of_the_manual_runs_as_written(page):
+    printed, not_run = run_python_blocks(page)
+    assert printed or not_run, f"{page}: no python block found"
+    if not_run:
+        ran = ", ".join(f"{page}:{line}" for line in printed) or "none"
+        reasons = "; ".join(f"{page}:{line} not run: {why}" for line, why in not_run.items())
+        pytest.skip(f"ran and passed: {ran}; {reasons}")
+
+
+def test_the_readmes_training_example_converges_as_it_prints():
+    """The README's blocks run as written (as every page's), and its optax example prints
+    what the README shows: the same starting loss and a per-step cross-entropy that falls
+    to the printed level. Later values depend on rounding (another CPU, other XLA
+    options), so they are compared with a tolerance."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     code = re.search(r"## Example: training with optax\s+```python\n(.*?)```", readme, re.S)
     assert code, "the README's optax example is missing"
     printed = re.search(r"prints \(CPU, float32\):\s+```\n(.*?)```", readme, re.S)
     assert printed, "the README no longer shows what the example prints"
-    exec(compile(code.group(1), "README.md", "exec"), {})
+    outputs, not_run = run_python_blocks("README.md")
+    assert not not_run, not_run
+    example_line = readme.count("\n", 0, code.start(1)) + 1
     pattern = re.compile(r"step\s+(\d+)\s+cross-entropy per step ([\d.]+)")
-    ran = [(int(s), float(v)) for s, v in pattern.findall(capsys.readouterr().out)]
+    ran = [(int(s), float(v)) for s, v in pattern.findall(outputs[example_line])]
     shown = [(int(s), float(v)) for s, v in pattern.findall(printed.group(1))]
     assert [s for s, _ in ran] == [s for s, _ in shown] == [0, 50, 100, 150, 200]
     losses = np.array([v for _, v in ran])

@@ -156,9 +156,10 @@ def plot_triangle(
         direction: "forward" or "backward", the direction the triangle was computed
             for; None (the default) reads it from the side of the diagonal that holds
             the values (both sides: the labels name no order).
-        vmin, vmax: the colour range, as matplotlib's `imshow` takes it (both > 0: the
-            scale is logarithmic); by default the range of this triangle's values. Give
-            every compared panel the same range, e.g. `color_limits(...)`.
+        vmin: the bottom of the colour range, as matplotlib's `imshow` takes it (> 0:
+            the scale is logarithmic); by default this triangle's smallest value. Give
+            every compared panel the same range, e.g. from `color_limits(...)`.
+        vmax: the top of the colour range; by default this triangle's largest value.
         colorbar: draw this panel's colour bar; False for panels that share one (draw
             it once with `figure.colorbar(ax.images[0], ax=axes)`).
 
