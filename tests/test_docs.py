@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import difflib
 import doctest
 import importlib
 import importlib.util
@@ -88,6 +89,29 @@ def _own_docstring(obj) -> str:
     if inspect.isclass(obj) and re.fullmatch(rf"{re.escape(obj.__name__)}\(.*\)", doc, re.DOTALL):
         return ""
     return doc
+
+
+def test_the_generated_tables_are_those_the_code_gives():
+    # `dprnn-jax train`'s option table (from its argparse parser) and the table of
+    # algorithm objects (from the registry and their dataclass fields): docs/tables.py.
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert set(tables.TABLES) == {"docs/training.md", "docs/algorithms.md"}
+    for page in tables.TABLES:
+        written = (ROOT / page).read_text(encoding="utf-8")
+        expected = tables.regenerated(page)
+        difference = "".join(
+            difflib.unified_diff(
+                written.splitlines(keepends=True), expected.splitlines(keepends=True), page, "code"
+            )
+        )
+        assert not difference, f"run `python docs/tables.py`; {page} differs:\n{difference}"
+    # What the issue found missing is there now.
+    training = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert "| `--cell` |" in training and "| `--checkpoint K` or `--checkpoint sqrt` |" in training
+    algorithms = (ROOT / "docs" / "algorithms.md").read_text(encoding="utf-8")
+    assert "`BPTT(truncation=None, checkpoint=None)`" in algorithms
 
 
 @pytest.mark.parametrize("module_name", NAMESPACES)
