@@ -70,3 +70,26 @@ def test_equinox_scan_matches_a_plain_scan_of_the_cell(cell_name, x64):
 def test_equinox_scan_refuses_a_non_callable_cell():
     with pytest.raises(TypeError, match="cell must be an Equinox module"):
         interop.equinox_scan(3.0, jnp.ones((T, M, N)), jnp.zeros((M, D)))
+
+
+def test_cells_of_other_frameworks_and_non_cells_are_refused_with_the_fix():
+    from flax import nnx
+
+    xs, h0 = jnp.ones((T, M, N)), jnp.zeros((M, D))
+    with pytest.raises(TypeError, match=r"flax\.nnx module: use dprnn_jax\.interop\.nnx\.RNN"):
+        interop.equinox_scan(nnx.GRUCell(N, D, rngs=nnx.Rngs(0)), xs, h0)
+    linear = eqx.nn.Linear(N, D, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"Linear failed on one sample's x float32\[3\].*GRUCell"):
+        interop.equinox_scan(linear, xs, h0)
+
+
+def test_a_carry_of_the_wrong_width_or_structure_is_named():
+    key = jax.random.key(0)
+    xs, h0 = jnp.ones((T, M, N)), jnp.zeros((M, D))
+    gru, lstm = eqx.nn.GRUCell(N, D, key=key), eqx.nn.LSTMCell(N, D, key=key)
+    with pytest.raises(ValueError, match=r"takes h0 of shape \(m, 4\).*carry0 float32\[2, 5\]"):
+        interop.equinox_scan(gru, xs, jnp.zeros((M, D + 1)))
+    with pytest.raises(ValueError, match=r"takes the pair \(h0, c0\).*carry0 float32\[2, 4\]"):
+        interop.equinox_scan(lstm, xs, h0)
+    with pytest.raises(ValueError, match=r"xs of shape \(T, m, 3\).*xs float32\[5, 2, 2\]"):
+        interop.equinox_scan(gru, xs[..., :2], h0)

@@ -171,3 +171,18 @@ def test_unknown_method_is_refused_when_called():
     rnn = interop.FlaxRNN(nn.GRUCell(D), method="newton")
     with pytest.raises(ValueError, match="newton"):
         rnn.init(jax.random.key(0), jnp.ones((M, T, N)))
+
+
+def test_an_nnx_cell_is_sent_to_interop_nnx_rnn():
+    from flax import nnx
+
+    with pytest.raises(TypeError, match=r"flax\.nnx module: use dprnn_jax\.interop\.nnx\.RNN"):
+        interop.FlaxRNN(nnx.GRUCell(N, D, rngs=nnx.Rngs(0)))
+
+
+def test_unroll_is_accepted_as_nn_rnn_accepts_it():
+    # A hint, as in nn.RNN: the same program, the outputs of unroll=1.
+    x = jnp.linspace(-1, 1, M * T * N).reshape(M, T, N)
+    rnn, unrolled = interop.FlaxRNN(nn.GRUCell(D)), interop.FlaxRNN(nn.GRUCell(D), unroll=3)
+    variables = rnn.init(jax.random.key(0), x)
+    assert max_relative_error(unrolled.apply(variables, x), rnn.apply(variables, x)) == 0.0

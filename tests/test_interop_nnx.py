@@ -276,3 +276,10 @@ def test_a_cell_that_writes_a_variable_in_each_step_is_refused():
     rnn = interop.nnx.RNN(CountingCell())
     with pytest.raises(ValueError, match=r"writes its variable steps \(BatchStat\)"):
         rnn(jnp.ones((M, T, N)))
+
+
+def test_dir_of_interop_lists_every_public_name():
+    # Tab completion offers the names that are imported on first use (they import flax).
+    assert set(interop.__all__) <= set(dir(interop))
+    assert {"FlaxRNN", "nnx", "to_torch"} <= set(interop.__all__)
+    assert interop.nnx.__all__ == ["Bidirectional", "RNN"]

@@ -1,4 +1,5 @@
-"""`dj.interop.from_torch`: PyTorch's nn.RNN, nn.GRU and nn.LSTM as the library's layers.
+"""`dj.interop.from_torch`: PyTorch's nn.RNN, nn.GRU and nn.LSTM as the library's layers;
+`dj.interop.to_torch`: the way back.
 
 The reference is the torch module itself: its outputs and its autograd gradients
 w.r.t. every named parameter, in float64. The library side runs the converted layers
@@ -165,3 +166,63 @@ def test_missing_torch_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r"pip install 'dprnn_jax\[torch\]'"):
         interop.from_torch(module)
+
+
+@pytest.mark.parametrize(
+    ("kind", "num_layers", "bidirectional"),
+    [("rnn_tanh", 1, False), ("rnn_relu", 2, False), ("gru", 2, False), ("lstm", 1, False)]
+    + [("rnn_tanh", 2, True), ("lstm", 2, True)],
+)
+def test_to_torch_is_the_inverse_of_from_torch(kind, num_layers, bidirectional, x64):
+    torch.manual_seed(1)
+    module = MODULES[kind](num_layers=num_layers, bidirectional=bidirectional).double()
+    layers = interop.from_torch(module)
+    activation = interop.torch_activation(module)
+    rebuilt = interop.to_torch(layers, activation=activation)
+    assert type(rebuilt) is type(module) and interop.torch_activation(rebuilt) == activation
+    expected, got = module.state_dict(), rebuilt.state_dict()
+    assert got.keys() == expected.keys()
+    for name, tensor in got.items():
+        assert tensor.dtype == torch.float64
+        if kind.startswith("rnn") and name.startswith("bias"):
+            # The Elman layer's one bias b = b_ih + b_hh goes back as (b, 0).
+            ih = name.replace("bias_hh", "bias_ih")
+            b = expected[ih] + expected[ih.replace("bias_ih", "bias_hh")]
+            assert torch.equal(tensor, b if name.startswith("bias_ih") else torch.zeros_like(b))
+        else:
+            assert torch.equal(tensor, expected[name]), name
+    # The library's layers come back bitwise, and the module computes what they compute.
+    again = interop.from_torch(rebuilt)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(layers))
+    )
+    xs = np.random.default_rng(2).standard_normal((T, M, N))
+    outputs = rebuilt(torch.from_numpy(xs))[0].detach().numpy()
+    library = run_layers(layers, jnp.asarray(xs), activation, dj.BPTT())
+    assert max_relative_error(outputs, library) <= 1e-12
+
+
+def test_to_torch_fills_a_given_module_in_place():
+    layers = interop.from_torch(torch.nn.LSTM(N, D, num_layers=2))
+    target = torch.nn.LSTM(N, D, num_layers=2)
+    assert interop.to_torch(layers, target) is target
+    for k, layer in enumerate(layers):
+        np.testing.assert_array_equal(getattr(target, f"weight_hh_l{k}").detach().numpy(), layer.S)
+        np.testing.assert_array_equal(getattr(target, f"bias_ih_l{k}").detach().numpy(), layer.b_ih)
+
+
+def test_to_torch_refuses_what_does_not_make_one_module():
+    gru = interop.from_torch(torch.nn.GRU(N, D, num_layers=2))
+    with pytest.raises(ValueError, match=r"module does not match.*'hidden_size': \(5, 4\)"):
+        interop.to_torch(gru, torch.nn.GRU(N, D + 1, num_layers=2))
+    with pytest.raises(TypeError, match=r"for a torch\.nn\.GRU, but module is a .*LSTM"):
+        interop.to_torch(gru, torch.nn.LSTM(N, D, num_layers=2))
+    with pytest.raises(ValueError, match=r"layer 1 does not fit one torch module"):
+        interop.to_torch((gru[0], interop.from_torch(torch.nn.LSTM(D, D))[0]))
+    params = dj.init_rnn(jax.random.key(0), N, (D,), 2)
+    with pytest.raises(TypeError, match=r"readout has no counterpart.*params\.layers"):
+        interop.to_torch(params)
+    with pytest.raises(ValueError, match=r"activation='relu' but module\.nonlinearity is 'tanh'"):
+        interop.to_torch(params.layers, torch.nn.RNN(N, D), activation="relu")
+    with pytest.raises(TypeError, match="to_torch takes what from_torch returns"):
+        interop.to_torch({"W": jnp.ones((D, N))})

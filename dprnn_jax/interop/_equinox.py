@@ -27,6 +27,64 @@ def _import_equinox():
     return equinox
 
 
+def _describe(tree) -> str:
+    return str(jax.tree.map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", tree))
+
+
+def _check_cell(eqx, cell, xs, carry0) -> None:
+    """An Equinox cell that takes one sample's `(x, carry)` as given; each mistake named
+    with the fix."""
+    kind = f"{type(cell).__module__}.{type(cell).__qualname__}"
+    modules = [base.__module__ for base in type(cell).__mro__]
+    if any(name.startswith("flax.nnx") for name in modules):
+        raise TypeError(
+            f"equinox_scan's cell must be an Equinox module, got {kind}, a flax.nnx module: "
+            "use dprnn_jax.interop.nnx.RNN(cell, method=...), the drop-in for nnx.RNN."
+        )
+    if any(name.startswith("flax.linen") for name in modules):
+        raise TypeError(
+            f"equinox_scan's cell must be an Equinox module, got {kind}, a flax.linen "
+            "module: use dprnn_jax.interop.FlaxRNN(cell, method=...), the drop-in for nn.RNN."
+        )
+    if not callable(cell):
+        raise TypeError(
+            f"cell must be an Equinox module called as cell(x, carry) -> carry, got {kind}."
+        )
+    try:
+        x = jax.tree.map(lambda leaf: leaf[0, 0], xs)
+        carry = jax.tree.map(lambda leaf: leaf[0], carry0)
+    except (TypeError, IndexError):
+        return  # scan_cell names what is wrong with xs or carry0
+    expected = None
+    hidden, inputs = getattr(cell, "hidden_size", None), getattr(cell, "input_size", None)
+    if isinstance(cell, eqx.nn.GRUCell):
+        expected = f"h0 of shape (m, {hidden}) and xs of shape (T, m, {inputs})"
+        fits = hasattr(carry, "shape") and carry.shape == (hidden,)
+    elif isinstance(cell, eqx.nn.LSTMCell):
+        expected = f"the pair (h0, c0), each (m, {hidden}), and xs of shape (T, m, {inputs})"
+        fits = isinstance(carry, (tuple, list)) and len(carry) == 2
+        fits = fits and all(getattr(leaf, "shape", None) == (hidden,) for leaf in carry)
+    if expected is not None:
+        fits = fits and getattr(x, "shape", None) == (inputs,)
+        if not fits:
+            raise ValueError(
+                f"equinox_scan: {type(cell).__name__}(input_size={inputs}, hidden_size="
+                f"{hidden}) takes {expected}; got carry0 {_describe(carry0)} and xs "
+                f"{_describe(xs)}."
+            )
+        return
+    try:
+        jax.eval_shape(cell, x, carry)
+    except Exception as error:
+        raise TypeError(
+            f"equinox_scan calls cell(x, carry) -> carry per sample; {kind} failed on one "
+            f"sample's x {_describe(x)} and carry {_describe(carry)} (carry0 and xs "
+            f"without their batch and time axes) with {type(error).__name__}: {error}. "
+            "Pass a recurrent cell such as eqx.nn.GRUCell(input_size, hidden_size, "
+            "key=...) with a carry0 of its hidden state."
+        ) from error
+
+
 def equinox_scan(
     cell: Any,
     xs: jax.Array,
@@ -65,8 +123,13 @@ def equinox_scan(
 
     Raises:
         ImportError: equinox is not installed.
-        TypeError: `cell` is not callable; the errors of `scan_cell`.
-        ValueError: the errors of `scan_cell` (e.g. a carry the cell changes in shape).
+        TypeError: `cell` is not an Equinox cell (a Flax cell is sent to `interop.nnx.RNN`
+            or `FlaxRNN`; a module such as `eqx.nn.Linear` cannot be called as
+            `cell(x, carry)`); the errors of `scan_cell`.
+        ValueError: a carry or inputs of the wrong structure or width for the cell
+            (`eqx.nn.GRUCell` takes `h0` (m, hidden_size), `eqx.nn.LSTMCell` the pair
+            `(h0, c0)`), a cell that fails on them; the errors of `scan_cell` (e.g. a
+            carry the cell changes in shape).
 
     Example:
         >>> import equinox as eqx
@@ -82,11 +145,7 @@ def equinox_scan(
         (12, 4)
     """
     eqx = _import_equinox()
-    if not callable(cell):
-        raise TypeError(
-            f"cell must be an Equinox module called as cell(x, carry) -> carry, got "
-            f"{type(cell).__name__}."
-        )
+    _check_cell(eqx, cell, xs, carry0)
     params, static = eqx.partition(cell, eqx.is_inexact_array)
 
     def step(params, carry, x):
