@@ -308,6 +308,29 @@ def library_loss(params, xs, targets, mask, h0s, *, loss, activation, method, **
     return dj.per_step_losses(outputs, targets, mask=mask, loss=loss).sum() / xs.shape[1]
 
 
+def sigmoid(x):
+    """1 / (1 + e^(−x)), written out rather than jax.nn's."""
+    return 1 / (1 + jnp.exp(-x))
+
+
+def gru_equations(layer, h, x):
+    """One step of PyTorch's GRU, written out: gates [r; z; n] in the rows of W and S."""
+    W, S, b_ih, b_hh = layer
+    a_r, a_z, a_n = jnp.split(x @ W.T + b_ih, 3, axis=-1)
+    s_r, s_z, s_n = jnp.split(h @ S.T + b_hh, 3, axis=-1)
+    r, z = sigmoid(a_r + s_r), sigmoid(a_z + s_z)
+    return (1 - z) * jnp.tanh(a_n + r * s_n) + z * h
+
+
+def lstm_equations(layer, carry, x):
+    """One step of PyTorch's LSTM, written out: gates [i; f; g; o], carry (h, c)."""
+    W, S, b_ih, b_hh = layer
+    h, c = carry
+    i, f, g, o = jnp.split(x @ W.T + b_ih + h @ S.T + b_hh, 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
+    return sigmoid(o) * jnp.tanh(c), c
+
+
 def reference_layer(W, S, b, xs, h0, activation):
     """h_t = σ(x_t Wᵀ + h_{t-1} Sᵀ + b) with a plain lax.scan."""
     sigma = SIGMAS[activation]

@@ -1,7 +1,7 @@
 """GRU and LSTM layers (PyTorch's layout and equations) under every algorithm.
 
-The oracle is written here from the equations, independently of the library: a plain
-Python loop over steps, differentiated by `jax.grad`.
+The oracle is the equations written out in helpers.py, independently of the library, in
+a plain Python loop over steps, differentiated by `jax.grad`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import CHEAP_COMPILE, assert_trees_close, random_inputs
+from helpers import CHEAP_COMPILE, assert_trees_close, gru_equations, lstm_equations, random_inputs
 
 import dprnn_jax as dj
 from dprnn_jax.backward import ALGORITHMS
@@ -23,36 +23,20 @@ ALGORITHM_CASES = [cls() for name, cls in ALGORITHMS.items() if name != "autodif
 ]
 
 
-def sigmoid(x):
-    return 1 / (1 + jnp.exp(-x))
-
-
 def gru_oracle(params, xs, h):
-    W, S, b_ih, b_hh = params
-    Wr, Wz, Wn = jnp.split(W, 3)
-    Sr, Sz, Sn = jnp.split(S, 3)
-    bir, biz, bin_ = jnp.split(b_ih, 3)
-    bhr, bhz, bhn = jnp.split(b_hh, 3)
     hs = []
     for x in xs:
-        r = sigmoid(x @ Wr.T + bir + h @ Sr.T + bhr)
-        z = sigmoid(x @ Wz.T + biz + h @ Sz.T + bhz)
-        n = jnp.tanh(x @ Wn.T + bin_ + r * (h @ Sn.T + bhn))
-        h = (1 - z) * n + z * h
+        h = gru_equations(params, h, x)
         hs.append(h)
     return jnp.stack(hs)
 
 
 def lstm_oracle(params, xs, carry):
-    W, S, b_ih, b_hh = params
-    h, c = carry
     hs, cs = [], []
     for x in xs:
-        i, f, g, o = jnp.split(x @ W.T + b_ih + h @ S.T + b_hh, 4, axis=-1)
-        c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
-        h = sigmoid(o) * jnp.tanh(c)
-        hs.append(h)
-        cs.append(c)
+        carry = lstm_equations(params, carry, x)
+        hs.append(carry[0])
+        cs.append(carry[1])
     return jnp.stack(hs), jnp.stack(cs)
 
 

@@ -23,7 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import CHEAP_COMPILE, DEFAULT_COMPILE, assert_trees_close, reference_loss
+from helpers import (
+    CHEAP_COMPILE,
+    DEFAULT_COMPILE,
+    assert_trees_close,
+    gru_equations,
+    lstm_equations,
+    reference_loss,
+)
 
 import dprnn_jax as dj
 
@@ -44,32 +51,11 @@ def _truncation(method) -> int | None:
     return getattr(method, "truncation", None)
 
 
-# ---------------------------------------------------------------------------------------
-# The cells, written out here (PyTorch's equations and layout, docs/cells.md)
-
-
-def elman_step(layer, h, x):
+def elman_equations(layer, h, x):
     return jnp.tanh(x @ layer.W.T + h @ layer.S.T + layer.b)
 
 
-def gru_step(layer, h, x):
-    inputs, recurrent = x @ layer.W.T + layer.b_ih, h @ layer.S.T + layer.b_hh
-    r = jax.nn.sigmoid(inputs[:, :D] + recurrent[:, :D])
-    z = jax.nn.sigmoid(inputs[:, D : 2 * D] + recurrent[:, D : 2 * D])
-    n = jnp.tanh(inputs[:, 2 * D :] + r * recurrent[:, 2 * D :])
-    return (1 - z) * n + z * h
-
-
-def lstm_step(layer, carry, x):
-    h, c = carry
-    gates = x @ layer.W.T + layer.b_ih + h @ layer.S.T + layer.b_hh
-    i, f = jax.nn.sigmoid(gates[:, :D]), jax.nn.sigmoid(gates[:, D : 2 * D])
-    g, o = jnp.tanh(gates[:, 2 * D : 3 * D]), jax.nn.sigmoid(gates[:, 3 * D :])
-    c = f * c + i * g
-    return o * jnp.tanh(c), c
-
-
-CELLS = {"elman": elman_step, "gru": gru_step, "lstm": lstm_step}
+CELLS = {"elman": elman_equations, "gru": gru_equations, "lstm": lstm_equations}
 
 
 def unrolled_sequence_loss(params, xs, targets, truncation=None):
