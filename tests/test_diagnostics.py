@@ -333,6 +333,12 @@ def test_bad_input_is_named():
         dj.diagnostics.omega_norms(layer, np.ones((5, 1, 3), np.float32))
     with pytest.raises(ValueError, match="needs T >= 3"):
         dj.diagnostics.lyapunov_exponent(layer, xs[:2])
+    for max_lag in (1000, 5, 1):  # lags of T = 5 steps: 1 … 4, and a slope needs two
+        with pytest.raises(
+            ValueError,
+            match=rf"max_lag must be an int in \[2, T - 1\] = \[2, 4\].*got max_lag = {max_lag}\. Leave it out",
+        ):
+            dj.diagnostics.lyapunov_exponent(layer, xs, max_lag=max_lag)
     with pytest.raises(
         ValueError, match=r"min_lag must be an int in \[1, 3\] \(below max_lag = 4\)"
     ):

@@ -20,13 +20,13 @@ from .._backward.base import GradientAlgorithm
 from .._backward.registry import resolve_method
 from .._diagnostics.gradient_flow import gradient_flow
 from .._diagnostics.lyapunov import (
+    check_fit_lag,
     decay_bound,
     default_burn_in,
-    default_max_lag,
     estimate_from_log_norms,
     lyapunov_qr,
 )
-from .._diagnostics.omega_norms import check_max_lag, omega_norms
+from .._diagnostics.omega_norms import omega_norms
 from .._diagnostics.plotting import plot_decay, plot_omega_triangles, save_figure
 from .._diagnostics.trajectory import check_layer_index, layer_trajectory, one_step_jacobians
 from .._model.bidirectional import BidirectionalParams
@@ -127,7 +127,7 @@ def omega_report(
         xs, targets, mask, loss, activation: as for `sequence_loss`.
         out_dir: output folder (created if missing).
         layer: which recurrent layer (default the top one).
-        max_lag: the largest lag of the Lyapunov fit (default about T/2).
+        max_lag: the largest lag of the Lyapunov fit, in [2, T − 1] (default about T/2).
         title: figure title.
         method: a gradient algorithm whose gradient of the sequence loss on this batch
             is compared with the exact one (`jax.grad`), e.g. `Omega(truncation=8)` to
@@ -135,7 +135,8 @@ def omega_report(
         log: where a line per stage goes (None: silent).
 
     Raises:
-        ValueError, TypeError: T < 4, and the errors of the diagnostics.
+        ValueError, TypeError: T < 4, `max_lag` not in [2, T − 1], and the errors of the
+            diagnostics.
 
     Returns:
         A JSON-ready dict: sizes, the cell and the state Ω follows ("Z", "h", "(h, c)")
@@ -151,7 +152,7 @@ def omega_report(
     if T < 4:
         raise ValueError(f"the omega report needs T >= 4 steps to fit a decay rate, got T = {T}.")
     # The API's default fit range, so that the report and lyapunov_exponent agree.
-    fit_lag = check_max_lag(default_max_lag(T) if max_lag is None else max_lag, T)
+    fit_lag = check_fit_lag(max_lag, T)
     burn_in = default_burn_in(T)
     stages = [
         (

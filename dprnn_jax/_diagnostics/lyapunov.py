@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .omega_norms import check_max_lag, omega_log_norms_from_jacobians
+from .omega_norms import omega_log_norms_from_jacobians
 from .trajectory import (
     Trajectory,
     compiled,
@@ -68,6 +68,29 @@ def default_max_lag(T: int) -> int:
         (32, 2)
     """
     return max(2, T // 2)
+
+
+def check_fit_lag(max_lag: object, T: int) -> int:
+    """The largest lag K of the slope fit: `default_max_lag(T)` if None, else an int in
+    [2, T − 1] (a slope needs two lags; a sequence of T steps has lags up to T − 1).
+
+    Example:
+        >>> check_fit_lag(None, 12), check_fit_lag(11, 12)
+        (6, 11)
+    """
+    if max_lag is None:
+        return default_max_lag(T)
+    if (
+        not isinstance(max_lag, int | np.integer)
+        or isinstance(max_lag, bool)
+        or not 2 <= max_lag <= T - 1
+    ):
+        raise ValueError(
+            f"max_lag must be an int in [2, T - 1] = [2, {T - 1}]: a slope needs two lags and "
+            f"T = {T} steps have lags up to {T - 1}; got max_lag = {max_lag!r}. Leave it out "
+            f"for the default max(2, T // 2) = {default_max_lag(T)}."
+        )
+    return int(max_lag)
 
 
 def default_burn_in(T: int) -> int:
@@ -301,7 +324,8 @@ def lyapunov_exponent(
             backward direction's lags run backward in time.
         lengths: valid steps per sequence (m,) of a right-padded batch, or None: only
             windows i … i+k inside a sequence's own length are averaged.
-        max_lag: the largest lag K used; default `default_max_lag(T)` = max(2, ⌊T/2⌋),
+        max_lag: the largest lag K used, in [2, T − 1]; default `default_max_lag(T)` =
+            max(2, ⌊T/2⌋),
             as in `dprnn-jax omega` (long lags are averaged over fewer windows, T − k of
             them, so they are noisy).
         min_lag: the smallest lag in the slope fit (default 1); raise it to skip an
@@ -314,8 +338,9 @@ def lyapunov_exponent(
         and so has every mean that includes it.
 
     Raises:
-        ValueError: T < 3 (a slope needs two lags), `min_lag` not in [1, K − 1],
-            `burn_in` not in [0, T − 2], and the errors of `omega_norms`.
+        ValueError: T < 3 (a slope needs two lags), `max_lag` not in [2, T − 1],
+            `min_lag` not in [1, K − 1], `burn_in` not in [0, T − 2], and the errors of
+            `omega_norms`.
 
     Example:
         >>> layer = init_layer(jax.random.key(0), 3, 8)
@@ -330,7 +355,7 @@ def lyapunov_exponent(
         raise ValueError(
             f"lyapunov_exponent needs T >= 3 steps to fit a slope over two lags, got T = {T}."
         )
-    last = check_max_lag(default_max_lag(T) if max_lag is None else max_lag, T)
+    last = check_fit_lag(max_lag, T)
     if not isinstance(min_lag, int) or isinstance(min_lag, bool) or not 1 <= min_lag < last:
         raise ValueError(
             f"min_lag must be an int in [1, {last - 1}] (below max_lag = {last}), got {min_lag!r}."
