@@ -104,6 +104,12 @@ def test_omega_triangles_fit_inside_their_image(results):
         )
         cut = _cut_off(figure)  # the first draw, as save_figure's one savefig
         assert not cut, (state, cut)
+    for figure in (
+        dj.plot_triangle(results["backward_flow"], state="Z", title="backward"),
+        dj.plot_decay(results["estimate"], gamma=results["bound"], title="decay"),
+    ):
+        cut = _cut_off(figure)
+        assert not cut, cut
 
 
 def test_the_backward_direction_is_labelled_as_the_upper_triangle_it_is(results):
