@@ -49,9 +49,14 @@ def _error_line(capsys) -> str:
     [
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--lr", "-1"], "--lr must be > 0"),
-        (["--batch-size", "3", "--devices", "2"], "must be a multiple of devices=2"),
-        (["--devices", "64", "--batch-size", "64"], "JAX sees"),
-        (["--task", "digits", "--seq-len", "9"], "must be 8 (row by row) or 64"),
+        (
+            ["--batch-size", "3", "--devices", "2"],
+            "--batch-size 3 must be a multiple of --devices 2 (each device takes an equal "
+            "share of every batch); pick e.g. --batch-size 2",
+        ),
+        (["--devices", "64", "--batch-size", "64"], "--devices 64 but JAX sees"),
+        (["--task", "digits", "--seq-len", "9"], "--seq-len for the digits task must be 8"),
+        (["--seq-len", "1"], "--seq-len for the adding task must be >= 2, got 1"),
         (["--task", "copy", "--clip", "-1"], "--clip must be >= 0"),
         (["--cell", "gru", "--activation", "relu"], "--activation is an option of elman cells"),
     ],
@@ -76,11 +81,24 @@ def test_unknown_choices_exit_2(tmp_path, capsys, options):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--method", "bptt", "--block", "4"], "--method bptt --block 4: block=4 applies only to"),
-        (["--tol", "0.1", "--block", "2"], "--method omega --tol 0.1 --block 2: block cannot be"),
-        (["--method", "autodiff", "--truncation", "3"], "truncation is an option of methods"),
-        (["--truncation", "-1"], "truncation must be a non-negative"),
-        (["--tol", "nan"], "tol must be a finite float"),
+        (
+            ["--method", "bptt", "--block", "4"],
+            "--block is an option of --method omega, not of --method bptt; drop --block or "
+            "use --method omega",
+        ),
+        (["--tol", "0.1", "--block", "2"], "--block cannot be combined with --tol; pick one"),
+        (
+            ["--checkpoint", "4", "--truncation", "3", "--block", "2"],
+            "--checkpoint cannot be combined with --truncation or --block",
+        ),
+        (
+            ["--method", "autodiff", "--truncation", "3"],
+            "--truncation is an option of --method omega and bptt, not of --method autodiff",
+        ),
+        (["--truncation", "-1"], "--truncation must be >= 0, got -1"),
+        (["--block", "0"], "--block must be >= 1, got 0"),
+        (["--checkpoint", "0"], "--checkpoint must be >= 1, got 0"),
+        (["--tol", "nan"], "--tol must be a finite number >= 0, got nan"),
     ],
 )
 def test_invalid_method_options_exit_2_with_one_line(tmp_path, capsys, options, message):
@@ -103,6 +121,26 @@ def test_method_options_reach_training_and_are_recorded(tmp_path, capsys):
     assert main([*TINY, "--steps", "4", "--method", "bptt", "--resume", "--out", str(out)]) == 2
     assert "--method BPTT() given, Omega(truncation=3) in the checkpoint" in _error_line(capsys)
     assert (out / "checkpoint.npz").read_bytes() == saved
+
+
+def test_a_costly_rtrl_run_is_announced_before_its_first_step(tmp_path, capsys):
+    """RTRL's O(m·d⁴) work per time step: `--hidden 256` on the default char-LM would
+    keep ~3 GiB of sensitivities. An unwritable --out stops the run right after the
+    warning, before any step; a small RTRL run starts without one."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    argv = ["train", "--method", "rtrl", "--no-progress", "--out", str(blocker / "run")]
+    assert main([*argv, "--hidden", "256"]) == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(
+        r"dprnn-jax: warning: --method rtrl with --hidden 256: its sensitivities take about "
+        r"2\.8 GiB and one step about 2\.4e\+13 flops \(\d+ times BPTT's\), O\(m·d⁴\) per "
+        r"time step; --method bptt or omega give the same gradient for far less",
+        warning,
+    ), warning
+    assert error.startswith("dprnn-jax: error: cannot write to --out")
+    assert main([*TINY, "--method", "rtrl", "--out", str(blocker / "run")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # the error alone
 
 
 def test_unwritable_out_exits_2(tmp_path, capsys):
@@ -320,4 +358,6 @@ def test_cell_and_checkpoint_flags_reach_training(tmp_path, capsys):
     assert (
         main([*TINY, "--method", "naive", "--checkpoint", "4", "--out", str(tmp_path / "x")]) == 2
     )
-    assert "checkpoint is an option of methods ['omega', 'bptt']" in _error_line(capsys)
+    assert "--checkpoint is an option of --method omega and bptt, not of --method naive" in (
+        _error_line(capsys)
+    )

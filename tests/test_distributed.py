@@ -222,7 +222,7 @@ def test_two_processes_train_as_one_survive_a_kill_and_resume(tmp_path, compilat
         ),
         (
             ["--num-processes", "2", "--process-id", "0", "--batch-size", "5"],
-            "--batch-size: batch_size=5 must be a multiple of the global device count 2 "
+            "--batch-size 5 must be a multiple of the global device count 2 "
             "(2 processes × 1 device(s) each)",
         ),
         (["--process-id", "0"], "--num-processes (or JAX_NUM_PROCESSES) not given"),

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import sys
 import threading
@@ -114,11 +115,19 @@ def _demo_training(args: argparse.Namespace) -> None:
     try:
         result = train_demo(args.out, config, progress=sys.stderr.isatty())
     except (CheckpointError, ResumeError, RunLockedError, ValueError) as error:
-        raise UsageError(str(error).rstrip(".")) from None
+        raise UsageError(_in_flag_terms(str(error).rstrip("."), DEMO_MESSAGE_FLAGS)) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
     print_run_summary(result.metrics, args.out)
     print(f"training, evaluation and sampling took {time.perf_counter() - started:.1f} s")
+
+
+# The demo's training options that its messages may name, with their flags.
+DEMO_MESSAGE_FLAGS = {
+    "steps": "--train-steps",
+    "hidden_size": "--train-hidden",
+    "seq_len": "--train-seq-len",
+}
 
 
 class UsageError(Exception):
@@ -181,6 +190,42 @@ def _add_method_options(parser, method_help: str, *, checkpoint: bool = False) -
         )
 
 
+# The option flags that exclude each other, each with those it excludes.
+EXCLUSIVE_OPTIONS = {"checkpoint": ("truncation", "tol", "block"), "block": ("truncation", "tol")}
+
+
+def _check_algorithm_flags(name: str, given: dict) -> None:
+    """The mistakes of `--method` and its option flags, in their own terms."""
+    import math
+
+    from .._backward.registry import ALGORITHMS
+
+    for option in given:
+        takers = [method for method, cls in ALGORITHMS.items() if option in _fields(cls)]
+        if name not in takers:
+            raise UsageError(
+                f"--{option} is an option of --method {' and '.join(takers)}, not of --method "
+                f"{name}; drop --{option} or use --method {takers[0]}"
+            )
+    for option, excluded in EXCLUSIVE_OPTIONS.items():
+        clash = [f"--{other}" for other in excluded if other in given]
+        if option in given and clash:
+            raise UsageError(
+                f"--{option} cannot be combined with {' or '.join(clash)}; pick one of them"
+            )
+    lowest = {"truncation": 0, "block": 1, "checkpoint": 1}
+    for option, least in lowest.items():
+        value = given.get(option)
+        if isinstance(value, int) and value < least:
+            raise UsageError(f"--{option} must be >= {least}, got {value}")
+    if "tol" in given and not (math.isfinite(given["tol"]) and given["tol"] >= 0):
+        raise UsageError(f"--tol must be a finite number >= 0, got {given['tol']}")
+
+
+def _fields(cls) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
 def _algorithm(args: argparse.Namespace):
     """The gradient algorithm that `--method` and its option flags ask for (`--method`
     defaults to omega when only an option is given); None when no such flag is given."""
@@ -189,14 +234,35 @@ def _algorithm(args: argparse.Namespace):
     options = {
         name: getattr(args, OPTION_DESTS.get(name, name), None) for name in ALGORITHM_OPTIONS
     }
-    if args.method is None and all(value is None for value in options.values()):
+    given = {key: value for key, value in options.items() if value is not None}
+    if args.method is None and not given:
         return None
     name = "omega" if args.method is None else args.method
+    _check_algorithm_flags(name, given)
     try:
         return resolve_method(name, **options)
-    except ValueError as error:
-        flags = "".join(f" --{key} {value}" for key, value in options.items() if value is not None)
-        raise UsageError(f"--method {name}{flags}: {str(error).rstrip('.')}") from None
+    except ValueError as error:  # a rule the flags' checks above do not know yet
+        flags = "".join(f" --{key} {value}" for key, value in given.items())
+        message = _in_flag_terms(str(error).rstrip("."), METHOD_FLAGS)
+        raise UsageError(f"--method {name}{flags}: {message}") from None
+
+
+# The flag of each keyword that the library's messages name (`batch_size=32`,
+# `seq_len`, …): `_in_flag_terms` says them as the command line's flags.
+METHOD_FLAGS = {"method": "--method", **{name: f"--{name}" for name in ALGORITHM_OPTIONS}}
+
+
+def _in_flag_terms(message: str, flags: dict[str, str]) -> str:
+    """A library message in the command line's terms: each keyword in `flags` that it
+    names as `name=value` anywhere, or as its first word, or (a name with an underscore,
+    which is no English word) anywhere, becomes the flag."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){name}=([^\s,;)]+)", rf"{flag} \1", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+        elif message.startswith(f"{name} "):
+            message = flag + message[len(name) :]
+    return message
 
 
 # `dprnn-jax train`'s flag of each `TrainConfig` field; the method is `--method` with its
@@ -219,6 +285,14 @@ TRAIN_FLAGS = {
     "eval_every": "--eval-every",
     "checkpoint_every": "--checkpoint-every",
     "devices": "--devices",
+}
+# The keywords that `train`'s messages may name, with the flags that set them.
+TRAIN_MESSAGE_FLAGS = {
+    **TRAIN_FLAGS,
+    "num_devices": "--devices",
+    "coordinator": "--coordinator",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
 }
 
 
@@ -482,13 +556,18 @@ def _distributed_config(args: argparse.Namespace, config):
             heartbeat_timeout=args.heartbeat_timeout,
         )
     except ValueError as error:
-        flag = "--batch-size" if "batch_size" in str(error) else "--coordinator"
-        raise UsageError(f"{flag}: {str(error).rstrip('.')}") from None
+        raise UsageError(_in_flag_terms(str(error).rstrip("."), TRAIN_MESSAGE_FLAGS)) from None
 
 
 def _command_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     distributed = _distributed_config(args, config)
+    if distributed is None and config.batch_size % config.devices:
+        raise UsageError(
+            f"--batch-size {config.batch_size} must be a multiple of --devices "
+            f"{config.devices} (each device takes an equal share of every batch); pick e.g. "
+            f"--batch-size {config.devices * max(1, config.batch_size // config.devices)}"
+        )
     if config.devices > 1:
         _request_cpu_devices(config.devices)
 
@@ -511,11 +590,12 @@ def _run_training(args: argparse.Namespace, config) -> int:
 
     progress = not args.no_progress and sys.stderr.isatty()
     try:
+        _warn_of_rtrl_cost(config)
         result = train(
             config, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress
         )
     except (CheckpointError, ResumeError, RunLockedError, ValueError, ImportError) as error:
-        raise UsageError(str(error).rstrip(".")) from None
+        raise UsageError(_in_flag_terms(str(error).rstrip("."), TRAIN_MESSAGE_FLAGS)) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
     except TrainingInterrupted:
@@ -537,6 +617,42 @@ def _run_training(args: argparse.Namespace, config) -> int:
         )
         return 3
     return 0
+
+
+# RTRL runs that are worth a warning before they start: sensitivities of at least this
+# many bytes, or at least this many flops per training step (minutes on a CPU).
+RTRL_WARNING_BYTES = 2**30
+RTRL_WARNING_FLOPS = 10**12
+
+
+def _warn_of_rtrl_cost(config) -> None:
+    """With `--method rtrl`, a warning on stderr with the estimated memory and work of a
+    step when they are large (RTRL's O(m·d⁴) per time step is easy to start by accident)."""
+    from .._backward.rtrl import RTRL, rtrl_cost
+    from .._model.layer_checks import CELLS, KINDS
+    from .._training.tasks import make_task
+
+    if not isinstance(config.method, RTRL):
+        return
+    task = make_task(config.task, config.seq_len)
+    kind = KINDS[CELLS[config.cell]]
+    cost = rtrl_cost(
+        (task.input_size, *(config.hidden_size,) * config.layers),
+        gates=kind.gates,
+        paired_state=kind.paired_state,
+        batch_size=config.batch_size,
+        steps=task.validation.inputs.shape[0],
+    )
+    if cost.sensitivity_bytes < RTRL_WARNING_BYTES and cost.flops < RTRL_WARNING_FLOPS:
+        return
+    print(
+        f"dprnn-jax: warning: --method rtrl with --hidden {config.hidden_size}: its "
+        f"sensitivities take about {cost.sensitivity_bytes / 2**30:.1f} GiB and one step about "
+        f"{cost.flops:.1e} flops ({cost.flops / cost.bptt_flops:.0f} times BPTT's), O(m·d⁴) "
+        "per time step; --method bptt or omega give the same gradient for far less",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _progress_line(line: str) -> None:
@@ -639,6 +755,34 @@ FRESH_MODEL_DEFAULTS = {
 }
 
 
+# The keywords of the report's messages that are `dprnn-jax omega` flags.
+OMEGA_MESSAGE_FLAGS = {**METHOD_FLAGS, "max_lag": "--max-lag", "layer": "--layer"}
+
+
+def _check_omega_flags(args: argparse.Namespace, model) -> None:
+    """`--layer` and `--max-lag` against the model's layers and length, and the length
+    the report needs, before its first stage."""
+    T, layers = model.xs.shape[0], len(model.params.layers)
+    length = f"--T {T}" if args.checkpoint is None else f"the checkpoint's task has T = {T}"
+    if T < 4:
+        raise UsageError(
+            f"--T must be >= 4 for the omega report (a decay rate is fitted over lags 1, 2, "
+            f"…), got {T}"
+            if args.checkpoint is None
+            else f"the omega report needs sequences of T >= 4 steps; {length}"
+        )
+    if not -layers <= args.layer < layers:
+        raise UsageError(
+            f"--layer must be in {-layers}..{layers - 1} for a model of {layers} recurrent "
+            f"layer(s), got {args.layer}"
+        )
+    if args.max_lag is not None and args.max_lag > T - 1:
+        raise UsageError(
+            f"--max-lag must be <= T - 1 = {T - 1}, the longest lag of a sequence of T = {T} "
+            f"steps ({length}), got {args.max_lag}"
+        )
+
+
 def _command_omega(args: argparse.Namespace) -> int:
     given = [name for name in FRESH_MODEL_DEFAULTS if getattr(args, name) is not None]
     if args.checkpoint is not None and given:
@@ -683,6 +827,7 @@ def _command_omega(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 cell=args.cell,
             )
+        _check_omega_flags(args, model)
         summary = omega_report(
             model.params,
             model.xs,
@@ -698,7 +843,7 @@ def _command_omega(args: argparse.Namespace) -> int:
             log=_progress_line,
         )
     except (CheckpointError, ValueError, TypeError, ImportError) as error:
-        raise UsageError(str(error).rstrip(".")) from None
+        raise UsageError(_in_flag_terms(str(error).rstrip("."), OMEGA_MESSAGE_FLAGS)) from None
     except OSError as error:
         raise UsageError(f"cannot write to --out {args.out!r}: {error.strerror or error}") from None
     a_priori = summary["gamma_a_priori"]  # None for a gated cell: γ is max ‖J_t‖₂

@@ -24,6 +24,7 @@ costs ~10¹⁰ flops.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +200,50 @@ def sensitivity_products(d: int, n: int) -> int:
     """(m, d) × (d, d) products of one RTRL step: one per column of the sensitivities of
     W (d·n), S (d·d), b (d) and h0 (d)."""
     return d * (n + d + 2)
+
+
+class RTRLCost(NamedTuple):
+    """Estimated size of one RTRL training step (`rtrl_cost`): the bytes of the
+    sensitivities, the flops of their recurrence and, to compare, those of BPTT."""
+
+    sensitivity_bytes: int
+    flops: int
+    bptt_flops: int
+
+
+def rtrl_cost(
+    sizes: tuple[int, ...],
+    *,
+    gates: int = 1,
+    paired_state: bool = False,
+    batch_size: int,
+    steps: int,
+    itemsize: int = 4,
+) -> RTRLCost:
+    """Estimates what RTRL costs a stack of layers of sizes (n, d_1, …, d_L) over a batch
+    of `batch_size` sequences of `steps` steps (float32 by default).
+
+    A layer of `gates` gate blocks (1 Elman, 3 GRU, 4 LSTM) has |θ| = G·d·(n + d) plus
+    its biases; its sensitivities hold m·D·(|θ| + D) numbers (D = d, or 2d for the
+    paired state of an LSTM), and each step pushes every column through the recurrent
+    product, 2·m·G·d²·(|θ| + D) flops: O(m·d⁴). BPTT's step costs about three forward
+    products, 6·m·G·d·(n + d) flops.
+
+    Example:
+        >>> cost = rtrl_cost((96, 256), batch_size=32, steps=64)
+        >>> round(cost.sensitivity_bytes / 2**30, 1), f"{cost.flops:.1e}"
+        (2.8, '2.4e+13')
+    """
+    memory = flops = bptt = 0
+    for n, d in zip(sizes[:-1], sizes[1:]):
+        rows = gates * d
+        parameters = rows * (n + d) + rows * (1 if gates == 1 else 2)
+        width = 2 * d if paired_state else d
+        columns = parameters + width
+        memory += batch_size * width * columns * itemsize
+        flops += 2 * batch_size * rows * d * columns * steps
+        bptt += 6 * batch_size * rows * (n + d) * steps
+    return RTRLCost(memory, flops, bptt)
 
 
 @dataclasses.dataclass(frozen=True)
