@@ -1,8 +1,8 @@
 """The manual's tables that are written from the code, so that they cannot drift from it.
 
-* `docs/training.md`, the options of `dprnn-jax train`: from the command's argparse
-  parser (`dprnn_jax._app.cli.build_parser`), one row per option, its help text as the
-  meaning;
+* `docs/training.md` and `docs/diagnostics.md`, the options of `dprnn-jax train` and
+  `dprnn-jax omega`: from the command's argparse parser
+  (`dprnn_jax._app.cli.build_parser`), one row per option, its help text as the meaning;
 * `docs/algorithms.md`, the algorithm objects: from the registry (`ALGORITHMS`) and each
   algorithm's dataclass fields, with their defaults.
 
@@ -89,6 +89,7 @@ def algorithm_objects_table() -> str:
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/training.md": {"train-options": lambda: command_options_table("train")},
     "docs/algorithms.md": {"algorithm-objects": algorithm_objects_table},
+    "docs/diagnostics.md": {"omega-options": lambda: command_options_table("omega")},
 }
 
 

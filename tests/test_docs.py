@@ -92,12 +92,13 @@ def _own_docstring(obj) -> str:
 
 
 def test_the_generated_tables_are_those_the_code_gives():
-    # `dprnn-jax train`'s option table (from its argparse parser) and the table of
-    # algorithm objects (from the registry and their dataclass fields): docs/tables.py.
+    # The option tables of `dprnn-jax train` and `omega` (from their argparse parsers)
+    # and the table of algorithm objects (from the registry and their dataclass
+    # fields): docs/tables.py.
     spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
-    assert set(tables.TABLES) == {"docs/training.md", "docs/algorithms.md"}
+    assert set(tables.TABLES) == {"docs/training.md", "docs/algorithms.md", "docs/diagnostics.md"}
     for page in tables.TABLES:
         written = (ROOT / page).read_text(encoding="utf-8")
         expected = tables.regenerated(page)
