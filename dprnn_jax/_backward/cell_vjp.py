@@ -9,7 +9,10 @@ keys, flags; tokens) are constants of the step and get no cotangent, as in `jax.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +74,9 @@ class StepConstants:
         return jax.tree.unflatten(self.treedef, leaves)
 
     def bind(self, step):
+        if not self.constants:
+            # Equal for equal steps and structures: the jitted linearised step is reused.
+            return _FloatStep(step, self.treedef)
         return lambda floats, carry, x: step(self.merge(floats), carry, x)
 
     def tree_flatten(self):
@@ -82,6 +88,17 @@ class StepConstants:
 
 
 jax.tree_util.register_pytree_node_class(StepConstants)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FloatStep:
+    """`step` taking θ as the list of its leaves (all floating)."""
+
+    step: Callable
+    treedef: Any
+
+    def __call__(self, floats, carry, x):
+        return self.step(jax.tree.unflatten(self.treedef, floats), carry, x)
 
 
 def _no_cotangent(leaf):
