@@ -4,12 +4,11 @@ pixels; matplotlib draws with Agg, without a display."""
 
 from __future__ import annotations
 
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import dprnn_jax as dj
 
@@ -82,8 +81,9 @@ def test_omega_triangles_take_omega_norms_and_the_gradient_flow(results):
 def _cut_off(figure):
     """The axes (with their titles, labels and tick labels) and the figure title that
     reach past the edge of the saved PNG."""
-    figure.savefig(io.BytesIO(), format="png", dpi=120)
-    renderer = figure._get_renderer()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # the first draw, as save_figure's one savefig
+    renderer = canvas.get_renderer()
     page = figure.bbox
     parts = [(ax.get_title() or ax.get_ylabel(), ax.get_tightbbox(renderer)) for ax in figure.axes]
     if figure.get_suptitle():
@@ -102,7 +102,7 @@ def test_omega_triangles_fit_inside_their_image(results):
         figure = dj.plot_omega_triangles(
             results["logs"], results["flow"], log=True, title=title, state=state
         )
-        cut = _cut_off(figure)  # the first draw, as save_figure's one savefig
+        cut = _cut_off(figure)
         assert not cut, (state, cut)
     for figure in (
         dj.plot_triangle(results["backward_flow"], state="Z", title="backward"),
