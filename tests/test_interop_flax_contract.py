@@ -17,6 +17,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -83,8 +84,10 @@ def flax_test_files() -> Path:
                 target.write_bytes(archive.extractfile(member).read())
         try:
             os.replace(staging, cache)
-        except OSError:  # another worker put it there first
-            pass
+        except OSError:  # another worker put its copy there first
+            if not all((cache / path).is_file() for path in TEST_FILES.values()):
+                return staging
+            shutil.rmtree(staging, ignore_errors=True)
     return cache
 
 

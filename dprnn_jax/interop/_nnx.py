@@ -20,13 +20,20 @@ import jax
 import jax.numpy as jnp
 
 try:
-    from flax import nnx
-    from flax.nnx import filterlib
-    from flax.nnx.nn.recurrent import flip_sequences
+    import flax
 except ImportError as error:  # pragma: no cover - exercised only without flax
     raise ImportError(
         "dprnn_jax.interop.nnx holds flax.nnx Modules, but flax is not installed; "
         "install it with `pip install 'dprnn_jax[flax]'`."
+    ) from error
+try:
+    from flax import nnx
+    from flax.nnx import filterlib
+    from flax.nnx.nn.recurrent import flip_sequences
+except ImportError as error:  # pragma: no cover - exercised only with an old flax
+    raise ImportError(
+        f"dprnn_jax.interop.nnx subclasses flax.nnx.RNN, which flax {flax.__version__} "
+        "does not have; upgrade it with `pip install -U flax` (tested with 0.12)."
     ) from error
 
 from .._backward.base import GradientAlgorithm
