@@ -96,7 +96,7 @@ def test_omega_command_on_a_train_checkpoint(tmp_path, capsys):
         (["--T", "0"], "--T must be >= 1, got 0"),
         (["--gain", "0"], "--gain must be > 0"),
         (["--max-lag", "1"], "--max-lag must be >= 2"),
-        (["--max-lag", "1000"], "--max-lag must be <= T - 1 = 7, the longest lag of a sequence"),
+        (["--max-lag", "1000"], "--max-lag must be <= T - 1 = 7, the longest lag in --T 8 steps"),
         (["--T", "3"], "--T must be >= 4 for the omega report"),
         (["--layer", "3"], "--layer must be in -1..0 for a model of 1 recurrent layer(s), got 3"),
         (["--checkpoint", "missing.npz"], "no checkpoint at missing.npz"),

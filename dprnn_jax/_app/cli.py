@@ -763,13 +763,13 @@ def _check_omega_flags(args: argparse.Namespace, model) -> None:
     """`--layer` and `--max-lag` against the model's layers and length, and the length
     the report needs, before its first stage."""
     T, layers = model.xs.shape[0], len(model.params.layers)
-    length = f"--T {T}" if args.checkpoint is None else f"the checkpoint's task has T = {T}"
     if T < 4:
         raise UsageError(
             f"--T must be >= 4 for the omega report (a decay rate is fitted over lags 1, 2, "
             f"…), got {T}"
             if args.checkpoint is None
-            else f"the omega report needs sequences of T >= 4 steps; {length}"
+            else f"the omega report needs sequences of T >= 4 steps; the checkpoint's task "
+            f"has T = {T}"
         )
     if not -layers <= args.layer < layers:
         raise UsageError(
@@ -777,9 +777,9 @@ def _check_omega_flags(args: argparse.Namespace, model) -> None:
             f"layer(s), got {args.layer}"
         )
     if args.max_lag is not None and args.max_lag > T - 1:
+        steps = f"--T {T} steps" if args.checkpoint is None else f"the checkpoint's T = {T} steps"
         raise UsageError(
-            f"--max-lag must be <= T - 1 = {T - 1}, the longest lag of a sequence of T = {T} "
-            f"steps ({length}), got {args.max_lag}"
+            f"--max-lag must be <= T - 1 = {T - 1}, the longest lag in {steps}, got {args.max_lag}"
         )
 
 
