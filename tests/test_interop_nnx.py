@@ -228,21 +228,29 @@ def test_a_model_trains_under_nnx_jit_with_nnx_optimizer_as_the_reference(x64):
 
 
 def test_composes_with_nnx_vmap_and_nnx_grad(x64):
-    # An ensemble of inputs through one layer: nnx.vmap over the inputs, the module
-    # broadcast; the gradient w.r.t. the shared parameters sums the members.
-    xs = jax.random.normal(jax.random.key(5), (3, M, T, N), jnp.float64)
-    reference = nnx.RNN(CELLS["GRUCell"]())
-    ours = interop.nnx.RNN(CELLS["GRUCell"](), method=dj.BPTT())
+    # An ensemble of layers made by nnx.vmap (each member its own weights), run by
+    # nnx.vmap over the members on shared inputs; nnx.grad gives each member's gradient.
+    def ensemble(rnn_class, **options):
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make(key):
+            cell = nnx.GRUCell(N, D, **F64, rngs=nnx.Rngs(key))
+            return rnn_class(cell, **options)
+
+        return make(jax.random.split(jax.random.key(0), 2))
+
+    reference, ours = ensemble(nnx.RNN), ensemble(interop.nnx.RNN, method=dj.BPTT())
+    x = jax.random.normal(jax.random.key(5), (M, T, N), jnp.float64)
 
     @nnx.jit
     def run(reference, ours):
-        def value(module):
-            outputs = nnx.vmap(lambda module, x: module(x), in_axes=(None, 0))(module, xs)
+        def value(members):
+            outputs = nnx.vmap(lambda member: member(x), in_axes=0)(members)
             return loss(outputs)
 
-        return [nnx.grad(value)(module) for module in (reference, ours)]
+        return [nnx.grad(value)(members) for members in (reference, ours)]
 
     expected, grads = run(reference, ours)
+    assert jax.tree.leaves(grads)[0].shape[0] == 2
     assert max_relative_error(grads, expected) <= 1e-10
 
 
