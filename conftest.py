@@ -88,36 +88,8 @@ def _docstring_example_names(doctest_namespace):
     doctest_namespace.update(dj=dj, jax=jax, jnp=jnp, np=np, optax=optax)
 
 
-# The modules whose single tests take longest (5-15 s each on 2 cores: notebooks, whole
-# pages of the manual, several processes, Flax's own suites, the large gradient grids).
-# They run first, so that the two workers of `pytest -n 2` share them and then finish
-# together on the many short tests, instead of one worker idling while the other runs a
-# long test collected last.
-LONG_TESTS_FIRST = (
-    "notebooks/",
-    "tests/test_docs.py",
-    "tests/test_distributed.py",
-    "tests/test_interop_flax_contract.py",
-    "tests/test_sharding.py",
-    "tests/test_cli_processes.py",
-    "tests/test_default_compiler.py",
-    "tests/test_gradients.py",
-)
-
-
-def _start_rank(item) -> int:
-    """Where `item`'s module stands in LONG_TESTS_FIRST (after all of it if not there)."""
-    for rank, prefix in enumerate(LONG_TESTS_FIRST):
-        if item.nodeid.startswith(prefix):
-            return rank
-    return len(LONG_TESTS_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
     if items and all(isinstance(item, DoctestItem) for item in items):
         import jax
 
         jax.config.update("jax_disable_most_optimizations", True)
-    # A stable sort: every process of the run (each xdist worker collects too) gets the
-    # same order, which xdist requires.
-    items.sort(key=_start_rank)
