@@ -188,8 +188,11 @@ def test_out_of_range_lengths_under_jit_give_nan_and_leave_valid_lengths_alone(c
         per_sequence = np.moveaxis(r[name], 2, 1)  # (rows, m, T, features)
         assert np.isnan(per_sequence[bad]).all(), name
         assert np.isfinite(per_sequence[~bad]).all(), name
-        # The same program on the same sequence and length: the same numbers.
+        # The same sequence and length in another row of the batch: the same numbers, to
+        # rounding (rows of a vmapped program may be summed in another order).
         for i, v in zip(*np.nonzero(~bad)):
-            np.testing.assert_array_equal(per_sequence[i, v], per_sequence[0, v], err_msg=name)
+            np.testing.assert_allclose(
+                per_sequence[i, v], per_sequence[0, v], rtol=1e-6, atol=1e-7, err_msg=name
+            )
     for final in jax.tree.leaves(r["final states"]):
         assert np.isnan(final[bad]).all() and np.isfinite(final[~bad]).all()
