@@ -7,6 +7,7 @@ Every name here is also available at the top level (`dprnn_jax.train`, …).
 from ._training.checkpoint import CheckpointError as CheckpointError
 from ._training.checkpoint import load_checkpoint as load_checkpoint
 from ._training.checkpoint import save_checkpoint as save_checkpoint
+from ._training.config import TrainConfig as TrainConfig
 from ._training.distributed import DistributedConfig as DistributedConfig
 from ._training.distributed import DistributedError as DistributedError
 from ._training.distributed import global_batch_mesh as global_batch_mesh
@@ -14,12 +15,11 @@ from ._training.distributed import initialize_distributed as initialize_distribu
 from ._training.distributed import shard_global_batch as shard_global_batch
 from ._training.interrupt import TrainingInterrupted as TrainingInterrupted
 from ._training.lock import RunLockedError as RunLockedError
-from ._training.loop import ResumeError as ResumeError
-from ._training.loop import SavedRun as SavedRun
-from ._training.loop import TrainConfig as TrainConfig
 from ._training.loop import TrainResult as TrainResult
-from ._training.loop import load_run as load_run
 from ._training.loop import train as train
+from ._training.resume import ResumeError as ResumeError
+from ._training.resume import SavedRun as SavedRun
+from ._training.resume import load_run as load_run
 from ._training.sharding import batch_mesh as batch_mesh
 from ._training.sharding import replicate as replicate
 from ._training.sharding import shard_batch as shard_batch

@@ -20,15 +20,9 @@ from .._backward.registry import METHODS
 from .._model.loss import sequence_loss
 from .._model.params import init_rnn
 from .._training.checkpoint import CheckpointError
-from .._training.loop import (
-    CHECKPOINT,
-    METRICS,
-    RUN_FILES,
-    ResumeError,
-    TrainConfig,
-    saved_config,
-    train,
-)
+from .._training.config import CHECKPOINT, METRICS, RUN_FILES, TrainConfig
+from .._training.loop import train
+from .._training.resume import ResumeError, saved_config
 
 
 class MethodReport(NamedTuple):

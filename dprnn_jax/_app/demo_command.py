@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--train-steps must be >= 0, got {args.train_steps}")
     if args.train_steps != 0:
         # Refuse a bad --out now, not after the gradient check.
-        from .._training.loop import ResumeError, check_output_dir
+        from .._training.loop import check_output_dir
+        from .._training.resume import ResumeError
         from .demo import check_demo_dir
 
         try:
@@ -97,7 +98,7 @@ def _demo_training(args: argparse.Namespace) -> None:
 
     from .._training.checkpoint import CheckpointError
     from .._training.lock import RunLockedError
-    from .._training.loop import ResumeError
+    from .._training.resume import ResumeError
     from .demo import demo_config, train_demo
 
     config = demo_config(args.train_steps, args.train_hidden, args.train_seq_len)

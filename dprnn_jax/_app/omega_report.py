@@ -296,7 +296,7 @@ def trained_model(checkpoint: str | Path, *, batch: int) -> ModelAndData:
         CheckpointError: a missing or corrupt checkpoint, or one that does not match the
             configuration it records.
     """
-    from .._training.loop import load_run
+    from .._training.resume import load_run
     from .._training.tasks import make_task
 
     run = load_run(checkpoint)

@@ -43,8 +43,8 @@ TRAIN_MESSAGE_FLAGS = {
 
 
 def add_parser(subparsers) -> None:
+    from .._training.config import OPTIMIZERS, RESUMABLE_CHANGES, TrainConfig
     from .._training.distributed import ENVIRONMENT
-    from .._training.loop import OPTIMIZERS, RESUMABLE_CHANGES, TrainConfig
     from .._training.tasks import TASKS
 
     defaults = TrainConfig()
@@ -203,13 +203,13 @@ def _train_config(args: argparse.Namespace):
     """The run's `TrainConfig`: the given options over `TrainConfig()`, or with
     `--resume` over the checkpoint's, whose trajectory they must not change."""
     from .._training.checkpoint import CheckpointError
-    from .._training.loop import (
+    from .._training.config import (
         CHECKPOINT,
         RESUMABLE_CHANGES,
         TrainConfig,
         config_differences,
-        saved_config,
     )
+    from .._training.resume import saved_config
 
     given = _given_train_options(args)
     if args.resume and args.overwrite:
@@ -332,7 +332,8 @@ def _run_training(args: argparse.Namespace, config) -> int:
     from .._training.checkpoint import CheckpointError
     from .._training.interrupt import Interrupted, TrainingInterrupted
     from .._training.lock import RunLockedError
-    from .._training.loop import ResumeError, checkpoint_status, train
+    from .._training.loop import train
+    from .._training.resume import ResumeError, checkpoint_status
 
     progress = not args.no_progress and sys.stderr.isatty()
     try:

@@ -5,6 +5,8 @@ Figures are built with `matplotlib.figure.Figure`, never `pyplot`, so they work 
 a display (no backend is selected, no global state is touched; `savefig` renders with
 Agg) and can be saved from scripts, tests and the CLI; pass `ax=` to draw into an
 existing pyplot/notebook axis.
+`plot_loss_curve`, the loss curve that `train` writes into its folder, is the exception:
+it selects the Agg backend and draws with `pyplot`.
 
 The plots take the library's own results as they come (`OmegaNorms`,
 `LyapunovEstimate`, `DecayBound`, the gradient-flow array) as well as plain arrays, and
@@ -15,6 +17,7 @@ colours, so panels drawn from the same names match.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -483,6 +486,68 @@ def plot_training_curves(
     ax.set_title(title)
     ax.legend()
     return figure
+
+
+def plot_loss_curve(
+    history: dict, path: str, title: str, chance_level: float | None = None
+) -> None:
+    """Training loss per step (and its running mean) with validation loss, as a PNG;
+    non-finite losses are left out, every skipped step is marked along the bottom and the
+    task's chance level, where it knows one, is a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(history["loss"], np.float64)
+    loss = np.where(np.isfinite(loss), loss, np.nan)  # gaps, not a ruined y axis
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = np.arange(1, len(loss) + 1)
+    skipped = steps[np.asarray(history["skipped"], bool)]
+    if skipped.size:
+        # x in steps, y in axes coordinates: a row of ticks at the bottom, whatever the loss.
+        axes.plot(
+            skipped,
+            np.full(skipped.size, 0.03),
+            "|",
+            color="tab:red",
+            markersize=10,
+            transform=axes.get_xaxis_transform(),
+            label=f"skipped step ({skipped.size}, non-finite)",
+        )
+    axes.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
+    width = max(1, len(loss) // 50)
+    if len(loss) >= width > 1:
+        smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+        axes.plot(steps[width - 1 :], smooth, color="tab:blue", label=f"train ({width}-step mean)")
+    evaluations = [e for e in history["evaluations"] if math.isfinite(e["loss"])]
+    if evaluations:
+        axes.plot(
+            [e["step"] for e in evaluations],
+            [e["loss"] for e in evaluations],
+            "o-",
+            color="tab:orange",
+            label="validation",
+        )
+    if chance_level is not None:
+        axes.axhline(
+            chance_level,
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"chance level {chance_level:.3g} (inputs ignored)",
+        )
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0 and finite.max() > 1e3 * finite.min():
+        axes.set_yscale("log")  # a blow-up spans orders of magnitude
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def save_figure(figure, path: str | Path, *, dpi: int = 120) -> Path:

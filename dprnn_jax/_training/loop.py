@@ -1,5 +1,5 @@
-"""The training loop behind `dprnn-jax train`: data, steps, evaluation, checkpoints, resume
-and the output files.
+"""The training loop behind `dprnn-jax train`: data, steps, evaluation, checkpoints and
+the output files (resuming a run and reading it back: `resume.py`).
 
 Reproducibility: the initial parameters come from `seed` and the batch of step s from
 `fold_in(data_key, s)`, so the batch depends on (seed, step) only, never on history. A
@@ -27,7 +27,6 @@ every skipped step and draws the chance level.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import math
@@ -36,18 +35,26 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 import optax
 
-from .._backward.base import GradientAlgorithm
-from .._backward.omega import Omega
-from .._backward.registry import algorithm_from_dict, resolve_method
-from .._model.params import RNNParams, init_rnn
+from .._diagnostics.plotting import plot_loss_curve
+from .._model.params import RNNParams
 from .._validation import check_choice, check_positive_int
-from .checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import CheckpointError, save_checkpoint
+from .config import (
+    CHECKPOINT,
+    LOSS_CURVE,
+    METRICS,
+    OPTIMIZERS,
+    RUN_FILES,
+    SAMPLE,
+    TrainConfig,
+    fresh_state,
+)
 from .distributed import (
     DistributedError,
     agree_to_start,
@@ -60,94 +67,10 @@ from .distributed import (
 )
 from .interrupt import Interrupted, TrainingInterrupted, stop_on_signals
 from .lock import RunLockedError, run_lock
+from .resume import ResumeError, checkpoint_status, checkpoint_step, restore
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
-from .tasks import DEFAULT_SEQ_LEN, Task, make_task, sample_text
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.json"
-LOSS_CURVE = "loss_curve.png"
-SAMPLE = "sample.txt"
-# Every file a run writes into its folder.
-RUN_FILES = (CHECKPOINT, METRICS, LOSS_CURVE, SAMPLE)
-
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-    "rmsprop": optax.rmsprop,
-    "sgd": lambda learning_rate: optax.sgd(learning_rate, momentum=0.9),
-}
-
-# Options that may differ between a run and its resumption: they change how long the run
-# goes and what it records, not its trajectory (a different device count changes only
-# the order of the gradient's sums, so the result agrees to round-off, not bitwise).
-RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "devices")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run (the `dprnn-jax train` options).
-
-    `method` is a gradient algorithm (`Omega(truncation=32)`, `BPTT()`, …) or its name
-    ("omega"); a name is turned into the algorithm with its default options, so
-    `TrainConfig(method="bptt").method == BPTT()`. `seq_len=None` becomes the task's
-    default length.
-
-    Example:
-        >>> config = TrainConfig(task="adding", method="bptt", steps=200)
-        >>> config.method == BPTT(), config.seq_len
-        (True, 50)
-    """
-
-    task: str = "charlm"
-    method: GradientAlgorithm | str = Omega()
-    steps: int = 1000
-    seed: int = 0
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    optimizer: str = "adam"
-    hidden_size: int = 128
-    layers: int = 1
-    cell: str = "elman"
-    seq_len: int | None = None
-    activation: str = "tanh"
-    max_grad_norm: float | None = 1.0
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    devices: int = 1
-
-    def __post_init__(self):
-        object.__setattr__(self, "method", resolve_method(self.method))
-        if self.seq_len is None and self.task in DEFAULT_SEQ_LEN:
-            object.__setattr__(self, "seq_len", DEFAULT_SEQ_LEN[self.task])
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values, the algorithm as its `to_dict()`; what
-        `metrics.json` and checkpoints record."""
-        record = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        record["method"] = self.method.to_dict()
-        return record
-
-    @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> TrainConfig:
-        """Rebuilds a configuration from `to_dict()` (unknown keys are ignored; a method
-        recorded as a bare name, as older runs did, means its default options)."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        options = {key: value for key, value in record.items() if key in names}
-        if isinstance(options.get("method"), dict):
-            options["method"] = algorithm_from_dict(options["method"])
-        return cls(**options)
-
-
-def config_differences(saved: TrainConfig, config: TrainConfig) -> list[str]:
-    """The fields of `config` that change the trajectory of `saved` (all but
-    `RESUMABLE_CHANGES`), in declaration order."""
-    return [
-        field.name
-        for field in dataclasses.fields(TrainConfig)
-        if field.name not in RESUMABLE_CHANGES
-        and getattr(saved, field.name) != getattr(config, field.name)
-    ]
+from .tasks import Task, make_task, sample_text
 
 
 class TrainResult(NamedTuple):
@@ -164,21 +87,6 @@ class TrainResult(NamedTuple):
 
     params: RNNParams
     metrics: dict
-
-
-class ResumeError(Exception):
-    """The output directory's state and the requested run do not fit together.
-
-    Example:
-        >>> import tempfile
-        >>> config = TrainConfig(task="adding", seq_len=8)
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     try:
-        ...         train(config, folder, resume=True, progress=False)
-        ...     except ResumeError as error:
-        ...         print(str(error).replace(folder, "<folder>"))
-        --resume: no checkpoint.npz in <folder>; start without --resume
-    """
 
 
 def check_output_dir(out: str) -> None:
@@ -243,133 +151,16 @@ def _programs(
     return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
 
 
-def _fresh_state(config: TrainConfig, task: Task, optimizer, key: jax.Array):
-    sizes = (config.hidden_size,) * config.layers
-    params = init_rnn(key, task.input_size, sizes, task.output_size, cell=config.cell)
-    return params, optimizer.init(params)
-
-
 def _initial_state(config: TrainConfig, programs: _Programs):
     init_key, data_key = jax.random.split(jax.random.key(config.seed))
-    params, opt_state = _fresh_state(config, programs.task, programs.optimizer, init_key)
+    params, opt_state = fresh_state(config, programs.task, programs.optimizer, init_key)
     return params, opt_state, data_key
-
-
-def saved_config(path: str) -> tuple[TrainConfig, dict]:
-    """The configuration and metadata recorded in the checkpoint at `path`.
-
-    Raises:
-        CheckpointError: a missing or corrupt file, or one without a readable
-            configuration (not written by `train`).
-    """
-    metadata = read_metadata(path)
-    if not isinstance(metadata.get("config"), dict):
-        raise CheckpointError(f"{path} holds no training configuration: not written by train")
-    try:
-        return TrainConfig.from_dict(metadata["config"]), metadata
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} holds an unreadable configuration ({error})") from None
-
-
-class SavedRun(NamedTuple):
-    """A `train` run read back from its checkpoint: the parameters and optimiser state at
-    `metadata["step"]`, the run's configuration, and the checkpoint's metadata (step,
-    configuration as recorded, history of losses and evaluations).
-
-    Example:
-        >>> SavedRun._fields
-        ('params', 'opt_state', 'config', 'metadata')
-        >>> run = load_run("runs/adding")  # a folder that `train` wrote  # doctest: +SKIP
-    """
-
-    params: RNNParams
-    opt_state: optax.OptState
-    config: TrainConfig
-    metadata: dict
-
-
-def load_run(path: str | os.PathLike) -> SavedRun:
-    """Reads a run written by `train` (or `dprnn-jax train`).
-
-    Args:
-        path: the run's output folder (`--out`) or its `checkpoint.npz`.
-
-    Returns:
-        `SavedRun(params, opt_state, config, metadata)`.
-
-    Raises:
-        CheckpointError: no checkpoint, a corrupt one, or one whose arrays do not match
-            the configuration it records.
-        ImportError: a "digits" run without scikit-learn (the task gives the sizes).
-
-    Example:
-        >>> run = load_run("runs/charlm")  # a folder that `train` wrote  # doctest: +SKIP
-        >>> sample_text(run.params, "The ", 100, jax.random.key(0),
-        ...             activation=run.config.activation)  # doctest: +SKIP
-    """
-    path = os.fspath(path)
-    checkpoint = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
-    config, _ = saved_config(checkpoint)
-    task = make_task(config.task, config.seq_len)
-    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
-    # A freshly built state of the same configuration is the template whose structure,
-    # shapes and dtypes the checkpoint must match.
-    like = _fresh_state(config, task, optimizer, jax.random.key(0))
-    (params, opt_state), metadata = load_checkpoint(checkpoint, like)
-    return SavedRun(params, opt_state, config, metadata)
-
-
-def _show(value: object) -> str:
-    # Algorithms read best as written in Python, `Omega(truncation=32)`; values as repr.
-    return str(value) if isinstance(value, GradientAlgorithm) else repr(value)
-
-
-def _restore(out: str, config: TrainConfig, like) -> tuple[Any, int, dict]:
-    path = os.path.join(out, CHECKPOINT)
-    if not os.path.exists(path):
-        raise ResumeError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
-    saved, metadata = saved_config(path)
-    changed = config_differences(saved, config)
-    if changed:
-        details = ", ".join(
-            f"{key}: checkpoint {_show(getattr(saved, key))}, now {_show(getattr(config, key))}"
-            for key in changed
-        )
-        raise ResumeError(
-            f"--resume: {path} was written with other options ({details}); use the "
-            f"checkpoint's options (only {', '.join(RESUMABLE_CHANGES)} may change)"
-        )
-    if metadata["step"] > config.steps:
-        raise ResumeError(
-            f"--resume: the checkpoint is at step {metadata['step']}, beyond --steps {config.steps}"
-        )
-    state, metadata = load_checkpoint(path, like)
-    return state, metadata["step"], metadata["history"]
-
-
-def _checkpoint_step(out: str) -> int | None:
-    # Read back from the file itself: a message built on it never claims a checkpoint
-    # that is not there.
-    try:
-        return read_metadata(os.path.join(out, CHECKPOINT))["step"]
-    except (CheckpointError, KeyError):
-        return None
-
-
-def checkpoint_status(out: str, step: int | None = None) -> str:
-    """What `out` holds, in words for a message: its checkpoint's step, or none
-    (`step`: the step of its checkpoint if already read)."""
-    step = _checkpoint_step(out) if step is None else step
-    if step is None:
-        return f"no checkpoint exists in {out}: start again without --resume"
-    path = os.path.join(out, CHECKPOINT)
-    return f"the checkpoint in {path} is at step {step}; continue with --resume"
 
 
 def _interrupted(
     signum: int, out: str, step: int, *, failure: OSError | None = None, writer: bool = True
 ) -> TrainingInterrupted:
-    on_disk = _checkpoint_step(out)
+    on_disk = checkpoint_step(out)
     head = f"interrupted at step {step}" if step else "interrupted before the first step"
     if failure is not None:
         head += f"; writing its checkpoint failed ({failure.strerror or failure})"
@@ -448,68 +239,6 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
         metrics["validation_perplexity"] = _perplexity(last["loss"])
         metrics["validation_bits_per_character"] = last["loss"] / math.log(2)
     return metrics
-
-
-def plot_loss_curve(
-    history: dict, path: str, title: str, chance_level: float | None = None
-) -> None:
-    """Training loss per step (and its running mean) with validation loss, as a PNG;
-    non-finite losses are left out, every skipped step is marked along the bottom and the
-    task's chance level, where it knows one, is a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    loss = np.asarray(history["loss"], np.float64)
-    loss = np.where(np.isfinite(loss), loss, np.nan)  # gaps, not a ruined y axis
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = np.arange(1, len(loss) + 1)
-    skipped = steps[np.asarray(history["skipped"], bool)]
-    if skipped.size:
-        # x in steps, y in axes coordinates: a row of ticks at the bottom, whatever the loss.
-        axes.plot(
-            skipped,
-            np.full(skipped.size, 0.03),
-            "|",
-            color="tab:red",
-            markersize=10,
-            transform=axes.get_xaxis_transform(),
-            label=f"skipped step ({skipped.size}, non-finite)",
-        )
-    axes.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (batch)")
-    width = max(1, len(loss) // 50)
-    if len(loss) >= width > 1:
-        smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
-        axes.plot(steps[width - 1 :], smooth, color="tab:blue", label=f"train ({width}-step mean)")
-    evaluations = [e for e in history["evaluations"] if math.isfinite(e["loss"])]
-    if evaluations:
-        axes.plot(
-            [e["step"] for e in evaluations],
-            [e["loss"] for e in evaluations],
-            "o-",
-            color="tab:orange",
-            label="validation",
-        )
-    if chance_level is not None:
-        axes.axhline(
-            chance_level,
-            color="gray",
-            linestyle="--",
-            linewidth=1,
-            label=f"chance level {chance_level:.3g} (inputs ignored)",
-        )
-    finite = loss[np.isfinite(loss)]
-    if finite.size and finite.min() > 0 and finite.max() > 1e3 * finite.min():
-        axes.set_yscale("log")  # a blow-up spans orders of magnitude
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
 
 
 def train(
@@ -662,7 +391,7 @@ class _Start(NamedTuple):
 def _starting_state(config, out, programs, resume, overwrite, log, *, writer=True) -> _Start:
     params, opt_state, data_key = _initial_state(config, programs)
     if resume:
-        (params, opt_state), step, history = _restore(out, config, (params, opt_state))
+        (params, opt_state), step, history = restore(out, config, (params, opt_state))
         if writer:
             log(f"resumed from {os.path.join(out, CHECKPOINT)} at step {step}")
         return _Start(params, opt_state, data_key, step, history, True)
