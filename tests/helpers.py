@@ -42,20 +42,9 @@ def method_forms(name: str) -> tuple[str | dj.backward.GradientAlgorithm, ...]:
     return name, ALGORITHMS[name]()
 
 
-def _cheap_compile_options() -> dict[str, object]:
-    """XLA options for the large comparison programs of the tests, or {} where unknown.
-
-    Those programs are compiled once and run for milliseconds, so nearly all their cost is
-    XLA optimising machine code: on a CPU, the legacy elemental emitters at LLVM -O0
-    compile them four to five times faster. They change how XLA emits code, not which
-    operations it computes (results agree to rounding, within every tolerance here). A
-    test run sets the same options for every program through XLA_FLAGS (conftest.py);
-    these per-program ones keep the large programs cheap where it could not (a JAX that
-    started before the run configured it), and are off where the run asks for XLA's
-    defaults (DPRNN_JAX_TEST_XLA_DEFAULTS=1).
-    """
-    options = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
-    if os.environ.get("DPRNN_JAX_TEST_XLA_DEFAULTS") or jax.default_backend() != "cpu":
+def _compile_options_if_known(options: dict[str, object]) -> dict[str, object]:
+    """`options` where XLA on this backend, a CPU, knows them, else {}."""
+    if jax.default_backend() != "cpu":
         return {}
     try:
         jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
@@ -64,28 +53,32 @@ def _cheap_compile_options() -> dict[str, object]:
     return options
 
 
-CHEAP_COMPILE = _cheap_compile_options()
+# XLA:CPU's other code generation: the legacy elemental emitters at LLVM -O0.
+LEGACY_COMPILE = _compile_options_if_known(
+    {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+)
+
+# XLA options for the large comparison programs of the tests, or {} where unknown.
+#
+# Those programs are compiled once and run for milliseconds, so nearly all their cost is
+# XLA optimising machine code: on a CPU, the legacy elemental emitters at LLVM -O0
+# compile them four to five times faster. They change how XLA emits code, not which
+# operations it computes (results agree to rounding, within every tolerance here). A
+# test run sets the same options for every program through XLA_FLAGS (conftest.py);
+# these per-program ones keep the large programs cheap where it could not (a JAX that
+# started before the run configured it), and are off where the run asks for XLA's
+# defaults (DPRNN_JAX_TEST_XLA_DEFAULTS=1).
+CHEAP_COMPILE = {} if os.environ.get("DPRNN_JAX_TEST_XLA_DEFAULTS") else LEGACY_COMPILE
 
 
-def _default_compile_options() -> dict[str, object]:
-    """XLA options that give a program the default CPU pipeline, the one users' programs
-    get, whatever `XLA_FLAGS` this run set (per-program options override the flags);
-    {} off the CPU or where XLA does not know them.
-
-    XLA's defaults of the two flags that conftest.py turns off for speed. That they are
-    the defaults is checked by test_default_compiler.py against a process without flags.
-    """
-    options = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
-    if jax.default_backend() != "cpu":
-        return {}
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
-    except Exception:  # an XLA without these options compiles every program as usual
-        return {}
-    return options
-
-
-DEFAULT_COMPILE = _default_compile_options()
+# XLA options that give a program the default CPU pipeline, the one users' programs get,
+# whatever `XLA_FLAGS` this run set (per-program options override the flags); {} off the
+# CPU or where XLA does not know them: XLA's defaults of the two flags that conftest.py
+# turns off for speed. That they are the defaults is checked by test_default_compiler.py
+# against a process without flags.
+DEFAULT_COMPILE = _compile_options_if_known(
+    {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
+)
 
 
 # ---------------------------------------------------------------------------------------
