@@ -11,24 +11,24 @@ Pass one as `method=` anywhere (`rnn_layer`, `rnn_apply`, `sequence_loss`,
 Every name here except the protocol classes is also available at the top level.
 """
 
-from ._backward.autodiff import Autodiff as Autodiff
-from ._backward.base import GradientAlgorithm as GradientAlgorithm
-from ._backward.bptt import BPTT as BPTT
-from ._backward.error_flow import ErrorFlow as ErrorFlow
-from ._backward.jacobian import ElmanJacobian as ElmanJacobian
-from ._backward.jacobian import StepJacobian as StepJacobian
-from ._backward.naive import Naive as Naive
-from ._backward.omega import Omega as Omega
-from ._backward.parallel_scan import ParallelScan as ParallelScan
-from ._backward.registry import ALGORITHMS as ALGORITHMS
-from ._backward.registry import METHODS as METHODS
-from ._backward.registry import algorithm_from_dict as algorithm_from_dict
-from ._backward.registry import resolve_method as resolve_method
-from ._backward.rtrl import RTRL as RTRL
-from ._backward.rtrl_online import RTRLState as RTRLState
-from ._backward.rtrl_online import rtrl_gradient as rtrl_gradient
-from ._backward.rtrl_online import rtrl_init as rtrl_init
-from ._backward.rtrl_online import rtrl_step as rtrl_step
+from ._algorithms.autodiff import Autodiff as Autodiff
+from ._algorithms.base import GradientAlgorithm as GradientAlgorithm
+from ._algorithms.bptt import BPTT as BPTT
+from ._algorithms.naive import Naive as Naive
+from ._algorithms.omega import Omega as Omega
+from ._algorithms.parallel_scan import ParallelScan as ParallelScan
+from ._algorithms.registry import ALGORITHMS as ALGORITHMS
+from ._algorithms.registry import METHODS as METHODS
+from ._algorithms.registry import algorithm_from_dict as algorithm_from_dict
+from ._algorithms.registry import resolve_method as resolve_method
+from ._algorithms.rtrl import RTRL as RTRL
+from ._core.error_flow import ErrorFlow as ErrorFlow
+from ._core.jacobian import ElmanJacobian as ElmanJacobian
+from ._core.jacobian import StepJacobian as StepJacobian
+from ._model.rtrl_online import RTRLState as RTRLState
+from ._model.rtrl_online import rtrl_gradient as rtrl_gradient
+from ._model.rtrl_online import rtrl_init as rtrl_init
+from ._model.rtrl_online import rtrl_step as rtrl_step
 
 __all__ = [
     "ALGORITHMS",

@@ -27,11 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # noqa: E402
 
 import dprnn_jax as dj  # noqa: E402
+from dprnn_jax._algorithms.bptt import bptt_error_flow  # noqa: E402
 from dprnn_jax._app.complexity import machine_description  # noqa: E402
-from dprnn_jax._backward.bptt import bptt_error_flow  # noqa: E402
-from dprnn_jax._backward.error_flow import sum_over_steps  # noqa: E402
-from dprnn_jax._backward.jacobian import ElmanJacobian  # noqa: E402
-from dprnn_jax._model.forward import hoisted_layer  # noqa: E402
+from dprnn_jax._cells.elman import hoisted_layer  # noqa: E402
+from dprnn_jax._core.error_flow import sum_over_steps  # noqa: E402
+from dprnn_jax._core.jacobian import ElmanJacobian  # noqa: E402
 
 POINTS = ((128, 32, 128), (1024, 16, 32))
 

@@ -32,8 +32,8 @@ from test_truncation import make_problem as truncation_problem  # noqa: E402
 from test_truncation import truncated_reference_loss  # noqa: E402
 
 import dprnn_jax as dj  # noqa: E402
-from dprnn_jax._backward.adaptive import adaptive_omega_error_flow  # noqa: E402
-from dprnn_jax._backward.omega import omega_error_flow  # noqa: E402
+from dprnn_jax._algorithms.adaptive import adaptive_omega_error_flow  # noqa: E402
+from dprnn_jax._algorithms.omega import omega_error_flow  # noqa: E402
 
 CE = "softmax_cross_entropy"
 

@@ -50,14 +50,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from dprnn_jax._cells.elman_gradients import Residuals, cotangents_from_delta
 from jax import lax
 
 import dprnn_jax as dj
+from dprnn_jax._algorithms.omega import omega_error_flow
 from dprnn_jax._app.complexity import machine_description
-from dprnn_jax._backward.gradients import Residuals, cotangents_from_delta
-from dprnn_jax._backward.jacobian import ElmanJacobian
-from dprnn_jax._backward.omega import omega_error_flow
-from dprnn_jax._model.forward import hoisted_layer
+from dprnn_jax._cells.elman import hoisted_layer
+from dprnn_jax._core.jacobian import ElmanJacobian
 
 N_CLASSES = 10
 GRID = ((128, 32, 128), (1024, 16, 32), (64, 32, 64))
@@ -431,7 +431,7 @@ def bptt_parts(params, xs, ys) -> dict[str, Callable[[], object]]:
     older than the fused loop (to time a tree from before it with this script).
     """
     try:
-        from dprnn_jax._backward.bptt import elman_bptt_delta
+        from dprnn_jax._algorithms.bptt import elman_bptt_delta
     except ImportError:
         return {}
     layer, readout = params.layers[0], params.readout

@@ -105,3 +105,42 @@ def test_public_namespaces_are_aliases_of_the_flat_names():
         for name in namespace.__all__:
             if hasattr(dj, name):
                 assert getattr(dj, name) is getattr(namespace, name), (namespace.__name__, name)
+
+
+# The private sub-packages in layers, lowest first: a module may import from its own
+# sub-package and from the layers below, never from one above (docs/architecture.md).
+LAYERS = (
+    ("_core",),
+    ("_cells",),
+    ("_algorithms",),
+    ("_model",),
+    ("_diagnostics", "_training", "interop"),
+    ("_app",),
+)
+
+
+def _layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    return next((i for i, layer in enumerate(LAYERS) if parts[1] in layer), None)
+
+
+def test_sub_packages_import_downwards_only():
+    upward, sub_packages = [], {name for layer in LAYERS for name in layer}
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        own = _layer_of(module)
+        if own is None:
+            continue
+        for dependency in imported_modules(path):
+            level = _layer_of(dependency)
+            if level is None:
+                continue
+            same = module.split(".")[1] == dependency.split(".")[1]
+            if level > own or (level == own and not same):
+                upward.append(f"{module} -> {dependency}")
+    assert sub_packages == {
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"
+    }
+    assert not upward, "\n".join(sorted(upward))

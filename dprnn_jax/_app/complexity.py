@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._backward.base import GradientAlgorithm
-from .._backward.bptt import BPTT
-from .._backward.jacobian import ElmanJacobian
-from .._backward.naive import Naive
-from .._backward.omega import Omega
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.bptt import BPTT
+from .._algorithms.naive import Naive
+from .._algorithms.omega import Omega
+from .._core.jacobian import ElmanJacobian
 from .._diagnostics.hlo_flops import hlo_dot_flops
 
 DEFAULT_TS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)

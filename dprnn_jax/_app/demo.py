@@ -16,9 +16,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.registry import METHODS
+from .._algorithms.registry import METHODS
+from .._cells.kinds import init_rnn
 from .._model.loss import sequence_loss
-from .._model.params import init_rnn
 from .._training.checkpoint import CheckpointError
 from .._training.config import CHECKPOINT, METRICS, RUN_FILES, TrainConfig
 from .._training.loop import train

@@ -10,7 +10,7 @@ from .train_command import print_run_summary
 
 
 def add_parser(subparsers) -> None:
-    from .._backward.registry import METHODS
+    from .._algorithms.registry import METHODS
 
     parser = subparsers.add_parser(
         "demo", help="check every gradient method against jax.grad and time it (default)"

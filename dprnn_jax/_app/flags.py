@@ -32,7 +32,7 @@ def _segment_length(value: str) -> int | str:
 
 
 def add_method_options(parser, method_help: str, *, checkpoint: bool = False) -> None:
-    from .._backward.registry import METHODS
+    from .._algorithms.registry import METHODS
 
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument(
@@ -76,7 +76,7 @@ def _check_algorithm_flags(name: str, given: dict) -> None:
     """The mistakes of `--method` and its option flags, in their own terms."""
     import math
 
-    from .._backward.registry import ALGORITHMS
+    from .._algorithms.registry import ALGORITHMS
 
     for option in given:
         takers = [method for method, cls in ALGORITHMS.items() if option in _fields(cls)]
@@ -107,7 +107,7 @@ def _fields(cls) -> tuple[str, ...]:
 def algorithm_from_flags(args: argparse.Namespace):
     """The gradient algorithm that `--method` and its option flags ask for (`--method`
     defaults to omega when only an option is given); None when no such flag is given."""
-    from .._backward.registry import resolve_method
+    from .._algorithms.registry import resolve_method
 
     options = {
         name: getattr(args, OPTION_DESTS.get(name, name), None) for name in ALGORITHM_OPTIONS

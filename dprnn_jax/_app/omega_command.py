@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     method = algorithm_from_flags(args)
 
-    from .._backward.registry import algorithm_from_dict
+    from .._algorithms.registry import algorithm_from_dict
     from .._training.checkpoint import CheckpointError
     from .omega_report import fresh_model, omega_report, trained_model
 

@@ -16,8 +16,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._cells.kinds import init_rnn
+from .._core.params import RNNParams
+from .._core.validation import check_sequence
 from .._diagnostics.gradient_flow import gradient_flow
 from .._diagnostics.lyapunov import (
     check_fit_lag,
@@ -33,8 +36,6 @@ from .._model.bidirectional import BidirectionalParams
 from .._model.layer_kinds import kind_of
 from .._model.loss import sequence_loss
 from .._model.network import check_rnn_params
-from .._model.params import RNNParams, init_rnn
-from .._validation import check_sequence
 
 REPORT_FILES = ("omega_triangles.png", "omega_decay.png", "omega_summary.json")
 

@@ -375,8 +375,8 @@ RTRL_WARNING_FLOPS = 10**12
 def _warn_of_rtrl_cost(config) -> None:
     """With `--method rtrl`, a warning on stderr with the estimated memory and work of a
     step when they are large (RTRL's O(m·d⁴) per time step is easy to start by accident)."""
-    from .._backward.rtrl import RTRL, rtrl_cost
-    from .._model.layer_checks import CELLS, KINDS
+    from .._algorithms.rtrl import RTRL, rtrl_cost
+    from .._cells.kinds import CELLS, KINDS
     from .._training.tasks import make_task
 
     if not isinstance(config.method, RTRL):

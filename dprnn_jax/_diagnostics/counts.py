@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
-from .._validation import check_positive_int
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._core.validation import check_positive_int
 
 
 class ProductCount(NamedTuple):

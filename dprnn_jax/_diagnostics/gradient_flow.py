@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._backward.jacobian import ElmanJacobian, StepJacobian
-from .._backward.registry import resolve_method
+from .._algorithms.registry import resolve_method
+from .._core.jacobian import ElmanJacobian, StepJacobian
+from .._core.validation import check_rank, check_same_dtype, check_shape
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._model.layer_kinds import run_recurrent_layer
 from .._model.loss import per_step_losses
 from .._model.network import apply_layer, check_rnn_params
-from .._validation import check_rank, check_same_dtype, check_shape
 from .omega_norms import check_max_lag
 from .trajectory import (
     Trajectory,

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._backward.omega import diagonal_phases
-from .._validation import check_positive_int
+from .._algorithms.omega import diagonal_phases
+from .._core.validation import check_positive_int
 from .trajectory import compiled, layer_trajectory, network_order, one_step_jacobians
 
 

@@ -8,11 +8,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.adaptive import adaptive_omega_error_flow
-from .._backward.base import check_tol, check_truncation
+from .._algorithms.adaptive import adaptive_omega_error_flow
+from .._algorithms.base import check_tol, check_truncation
+from .._core.validation import check_shape
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._model.layer_kinds import hidden_size
-from .._validation import check_shape
 from .trajectory import is_stack, layer_trajectory, state_cotangent, valid_steps
 
 

@@ -32,21 +32,20 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.cell_jacobian import linearised_scan
-from .._backward.jacobian import ElmanJacobian, StepJacobian
-from .._backward.registry import resolve_method
-from .._model.activations import ACTIVATIONS, get_activation
+from .._algorithms.registry import resolve_method
+from .._cells.gru import GRUParams
+from .._cells.kinds import check_inputs, fill_carry0
+from .._cells.lstm import LSTMParams
+from .._cells.tokens import is_token_input
+from .._core.activations import ACTIVATIONS
+from .._core.jacobian import ElmanJacobian, StepJacobian
+from .._core.padding import check_lengths, mask_from_lengths, zero_padding
+from .._core.params import LayerParams
+from .._core.validation import check_choice, check_rank, check_sequence
 from .._model.bidirectional import BidirectionalParams, reverse_padded
-from .._model.gru import GRUParams
-from .._model.layer import rnn_layer
-from .._model.layer_checks import check_inputs
-from .._model.layer_kinds import check_layer_state, check_recurrent_layer, gated_cell, kind_of
-from .._model.lstm import LSTMParams
+from .._model.layer_kinds import check_layer_state, check_recurrent_layer, kind_of
+from .._model.layers import check_elman_arguments
 from .._model.network import apply_layer, check_rnn_params, first_weight
-from .._model.padding import check_lengths, mask_from_lengths, zero_padding
-from .._model.params import LayerParams
-from .._model.tokens import is_token_input
-from .._validation import check_choice, check_rank, check_sequence
 
 DIRECTIONS = ("forward", "backward")
 
@@ -185,8 +184,9 @@ def direction_params(
 
 
 def _check_gated(layer: object, name: str) -> None:
-    # An Elman layer (or anything else) is checked by `rnn_layer`, with its own messages.
-    if isinstance(layer, GRUParams | LSTMParams):
+    # An Elman layer (or anything else) is checked by `rnn_layer`'s checks, with their
+    # own messages.
+    if kind_of(layer) is not None and not isinstance(layer, LayerParams):
         check_recurrent_layer(name, layer)
 
 
@@ -227,30 +227,41 @@ def layer_trajectory(
     name = "params" if index is None else f"params.layers[{index}]"
     one_direction, backward = direction_params(inspected, direction, name)
     run_inputs = reverse_padded(inputs, lengths) if backward else inputs
-    if kind_of(one_direction).name == "elman":
-        hs = rnn_layer(one_direction, run_inputs, h0, activation=activation, method="autodiff")
-        sigma_prime = get_activation(activation).derivative_from_output(hs)
-        jacobian = ElmanJacobian(one_direction.S, sigma_prime)
-        return Trajectory(
-            inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
-        )
     weights = f"{name}.{direction}.W" if isinstance(inspected, BidirectionalParams) else f"{name}.W"
-    if index is None:  # a lone layer reads xs itself (a stack's are checked by layer_inputs)
-        check_inputs(xs, one_direction.W, weights)
-    check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
-    cell = gated_cell(one_direction, run_inputs, h0)
-    # One forward loop gives the carries and every step's linearisation (the cell is not
-    # evaluated again for the Jacobians).
-    carries, jacobian = linearised_scan(cell.step, cell.params, cell.inputs, cell.carry0)
-    hs = carries[0] if isinstance(one_direction, LSTMParams) else carries
-    return Trajectory(inspected, inputs, one_direction, hs, None, lengths, backward, jacobian)
+    if isinstance(one_direction, LayerParams):
+        # The Elman layer's own checks, with `rnn_layer`'s messages.
+        check_elman_arguments(
+            one_direction,
+            run_inputs,
+            h0,
+            activation=activation,
+            algorithm=resolve_method("autodiff"),
+        )
+    else:
+        if index is None:  # a lone layer reads xs itself (a stack's are checked by layer_inputs)
+            check_inputs(xs, one_direction.W, weights)
+        check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
+    kind = kind_of(one_direction)
+    carry0 = fill_carry0(one_direction, h0, run_inputs.shape[1])
+    scan = kind.prepare(
+        one_direction, run_inputs, carry0, activation=activation, own_backward=False
+    )
+    # One forward loop gives the carries and the cell's linearisation (its Jacobian
+    # operator: the cell is not evaluated again for the Jacobians).
+    carries, linearisation = scan.cell.linearise(scan.params, scan.inputs, scan.carry0)
+    _, jacobian = linearisation.error_problem(jax.tree.map(jnp.zeros_like, carries))
+    hs = carries[0] if kind.paired_state else carries
+    # An Elman layer's diagnostics follow its pre-activations Z (S·diag(σ'(Z))).
+    sigma_prime = jacobian.sigma_prime if isinstance(jacobian, ElmanJacobian) else None
+    return Trajectory(
+        inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
+    )
 
 
 def state_width(trajectory: Trajectory) -> int:
     """D, the width of the followed state: d (Z or h), or 2d for an LSTM's (h, c)."""
-    if trajectory.sigma_prime is None:
-        return trajectory.jacobian.layout.width
-    return trajectory.hs.shape[-1]
+    d = trajectory.hs.shape[-1]
+    return 2 * d if kind_of(trajectory.params).paired_state else d
 
 
 def state_cotangent(trajectory: Trajectory, hs_bar: jax.Array) -> jax.Array:
@@ -259,7 +270,7 @@ def state_cotangent(trajectory: Trajectory, hs_bar: jax.Array) -> jax.Array:
     consumers of a layer read h only, never c)."""
     if trajectory.sigma_prime is not None:
         return hs_bar * trajectory.sigma_prime
-    if isinstance(trajectory.params, LSTMParams):
+    if kind_of(trajectory.params).paired_state:
         return jnp.concatenate([hs_bar, jnp.zeros_like(hs_bar)], axis=-1)
     return hs_bar
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._cells.kinds import init_bidirectional_layer as init_bidirectional_layer
+from .._core.padding import zero_padding
+from .._core.params import BidirectionalParams as BidirectionalParams
 from .layer_kinds import run_recurrent_layer
-from .padding import zero_padding
-from .params import BidirectionalParams as BidirectionalParams
-from .params import init_bidirectional_layer as init_bidirectional_layer
 
 
 def reverse_padded(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:

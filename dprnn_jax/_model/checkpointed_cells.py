@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._backward.base import GradientAlgorithm
-from .._backward.checkpointed import SegmentLoss, segment_length
+from .._algorithms.base import GradientAlgorithm
+from .._core.params import RNNParams
+from .checkpointed import SegmentLoss, segment_length
 from .layer_kinds import run_recurrent_layer
-from .params import RNNParams
 
 
 class _Segments(NamedTuple):

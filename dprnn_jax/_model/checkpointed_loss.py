@@ -15,12 +15,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
-from .._backward.checkpointed import checkpointed_loss
-from .._validation import check_shape
+from .._algorithms.base import GradientAlgorithm
+from .._cells.kinds import check_inputs
+from .._core.padding import nan_unless_in_range, zero_padding
+from .._core.params import LayerParams, RNNParams
+from .._core.validation import check_shape
 from .bidirectional import BidirectionalParams
+from .checkpointed import checkpointed_loss
 from .checkpointed_cells import checkpointed_cells_loss
-from .layer_checks import check_inputs
 from .layer_kinds import hidden_size, kind_of
 from .network import (
     check_initial_states,
@@ -28,8 +30,6 @@ from .network import (
     check_rnn_params,
     mask_from_lengths,
 )
-from .padding import nan_unless_in_range, zero_padding
-from .params import LayerParams, RNNParams
 from .per_step_loss import LOSSES, check_targets, per_step_hits
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
-from .._validation import check_choice, check_shape
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._core.padding import nan_unless_in_range
+from .._core.params import RNNParams
+from .._core.validation import check_choice, check_shape
 from .checkpointed_loss import (
     checkpointed_many_to_one_loss,
     checkpointed_sequence_loss,
     uses_checkpoint,
 )
 from .network import mask_from_lengths, rnn_forward
-from .padding import nan_unless_in_range
-from .params import RNNParams
 from .per_step_loss import LOSSES as LOSSES
 from .per_step_loss import per_step_losses as per_step_losses
 

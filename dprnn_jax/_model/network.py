@@ -17,20 +17,20 @@ from typing import NamedTuple
 
 import jax
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
-from .._validation import (
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._cells.kinds import check_inputs
+from .._core.padding import check_lengths as check_lengths
+from .._core.padding import mask_from_lengths as mask_from_lengths
+from .._core.params import RNNParams
+from .._core.validation import (
     check_rank,
     check_same_dtype,
     check_shape,
     describe,
 )
 from .bidirectional import BidirectionalParams, bidirectional_outputs_and_final
-from .layer_checks import check_inputs
 from .layer_kinds import check_layer_state, check_recurrent_layer, run_recurrent_layer
-from .padding import check_lengths as check_lengths
-from .padding import mask_from_lengths as mask_from_lengths
-from .params import RNNParams
 
 
 class RNNOutput(NamedTuple):

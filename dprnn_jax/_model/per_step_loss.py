@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._validation import check_choice, check_floating, check_rank, check_shape
+from .._core.validation import check_choice, check_floating, check_rank, check_shape
 
 
 def _softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -8,9 +8,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
-from .._backward.cell_vjp import cell_scan, plain_scan
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._cells.base import CellScan
+from .._cells.generic import StepCell
+from .layers import run_cell
 
 
 def _describe(tree) -> str:
@@ -130,6 +132,4 @@ def scan_cell(
     """
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
     check_cell(step, params, xs, carry0)
-    if not algorithm.uses_custom_vjp:
-        return plain_scan(step, params, xs, carry0)
-    return cell_scan(algorithm, step, params, xs, carry0)
+    return run_cell(algorithm, CellScan(StepCell(step), params, xs, carry0))

@@ -10,10 +10,10 @@ from typing import Any
 import jax
 import optax
 
-from .._backward.base import GradientAlgorithm
-from .._backward.omega import Omega
-from .._backward.registry import algorithm_from_dict, resolve_method
-from .._model.params import init_rnn
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.omega import Omega
+from .._algorithms.registry import algorithm_from_dict, resolve_method
+from .._cells.kinds import init_rnn
 from .tasks import DEFAULT_SEQ_LEN, Task
 
 CHECKPOINT = "checkpoint.npz"

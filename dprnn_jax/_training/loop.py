@@ -41,9 +41,9 @@ import jax
 import numpy as np
 import optax
 
+from .._core.params import RNNParams
+from .._core.validation import check_choice, check_positive_int
 from .._diagnostics.plotting import plot_loss_curve
-from .._model.params import RNNParams
-from .._validation import check_choice, check_positive_int
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import (
     CHECKPOINT,

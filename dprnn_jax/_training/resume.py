@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from .._backward.base import GradientAlgorithm
-from .._model.params import RNNParams
+from .._algorithms.base import GradientAlgorithm
+from .._core.params import RNNParams
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import (
     CHECKPOINT,

@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
+from .._core.params import RNNParams
 from .._model.checkpointed_loss import checkpointed_sequence_loss, uses_checkpoint
 from .._model.loss import per_step_losses
 from .._model.network import rnn_apply
-from .._model.params import RNNParams
 from .._model.per_step_loss import per_step_hits
 from .tasks import Batch
 

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._backward.registry import resolve_method
+from .._algorithms.registry import resolve_method
+from .._core.validation import check_choice, check_positive_int
 from .._model.bidirectional import BidirectionalParams
 from .._model.layer_kinds import hidden_size, kind_of, run_recurrent_layer
 from .._model.network import check_rnn_params
-from .._validation import check_choice, check_positive_int
 
 # Every held-out set is drawn from this fixed seed, whatever the training seed, so that
 # validation numbers of different runs are comparable.

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from .._backward.base import GradientAlgorithm
+from .._algorithms.base import GradientAlgorithm
 from .._model.scan_cell import scan_cell
 
 

@@ -22,8 +22,8 @@ except ImportError as error:  # pragma: no cover - exercised only without flax
         "install it with `pip install 'dprnn_jax[flax]'`."
     ) from error
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
 from ._sequence import SequenceLayout, scan_flax_cell
 
 

@@ -36,8 +36,8 @@ except ImportError as error:  # pragma: no cover - exercised only with an old fl
         "does not have; upgrade it with `pip install -U flax` (tested with 0.12)."
     ) from error
 
-from .._backward.base import GradientAlgorithm
-from .._backward.registry import resolve_method
+from .._algorithms.base import GradientAlgorithm
+from .._algorithms.registry import resolve_method
 from ._sequence import SequenceLayout, scan_flax_cell
 
 

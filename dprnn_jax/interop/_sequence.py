@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._backward.base import GradientAlgorithm
+from .._algorithms.base import GradientAlgorithm
 from .._model.scan_cell import scan_cell
 
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._model.gru import GRUParams
-from .._model.lstm import LSTMParams
-from .._model.params import BidirectionalParams, LayerParams, RNNParams
+from .._cells.gru import GRUParams
+from .._cells.lstm import LSTMParams
+from .._core.params import BidirectionalParams, LayerParams, RNNParams
 
 Layer = LayerParams | GRUParams | LSTMParams | BidirectionalParams
 
