@@ -7,6 +7,7 @@ from . import interop as interop  # noqa: E402
 from . import training as training  # noqa: E402
 from ._algorithms.autodiff import Autodiff as Autodiff
 from ._algorithms.bptt import BPTT as BPTT
+from ._algorithms.checkpoint import Checkpointed as Checkpointed
 from ._algorithms.naive import Naive as Naive
 from ._algorithms.omega import Omega as Omega
 from ._algorithms.parallel_scan import ParallelScan as ParallelScan
@@ -19,6 +20,8 @@ from ._cells.gru import init_gru_layer as init_gru_layer
 from ._cells.kinds import init_rnn as init_rnn
 from ._cells.lstm import LSTMParams as LSTMParams
 from ._cells.lstm import init_lstm_layer as init_lstm_layer
+from ._cells.mingru import MinGRUParams as MinGRUParams
+from ._cells.mingru import init_mingru_layer as init_mingru_layer
 from ._core.activations import ACTIVATIONS as ACTIVATIONS
 from ._core.params import LayerParams as LayerParams
 from ._core.params import ReadoutParams as ReadoutParams
@@ -99,6 +102,7 @@ __all__ = [
     "ACTIVATIONS",
     "Autodiff",
     "BPTT",
+    "Checkpointed",
     "Batch",
     "BidirectionalParams",
     "CheckpointError",
@@ -108,6 +112,7 @@ __all__ = [
     "GRUParams",
     "LOSSES",
     "LSTMParams",
+    "MinGRUParams",
     "LayerParams",
     "LyapunovEstimate",
     "METHODS",
@@ -149,6 +154,7 @@ __all__ = [
     "init_gru_layer",
     "init_layer",
     "init_lstm_layer",
+    "init_mingru_layer",
     "init_rnn",
     "initialize_distributed",
     "load_checkpoint",

@@ -14,6 +14,8 @@ Every name here except the protocol classes is also available at the top level.
 from ._algorithms.autodiff import Autodiff as Autodiff
 from ._algorithms.base import GradientAlgorithm as GradientAlgorithm
 from ._algorithms.bptt import BPTT as BPTT
+from ._algorithms.checkpoint import Checkpointed as Checkpointed
+from ._algorithms.checkpoint import checkpoint_plan as checkpoint_plan
 from ._algorithms.naive import Naive as Naive
 from ._algorithms.omega import Omega as Omega
 from ._algorithms.parallel_scan import ParallelScan as ParallelScan
@@ -23,6 +25,7 @@ from ._algorithms.registry import algorithm_from_dict as algorithm_from_dict
 from ._algorithms.registry import resolve_method as resolve_method
 from ._algorithms.rtrl import RTRL as RTRL
 from ._core.error_flow import ErrorFlow as ErrorFlow
+from ._core.jacobian import DiagonalJacobian as DiagonalJacobian
 from ._core.jacobian import ElmanJacobian as ElmanJacobian
 from ._core.jacobian import StepJacobian as StepJacobian
 from ._model.rtrl_online import RTRLState as RTRLState
@@ -33,9 +36,11 @@ from ._model.rtrl_online import rtrl_step as rtrl_step
 __all__ = [
     "ALGORITHMS",
     "BPTT",
+    "Checkpointed",
     "METHODS",
     "RTRL",
     "Autodiff",
+    "DiagonalJacobian",
     "ElmanJacobian",
     "ErrorFlow",
     "GradientAlgorithm",
@@ -45,6 +50,7 @@ __all__ = [
     "RTRLState",
     "StepJacobian",
     "algorithm_from_dict",
+    "checkpoint_plan",
     "resolve_method",
     "rtrl_gradient",
     "rtrl_init",

@@ -35,7 +35,6 @@ from jax import lax
 
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
-from .._model.checkpointed import segment_length
 from .adaptive import adaptive_omega_error_flow
 from .base import (
     GradientAlgorithm,
@@ -47,6 +46,7 @@ from .base import (
     set_option,
 )
 from .blocked import blocked_closed_form, blocked_error_flow
+from .checkpoint import segment_length
 
 # A phase of L diagonals multiplies L(L−1)/2 rows that lie outside the triangle, however
 # long its slice: the waste depends only on the phases' lengths. Splitting the T−1

@@ -19,6 +19,7 @@ import dataclasses
 from .autodiff import Autodiff
 from .base import GradientAlgorithm
 from .bptt import BPTT
+from .checkpoint import Checkpointed
 from .naive import Naive
 from .omega import Omega
 from .parallel_scan import ParallelScan
@@ -102,4 +103,6 @@ def algorithm_from_dict(record: dict) -> GradientAlgorithm:
         ('omega', True)
     """
     record = dict(record)
+    if record.get("name") == Checkpointed.name:
+        return Checkpointed(algorithm_from_dict(record["algorithm"]), record["segment"])
     return resolve_method(record.pop("name"), **record)

@@ -10,6 +10,8 @@ from .flags import METHOD_FLAGS, UsageError, add_method_options, algorithm_from_
 
 
 def add_parser(subparsers) -> None:
+    from .._cells.kinds import CELLS
+
     parser = subparsers.add_parser(
         "omega",
         help="plot the Ω triangle, the gradient flow and the Lyapunov decay of a model",
@@ -34,9 +36,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--cell",
-        choices=("elman", "gru", "lstm"),
-        help="fresh model: recurrent cell (elman); for gru and lstm Ω follows the carry, "
-        "h or (h, c)",
+        choices=tuple(CELLS),
+        help="fresh model: recurrent cell (elman); for the other cells Ω follows the "
+        "carry, h or (h, c) (lstm)",
     )
     parser.add_argument(
         "--gain",

@@ -84,7 +84,7 @@ def _finite_or_none(value) -> float | None:
 
 
 # What Ω(j, i) is the Jacobian of, per cell: its figures and summary say so.
-FOLLOWED_STATE = {"elman": "Z", "gru": "h", "lstm": "(h, c)"}
+FOLLOWED_STATE = {"elman": "Z", "gru": "h", "lstm": "(h, c)", "mingru": "h"}
 
 
 def inspected_cell(params, layer: int) -> str:
@@ -278,8 +278,12 @@ def fresh_model(
     and random class targets."""
     init_key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
     params = init_rnn(init_key, input_size, (hidden,) * layers, classes, cell=cell)
+    # minGRU has no recurrent weights: its gain is its own (1 − z), not scaled here.
     params = params._replace(
-        layers=tuple(layer._replace(S=gain * layer.S) for layer in params.layers)
+        layers=tuple(
+            layer._replace(S=gain * layer.S) if hasattr(layer, "S") else layer
+            for layer in params.layers
+        )
     )
     xs = jax.random.normal(x_key, (T, batch, input_size))
     targets = jax.random.randint(y_key, (T, batch), 0, classes)

@@ -43,6 +43,7 @@ TRAIN_MESSAGE_FLAGS = {
 
 
 def add_parser(subparsers) -> None:
+    from .._cells.kinds import CELLS
     from .._training.config import OPTIMIZERS, RESUMABLE_CHANGES, TrainConfig
     from .._training.distributed import ENVIRONMENT
     from .._training.tasks import TASKS
@@ -82,9 +83,7 @@ def add_parser(subparsers) -> None:
         "--hidden", type=int, help=f"hidden units per layer ({defaults.hidden_size})"
     )
     parser.add_argument("--layers", type=int, help=f"stacked recurrent layers ({defaults.layers})")
-    parser.add_argument(
-        "--cell", choices=("elman", "gru", "lstm"), help=f"recurrent cell ({defaults.cell})"
-    )
+    parser.add_argument("--cell", choices=tuple(CELLS), help=f"recurrent cell ({defaults.cell})")
     parser.add_argument(
         "--seq-len",
         type=int,
@@ -168,7 +167,7 @@ def _given_train_options(args: argparse.Namespace) -> dict:
         raise UsageError(f"--clip must be >= 0 (0 turns clipping off), got {args.clip}")
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if args.activation is not None and args.cell in ("gru", "lstm"):
+    if args.activation is not None and args.cell not in (None, "elman"):
         raise UsageError(f"--activation is an option of elman cells; {args.cell} fixes its own")
     values = {
         "task": args.task,
@@ -226,7 +225,7 @@ def _train_config(args: argparse.Namespace):
     except CheckpointError as error:
         raise UsageError(str(error).rstrip(".")) from None
     config = dataclasses.replace(saved, **given)
-    if "activation" in given and config.cell in ("gru", "lstm"):
+    if "activation" in given and config.cell != "elman":
         raise UsageError(
             f"--activation is an option of elman cells; the checkpoint's {config.cell} "
             "fixes its own"

@@ -546,7 +546,7 @@ def _gated_decay_bound(trajectory: Trajectory) -> DecayBound:
     fields of the Elman bound ‖S‖₂ · max σ' are NaN (‖S‖₂ of the stacked gate blocks
     bounds nothing)."""
     one_step = one_step_jacobians(trajectory)[:-1]
-    nan = jnp.full((), jnp.nan, trajectory.params.S.dtype)
+    nan = jnp.full((), jnp.nan, trajectory.params.W.dtype)
     if not one_step.size:  # T = 1: no Jacobian at all
         return DecayBound(nan, nan, nan, nan)
     norms = jnp.linalg.svd(one_step, compute_uv=False)[..., 0]

@@ -1,11 +1,10 @@
 """The sequence loss with the readout and the loss fused into a checkpointed backward.
 
 `sequence_loss`, `many_to_one_loss` and the training step call this when the algorithm
-has `checkpoint=k` (docs/algorithms.md#checkpoint): the network, the readout and the
-per-step losses run one segment at a time, so neither the (T, m, d) states nor the
-(T, m, k) outputs are ever all alive. A stack of Elman layers takes the fused backward of
-`_backward/checkpointed.py`; a stack that holds a GRU or LSTM layer the `jax.checkpoint`-ed
-segments of `checkpointed_cells.py`.
+checkpoints (`Checkpointed(algorithm, k)`, or `BPTT(checkpoint=k)` and
+`Omega(checkpoint=k)`, which spell it; docs/algorithms.md#checkpoint): the network, the
+readout and the per-step losses run one segment at a time (`checkpointed_segments.py`),
+so neither the (T, m, d) states nor the (T, m, k) outputs are ever all alive.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from .._algorithms.base import GradientAlgorithm
+from .._algorithms.checkpoint import checkpoint_plan
 from .._cells.kinds import check_inputs
 from .._core.padding import nan_unless_in_range, zero_padding
-from .._core.params import LayerParams, RNNParams
+from .._core.params import RNNParams
 from .._core.validation import check_shape
 from .bidirectional import BidirectionalParams
-from .checkpointed import checkpointed_loss
-from .checkpointed_cells import checkpointed_cells_loss
+from .checkpointed_segments import segmented_loss
 from .layer_kinds import hidden_size, kind_of
 from .network import (
     check_initial_states,
@@ -48,7 +47,7 @@ class SegmentLoss:
 
 
 def uses_checkpoint(algorithm: GradientAlgorithm) -> bool:
-    return getattr(algorithm, "checkpoint", None) is not None
+    return checkpoint_plan(algorithm) is not None
 
 
 def _initial_carry(layer, h0, m: int):
@@ -63,11 +62,9 @@ def _initial_carry(layer, h0, m: int):
 
 
 def _segmented_loss(algorithm, params, xs, targets, weights, valid, h0s, **options):
-    """The fused loss of `_backward/checkpointed.py` for Elman stacks, else (a GRU or
-    LSTM layer in the stack) the `jax.checkpoint`-ed segments of `checkpointed_cells.py`."""
-    elman = all(isinstance(layer, LayerParams) for layer in params.layers)
-    fused = checkpointed_loss if elman else checkpointed_cells_loss
-    return fused(algorithm, params, xs, targets, weights, valid, h0s, **options)
+    return segmented_loss(
+        checkpoint_plan(algorithm), params, xs, targets, weights, valid, h0s, **options
+    )
 
 
 def _prepare(params, xs, lengths, h0s, algorithm):
