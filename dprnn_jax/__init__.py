@@ -13,8 +13,8 @@ from ._algorithms.omega import Omega as Omega
 from ._algorithms.parallel_scan import ParallelScan as ParallelScan
 from ._algorithms.registry import METHODS as METHODS
 from ._algorithms.rtrl import RTRL as RTRL
+from ._cells.elman import cell as cell
 from ._cells.elman import scan_layer as scan_layer
-from ._cells.elman_step import cell as cell
 from ._cells.gru import GRUParams as GRUParams
 from ._cells.gru import init_gru_layer as init_gru_layer
 from ._cells.kinds import init_rnn as init_rnn

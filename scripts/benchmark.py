@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from dprnn_jax._cells.elman_gradients import Residuals, cotangents_from_delta
+from dprnn_jax._cells.elman_linearisation import ElmanLinearisation
 from jax import lax
 
 import dprnn_jax as dj
@@ -448,8 +448,8 @@ def bptt_parts(params, xs, ys) -> dict[str, Callable[[], object]]:
     hs_bar = readout_gradient(hs, readout, ys)[1][0]
     backward = jax.jit(elman_bptt_delta, static_argnums=3)
     delta = backward(hs, hs_bar, layer.S, "tanh")
-    residuals = Residuals(layer, xs, h0, hs)
-    contractions = jax.jit(lambda residuals, delta: cotangents_from_delta(residuals, delta)[0])
+    residuals = ElmanLinearisation(layer, xs, h0, hs, "tanh")
+    contractions = jax.jit(lambda residuals, delta: residuals.cotangents(delta)[0])
 
     @jax.jit
     def empty_loop(h):
@@ -463,7 +463,7 @@ def bptt_parts(params, xs, ys) -> dict[str, Callable[[], object]]:
         "part: backward loop (elman_bptt_delta)": functools.partial(
             backward, hs, hs_bar, layer.S, "tanh"
         ),
-        "part: weight contractions (cotangents_from_delta)": functools.partial(
+        "part: weight contractions (ElmanLinearisation.cotangents)": functools.partial(
             contractions, residuals, delta
         ),
         "part: empty loop of T steps": functools.partial(empty_loop, h0),

@@ -103,7 +103,12 @@ class Checkpointed(GradientAlgorithm):
 
 def checkpoint_plan(algorithm: GradientAlgorithm) -> Checkpointed | None:
     """The `Checkpointed` form of `algorithm` (`BPTT(checkpoint=k)` is
-    `Checkpointed(BPTT(), k)`), or None when it does not checkpoint."""
+    `Checkpointed(BPTT(), k)`), or None when it does not checkpoint.
+
+    Example:
+        >>> print(checkpoint_plan(Omega(checkpoint=8)), checkpoint_plan(Omega()))
+        Checkpointed(Omega(), segment=8) None
+    """
     if isinstance(algorithm, Checkpointed):
         return algorithm
     checkpoint = getattr(algorithm, "checkpoint", None)

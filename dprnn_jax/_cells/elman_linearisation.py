@@ -22,8 +22,7 @@ from .._core.error_flow import contract_over_steps
 from .._core.jacobian import ElmanJacobian
 from .._core.params import LayerParams, init_layer
 from .base import Cell, CellScan, LayerKind, Linearisation, StepProblem
-from .elman import hoisted_layer, scan_layer
-from .elman_step import cell
+from .elman import cell, hoisted_layer, scan_layer
 from .tokens import is_token_input, token_hoisted_layer, token_scan_layer, token_weight_gradient
 
 

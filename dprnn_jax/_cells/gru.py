@@ -8,7 +8,7 @@
 `W = [W_r; W_z; W_n]` (3d, n), `S = [S_r; S_z; S_n]` (3d, d), `b_ih`, `b_hh` (3d,): the
 `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0` of `torch.nn.GRU`, which load
 unchanged. The input projections of all steps are one product, outside the loop
-(`gate_projection.py`); the recurrent step, which adds the biases, is a cell for
+(`projection.py`); the recurrent step, which adds the biases, is a cell for
 `scan_cell`, so every algorithm differentiates it.
 """
 

@@ -6,7 +6,7 @@
 
 `W` (4d, n), `S` (4d, d), `b_ih`, `b_hh` (4d,) are `torch.nn.LSTM`'s `weight_ih_l0`,
 `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`. The carry is the pair `(h, c)`; the input
-projections of all steps are one product, outside the loop (`gate_projection.py`), and
+projections of all steps are one product, outside the loop (`projection.py`), and
 the recurrent step adds the biases.
 """
 

@@ -1,7 +1,7 @@
 r"""The gradient-flow map ‖G(j, i)‖: how much of the error at step i comes from step j.
 
 `G(j, i) = P_j Ω(j, i)` is the error-flow triangle that the `Omega()` backward sums
-(`_backward/omega.py`). Here it is filled by the same diagonal-by-diagonal DP,
+(`_algorithms/omega.py`). Here it is filled by the same diagonal-by-diagonal DP,
 
 .. math::
 
