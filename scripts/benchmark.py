@@ -50,13 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from dprnn_jax._cells.elman_linearisation import ElmanLinearisation
 from jax import lax
 
 import dprnn_jax as dj
 from dprnn_jax._algorithms.omega import omega_error_flow
 from dprnn_jax._app.complexity import machine_description
 from dprnn_jax._cells.elman import hoisted_layer
+from dprnn_jax._cells.elman_linearisation import ElmanLinearisation
 from dprnn_jax._core.jacobian import ElmanJacobian
 
 N_CLASSES = 10
