@@ -59,6 +59,7 @@ def _error_line(capsys) -> str:
         (["--seq-len", "1"], "--seq-len for the adding task must be >= 2, got 1"),
         (["--task", "copy", "--clip", "-1"], "--clip must be >= 0"),
         (["--cell", "gru", "--activation", "relu"], "--activation is an option of elman cells"),
+        (["--cell", "mingru", "--activation", "relu"], "--activation is an option of elman"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, options, message):
@@ -349,8 +350,10 @@ def test_cell_and_checkpoint_flags_reach_training(tmp_path, capsys):
     resumed = dj.load_run(gated)
     assert resumed.config.cell == "lstm" and resumed.metadata["step"] == 3
     command = [*TINY, "--steps", "2", "--method", "bptt", "--checkpoint", "sqrt"]
-    assert main([*command, "--out", str(long)]) == 0
-    assert dj.load_run(long).config.method == dj.BPTT(checkpoint="sqrt")
+    assert main([*command, "--cell", "mingru", "--out", str(long)]) == 0
+    run = dj.load_run(long)
+    assert run.config.method == dj.BPTT(checkpoint="sqrt") and run.config.cell == "mingru"
+    assert isinstance(run.params.layers[0], dj.MinGRUParams)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # argparse's own error for the value
         main([*TINY, "--checkpoint", "often", "--out", str(tmp_path / "bad")])

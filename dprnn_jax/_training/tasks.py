@@ -241,7 +241,7 @@ def _char_step(params, states, token, activation):
 
 def _zero_state(layer):
     """A batch of one's initial state: h, or the pair (h, c) of an LSTM."""
-    h = jnp.zeros((1, hidden_size(layer)), layer.S.dtype)
+    h = jnp.zeros((1, hidden_size(layer)), layer.W.dtype)
     return (h, h) if kind_of(layer).paired_state else h
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._cells.gru import GRUParams
 from .._cells.lstm import LSTMParams
+from .._cells.mingru import MinGRUParams
 from .._core.params import BidirectionalParams, LayerParams, RNNParams
 
 Layer = LayerParams | GRUParams | LSTMParams | BidirectionalParams
@@ -216,6 +217,12 @@ def _as_layers(params) -> tuple[Layer, ...]:
         raise TypeError(
             "to_torch got an RNNParams stack, whose readout has no counterpart in a torch "
             "recurrent module; pass its layers: to_torch(params.layers)."
+        )
+    layers = params if isinstance(params, (tuple, list)) else (params,)
+    if any(isinstance(d, MinGRUParams) for layer in layers for d in _directions(layer)):
+        raise TypeError(
+            "to_torch cannot convert a MinGRUParams layer: torch.nn has no minGRU module "
+            "(only RNN, GRU and LSTM)."
         )
     if isinstance(params, (LayerParams, GRUParams, LSTMParams, BidirectionalParams)):
         return (params,)
