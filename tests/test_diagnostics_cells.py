@@ -1,5 +1,5 @@
-"""The Ω diagnostics of GRU and LSTM layers: Ω follows the cell's carry (`h` for a GRU,
-the concatenated `(h, c)` for an LSTM), Ω(i+1, i) = ∂carry_{i+1}/∂carry_i.
+"""The Ω diagnostics of GRU, LSTM and minGRU layers: Ω follows the cell's carry (`h` for a
+GRU or a minGRU, the concatenated `(h, c)` for an LSTM), Ω(i+1, i) = ∂carry_{i+1}/∂carry_i.
 
 Oracle, written here independently of the library: the cell's equations (PyTorch's)
 on ONE sample's flat state vector, a plain `lax.scan` that runs the steps i+1 … j from
@@ -60,6 +60,9 @@ def oracle_step(cell: str, layer, state, x):
     sigmoid = jax.nn.sigmoid
     if cell == "elman":
         return jnp.tanh(layer.W @ x + layer.S @ state + layer.b)
+    if cell == "mingru":  # Feng et al. (2024): the gates read the input only
+        z = sigmoid(layer.W[:D] @ x + layer.b[:D])
+        return (1 - z) * state + z * (layer.W[D:] @ x + layer.b[D:])
     gi = layer.W @ x + layer.b_ih
     if cell == "gru":
         h = state
@@ -86,7 +89,7 @@ def oracle(cell: str):
     (T, T, M, W), W the state's width; zero where j < i."""
     params, xs, targets = make_problem(cell)
     layer, readout = params.layers[0], params.readout
-    width = D if cell == "gru" else 2 * D
+    width = 2 * D if cell == "lstm" else D
     step = functools.partial(oracle_step, cell, layer)
 
     def states(x):  # x (T, N) of one sample -> states (T, W)
@@ -157,12 +160,12 @@ def library(params, xs, targets):
     }
 
 
-# One test per cell, so that its oracle is built once.
-@pytest.mark.parametrize("cell", CELLS)
+# One test per cell, so that its oracle is built once; minGRU's Jacobians are diagonal.
+@pytest.mark.parametrize("cell", (*CELLS, "mingru"))
 def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     params, xs, targets = make_problem(cell)
     jac, grad = oracle(cell)
-    width = D if cell == "gru" else 2 * D
+    width = 2 * D if cell == "lstm" else D
     results = library(params, xs, targets)
 
     # Ω(j, i) = ∂carry_j/∂carry_i, and its norms.
@@ -206,10 +209,10 @@ def test_diagnostics_of_a_gated_cell_follow_its_carry(x64, cell, tmp_path):
     assert np.isnan(bound.spectral_norm_S)
 
     # The plots name the followed state and render without a display (Agg).
-    state = "h" if cell == "gru" else "(h, c)"
+    state = "(h, c)" if cell == "lstm" else "h"
     triangles = dj.diagnostics.plot_omega_triangles(norms, flow, state=state)
     titles = [ax.get_title() for ax in triangles.axes if ax.get_title()]
-    at_i, at_j = ("h_i", "h_j") if cell == "gru" else ("(h_i, c_i)", "(h_j, c_j)")
+    at_i, at_j = ("(h_i, c_i)", "(h_j, c_j)") if cell == "lstm" else ("h_i", "h_j")
     assert titles[0].startswith(f"‖Ω(j, i)‖₂ = ‖∂{at_j}/∂{at_i}‖₂"), titles
     assert f"∂L_j/∂{at_i}" in titles[1], titles
     decay = dj.diagnostics.plot_decay(estimate, gamma=bound)
