@@ -116,3 +116,13 @@ def test_token_shape_errors():
         dj.rnn_layer(params.layers[0], tokens[..., None])
     with pytest.raises(ValueError, match="h0 must have shape"):
         dj.rnn_layer(params.layers[0], tokens, jnp.zeros((M + 1, 4)))
+
+
+def test_rtrl_refuses_tokens_in_a_layer_and_in_a_network():
+    """RTRL's sensitivity to W would hold m·d·d·V numbers per step: the Elman layer, alone
+    or in a network, refuses token inputs with the same message (not an indexing error)."""
+    params, tokens, targets = make_problem(jnp.float32)
+    with pytest.raises(ValueError, match=r"method=RTRL\(\) does not take integer token inputs"):
+        dj.rnn_layer(params.layers[0], tokens, method=dj.RTRL())
+    with pytest.raises(ValueError, match=r"method=RTRL\(\) does not take integer token inputs"):
+        jax.grad(dj.sequence_loss)(params, tokens, targets, method=dj.RTRL())

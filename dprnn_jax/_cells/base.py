@@ -107,6 +107,9 @@ class LayerKind:
         init: `init(key, input_size, hidden_size, *, dtype) -> params`.
         prepare: `prepare(layer, xs, carry0, *, activation, own_backward) -> CellScan`;
             `carry0` is filled in (zeros), `xs` floats (T, m, n) or tokens (T, m).
+        check: `check(layer, xs, state0, *, activation, algorithm)`, the checks that
+            every run of the layer needs (the Elman layer's, which depend on the
+            activation and the algorithm), or None.
     """
 
     name: str
@@ -117,3 +120,4 @@ class LayerKind:
     recurrent_weights: bool
     init: Callable
     prepare: Callable
+    check: Callable | None = None

@@ -21,9 +21,16 @@ from .._core.activations import get_activation
 from .._core.error_flow import contract_over_steps
 from .._core.jacobian import ElmanJacobian
 from .._core.params import LayerParams, init_layer
+from .._core.validation import check_layer_inputs
 from .base import Cell, CellScan, LayerKind, Linearisation, StepProblem
 from .elman import cell, hoisted_layer, scan_layer
-from .tokens import is_token_input, token_hoisted_layer, token_scan_layer, token_weight_gradient
+from .tokens import (
+    check_token_inputs,
+    is_token_input,
+    token_hoisted_layer,
+    token_scan_layer,
+    token_weight_gradient,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,21 @@ jax.tree_util.register_dataclass(
 )
 
 
+def check_elman_arguments(params, xs, h0, *, activation: str, algorithm) -> None:
+    """The Elman layer's argument checks (float inputs or tokens, the activation, and
+    whether `algorithm` takes token inputs), with `rnn_layer`'s messages."""
+    if is_token_input(xs):
+        if not algorithm.takes_token_inputs:
+            raise ValueError(
+                f"method={algorithm} does not take integer token inputs: its sensitivity to "
+                "W would hold m·d·d·V numbers per step (V the vocabulary size). Use "
+                "method='bptt' or 'omega' for token inputs, or embed the tokens first."
+            )
+        check_token_inputs(params, xs, h0, activation=activation)
+    else:
+        check_layer_inputs(params, xs, h0, activation=activation)
+
+
 def _prepare(layer: LayerParams, xs, h0, *, activation: str, own_backward: bool) -> CellScan:
     del own_backward  # the Elman layer projects its inputs inside its own forward
     return CellScan(ElmanCell(activation), layer, xs, h0)
@@ -109,4 +131,5 @@ KIND = LayerKind(
     recurrent_weights=True,
     init=init_layer,
     prepare=_prepare,
+    check=check_elman_arguments,
 )

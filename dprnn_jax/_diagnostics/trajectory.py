@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from .._algorithms.registry import resolve_method
+from .._cells.elman_linearisation import check_elman_arguments
 from .._cells.gru import GRUParams
 from .._cells.kinds import check_inputs, fill_carry0
 from .._cells.lstm import LSTMParams
@@ -44,7 +45,6 @@ from .._core.params import LayerParams
 from .._core.validation import check_choice, check_rank, check_sequence
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._model.layer_kinds import check_layer_state, check_recurrent_layer, kind_of
-from .._model.layers import check_elman_arguments
 from .._model.network import apply_layer, check_rnn_params, first_weight
 
 DIRECTIONS = ("forward", "backward")

@@ -13,10 +13,8 @@ import jax
 from .._algorithms.base import GradientAlgorithm
 from .._algorithms.registry import resolve_method
 from .._cells.kinds import check_gated_layer_inputs, fill_carry0, kind_of
-from .._cells.tokens import check_token_inputs, is_token_input
 from .._core.padding import check_lengths, zero_padding
 from .._core.params import LayerParams
-from .._core.validation import check_layer_inputs
 from .recurrent_scan import recurrent_scan
 
 
@@ -96,22 +94,7 @@ def rnn_layer(
         True
     """
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
-    check_elman_arguments(params, xs, h0, activation=activation, algorithm=algorithm)
     return run_layer(params, xs, h0, lengths=lengths, activation=activation, algorithm=algorithm)
-
-
-def check_elman_arguments(params, xs, h0, *, activation: str, algorithm: GradientAlgorithm):
-    """The Elman layer's argument checks (float inputs or tokens), as `rnn_layer` runs them."""
-    if is_token_input(xs):
-        if not algorithm.takes_token_inputs:
-            raise ValueError(
-                f"method={algorithm} does not take integer token inputs: its sensitivity to "
-                "W would hold m·d·d·V numbers per step (V the vocabulary size). Use "
-                "method='bptt' or 'omega' for token inputs, or embed the tokens first."
-            )
-        check_token_inputs(params, xs, h0, activation=activation)
-    else:
-        check_layer_inputs(params, xs, h0, activation=activation)
 
 
 def run_layer(
@@ -123,13 +106,18 @@ def run_layer(
     activation: str,
     algorithm: GradientAlgorithm,
 ):
-    """The carries of a checked layer of any kind: `hs` (T, m, d), or `(hs, cs)` for an
-    LSTM. `state0` None means zeros; `lengths` (checked here) zero the padded inputs."""
+    """The carries of a layer of any kind: `hs` (T, m, d), or `(hs, cs)` for an LSTM.
+    `state0` None means zeros; `lengths` (checked here) zero the padded inputs. The
+    kind's own checks run here (`LayerKind.check`); the shapes of the others are checked
+    by their callers (`run_checked_layer`, the network)."""
+    kind = kind_of(layer)
+    if kind.check is not None:
+        kind.check(layer, xs, state0, activation=activation, algorithm=algorithm)
     T, m = xs.shape[:2]
     if lengths is not None:
         xs = zero_padding(xs, check_lengths(lengths, T, m))
     carry0 = fill_carry0(layer, state0, m)
-    scan = kind_of(layer).prepare(
+    scan = kind.prepare(
         layer, xs, carry0, activation=activation, own_backward=algorithm.uses_custom_vjp
     )
     return run_cell(algorithm, scan)
