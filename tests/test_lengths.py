@@ -173,7 +173,7 @@ def test_out_of_range_lengths_under_jit_give_nan_and_leave_valid_lengths_alone(c
 
     r = jax.device_get(jax.jit(jax.vmap(results), compiler_options=CHEAP_COMPILE)(JIT_LENGTHS))
     # (That valid lengths give exact gradients, the tests above and those of
-    # test_cells.py and test_checkpoint_cells.py check against oracles.)
+    # test_cells.py and test_checkpointed_loss.py check against oracles.)
     for name in ("omega", "sqrt"):
         gradient = jax.tree.leaves(r.pop(f"{name} sequence gradient"))
         assert all(np.isfinite(leaf[0]).all() for leaf in gradient), name
