@@ -12,6 +12,7 @@ import jax
 
 from .._algorithms.base import GradientAlgorithm
 from .._algorithms.registry import resolve_method
+from .._cells.elman_linearisation import check_elman_arguments
 from .._cells.kinds import check_gated_layer_inputs, fill_carry0, kind_of
 from .._core.padding import check_lengths, zero_padding
 from .._core.params import LayerParams
@@ -94,6 +95,8 @@ def rnn_layer(
         True
     """
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    # Checked before the kind is looked up, so that any other value is named in the error.
+    check_elman_arguments(params, xs, h0, activation=activation, algorithm=algorithm)
     return run_layer(params, xs, h0, lengths=lengths, activation=activation, algorithm=algorithm)
 
 
