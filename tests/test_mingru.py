@@ -1,5 +1,8 @@
 """minGRU (Feng et al., "Were RNNs All We Needed?", 2024): the cell added in one module.
 
+Its checkpointed losses are checked with the other cells' in test_checkpointed_loss.py
+(a minGRU layer under an LSTM layer); its diagnostics in test_diagnostics_cells.py.
+
 Oracles, independent of the library: the equations written out in a Python loop over
 steps (each sequence alone, cut to its length), differentiated by `jax.grad`; for
 truncation the model with h_t recomputed from `stop_gradient(h_{t−K−1})`; for Ω the
@@ -117,26 +120,6 @@ def test_mixed_stack_is_exact_for_every_algorithm(dtype, x64):
         assert_trees_close(got, reference, rtol=rtol), algorithm
 
 
-def test_checkpointed_losses_are_exact_in_a_stack(x64):
-    """`BPTT(checkpoint=2)` and `Omega(checkpoint="sqrt")` on an Elman layer under a
-    minGRU layer, ragged lengths, against the oracle."""
-    params, xs, targets = problem(("elman", "mingru"), (False, False), "float64")
-    lengths = jnp.array(LENGTHS)
-    algorithms = [dj.BPTT(checkpoint=2), dj.Omega(checkpoint="sqrt")]
-
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
-    def everything(params):
-        grads = [
-            jax.grad(dj.sequence_loss)(params, xs, targets, lengths=lengths, method=a)
-            for a in algorithms
-        ]
-        return grads, jax.grad(oracle_loss)(params, xs, targets)
-
-    grads, reference = everything(params)
-    for got in grads:
-        assert_trees_close(got, reference, rtol=1e-10)
-
-
 def truncated_oracle_loss(params, xs, targets, K):
     """One minGRU layer whose h_t is recomputed from stop_gradient(h_{t−K−1}) (from h0,
     still differentiable, when t−K−1 < 0): the model truncated BPTT differentiates."""
@@ -210,11 +193,14 @@ def test_tokens_are_a_lookup_and_init_registers_the_cell(x64):
 def test_parallel_scan_composes_vectors():
     """On a diagonal operator the parallel scan composes (T, m, d) vectors: its counters
     count 2 per composition, not d + 1 (no d × d matrix is formed)."""
-    P = jnp.ones((8, 1, 4))
-    dense = dj.backward.ElmanJacobian(jnp.eye(4) * 0.5, jnp.ones((8, 1, 4)))
-    diagonal = dj.backward.DiagonalJacobian(0.5 * jnp.ones((8, 1, 4)))
-    flow_dense = dj.ParallelScan().error_flow(P, dense)
-    flow_diagonal = dj.ParallelScan().error_flow(P, diagonal)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def both(P, a):
+        dense = dj.backward.ElmanJacobian(jnp.diag(a), jnp.ones_like(P))
+        diagonal = dj.backward.DiagonalJacobian(jnp.broadcast_to(a, P.shape))
+        return dj.ParallelScan().error_flow(P, dense), dj.ParallelScan().error_flow(P, diagonal)
+
+    flow_dense, flow_diagonal = both(jnp.ones((8, 1, 4)), jnp.array([0.5, 0.9, -0.3, 1.1]))
     assert_trees_close(flow_diagonal.delta, flow_dense.delta, rtol=1e-6)
     assert int(flow_dense.products_performed) == 5 * int(flow_diagonal.products_performed) // 2
 
