@@ -27,6 +27,8 @@ from ._core.params import LayerParams as LayerParams
 from ._core.params import ReadoutParams as ReadoutParams
 from ._core.params import RNNParams as RNNParams
 from ._core.params import init_layer as init_layer
+from ._diagnostics.alignment import GradientAlignment as GradientAlignment
+from ._diagnostics.alignment import gradient_alignment as gradient_alignment
 from ._diagnostics.counts import ProductCount as ProductCount
 from ._diagnostics.counts import closed_form_products as closed_form_products
 from ._diagnostics.counts import count_products as count_products
@@ -42,6 +44,7 @@ from ._diagnostics.omega_norms import OmegaNorms as OmegaNorms
 from ._diagnostics.omega_norms import omega_norms as omega_norms
 from ._diagnostics.plotting import color_limits as color_limits
 from ._diagnostics.plotting import plot_decay as plot_decay
+from ._diagnostics.plotting import plot_gradient_alignment as plot_gradient_alignment
 from ._diagnostics.plotting import plot_omega_triangles as plot_omega_triangles
 from ._diagnostics.plotting import plot_training_curves as plot_training_curves
 from ._diagnostics.plotting import plot_triangle as plot_triangle
@@ -99,6 +102,9 @@ from ._training.tasks import sample_text as sample_text
 __version__ = "0.1.0"
 
 __all__ = [
+    "plot_gradient_alignment",
+    "gradient_alignment",
+    "GradientAlignment",
     "ACTIVATIONS",
     "Autodiff",
     "BPTT",

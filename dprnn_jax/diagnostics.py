@@ -4,6 +4,8 @@ exponents, the products each algorithm performs, and their plots.
 Every name here is also available at the top level (`dprnn_jax.omega_norms`, …).
 """
 
+from ._diagnostics.alignment import GradientAlignment as GradientAlignment
+from ._diagnostics.alignment import gradient_alignment as gradient_alignment
 from ._diagnostics.counts import ProductCount as ProductCount
 from ._diagnostics.counts import closed_form_products as closed_form_products
 from ._diagnostics.counts import count_products as count_products
@@ -21,6 +23,7 @@ from ._diagnostics.omega_norms import OmegaNorms as OmegaNorms
 from ._diagnostics.omega_norms import omega_norms as omega_norms
 from ._diagnostics.plotting import color_limits as color_limits
 from ._diagnostics.plotting import plot_decay as plot_decay
+from ._diagnostics.plotting import plot_gradient_alignment as plot_gradient_alignment
 from ._diagnostics.plotting import plot_omega_triangles as plot_omega_triangles
 from ._diagnostics.plotting import plot_training_curves as plot_training_curves
 from ._diagnostics.plotting import plot_triangle as plot_triangle
@@ -28,6 +31,9 @@ from ._diagnostics.tolerance import ToleranceReport as ToleranceReport
 from ._diagnostics.tolerance import tolerance_report as tolerance_report
 
 __all__ = [
+    "plot_gradient_alignment",
+    "gradient_alignment",
+    "GradientAlignment",
     "DecayBound",
     "HloFlops",
     "LyapunovEstimate",

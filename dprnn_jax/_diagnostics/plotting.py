@@ -419,6 +419,44 @@ def plot_decay(
     return figure
 
 
+def plot_gradient_alignment(alignment, *, ax=None, title: str = ""):
+    """The lag decomposition of `gradient_alignment`: each lag's share of the reference
+    gradient (bars), their running sum, and the share the method keeps (a level line).
+
+    Args:
+        alignment: `gradient_alignment(...)` as it comes.
+        ax: a matplotlib axis to draw into; a new figure if None.
+        title: axis title (the method's cosine and relative error are added).
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 3, (8,), 4)
+        >>> xs = jax.random.normal(jax.random.key(1), (12, 2, 3))
+        >>> ys = jax.random.randint(jax.random.key(2), (12, 2), 0, 4)
+        >>> figure = plot_gradient_alignment(gradient_alignment(params, xs, ys, BPTT(truncation=2)))
+        >>> [line.get_label()[:11] for line in figure.axes[0].get_lines()]
+        ['running sum', 'kept by the']
+    """
+    figure, ax = _axis(ax, figsize=(6.0, 4.0))
+    share = np.asarray(alignment.lag_share, dtype=np.float64)
+    lags = np.arange(share.size)
+    kept = float(alignment.kept_share)
+    ax.bar(lags, share, color="C0", alpha=0.6, label="share of lag k, ⟨g_k, g⟩ / ‖g‖²")
+    ax.plot(lags, np.cumsum(share), "o-", color="C1", markersize=3, label="running sum up to lag k")
+    ax.axhline(kept, color="k", linestyle="--", label=f"kept by the method: {kept:.3g}")
+    ax.set_xlabel("lag k (steps the error travels back)")
+    ax.set_ylabel("share of the reference gradient")
+    summary = (
+        f"cosine {float(alignment.cosine):.4g}, "
+        f"relative error {float(alignment.relative_error):.3g}"
+    )
+    ax.set_title("\n".join(part for part in (title, summary) if part))
+    ax.legend(fontsize="small")
+    return figure
+
+
 def plot_training_curves(
     curves: Mapping[str, Sequence[float]],
     *,

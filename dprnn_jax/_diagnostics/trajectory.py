@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,13 @@ class Trajectory(NamedTuple):
             network's step L_v − 1 − s).
         jacobian: the one-step Jacobians of the followed state (Z for Elman, the carry
             for a gated cell), row s defining Ω(s+1, s) (see the module docstring).
+        linearisation: the cell's linearisation on this trajectory (`_cells/base.py`):
+            its `cotangents(Δ)` turns errors of the followed state into the cotangents
+            of the cell's parameters (linear in Δ).
+        cell_parameters: `layer_parameters ↦ (the cell's parameters, its inputs)` as the
+            layer prepares them (the identity for Elman and minGRU; the recurrent
+            weights and the projected inputs for a GRU or LSTM), for the chain rule back
+            to the layer's own parameters.
     """
 
     layer: LayerParams | GRUParams | LSTMParams | BidirectionalParams
@@ -76,6 +83,8 @@ class Trajectory(NamedTuple):
     lengths: jax.Array | None
     backward: bool
     jacobian: StepJacobian
+    linearisation: Any = None
+    cell_parameters: Callable | None = None
 
 
 def compiled(*static_argnames: str) -> Callable[[Callable], Callable]:
@@ -243,9 +252,13 @@ def layer_trajectory(
         check_layer_state("h0", h0, one_direction, run_inputs.shape[1], weights)
     kind = kind_of(one_direction)
     carry0 = fill_carry0(one_direction, h0, run_inputs.shape[1])
-    scan = kind.prepare(
-        one_direction, run_inputs, carry0, activation=activation, own_backward=False
-    )
+
+    def prepare(layer_parameters):
+        return kind.prepare(
+            layer_parameters, run_inputs, carry0, activation=activation, own_backward=False
+        )
+
+    scan = prepare(one_direction)
     # One forward loop gives the carries and the cell's linearisation (its Jacobian
     # operator: the cell is not evaluated again for the Jacobians).
     carries, linearisation = scan.cell.linearise(scan.params, scan.inputs, scan.carry0)
@@ -254,7 +267,16 @@ def layer_trajectory(
     # An Elman layer's diagnostics follow its pre-activations Z (S·diag(σ'(Z))).
     sigma_prime = jacobian.sigma_prime if isinstance(jacobian, ElmanJacobian) else None
     return Trajectory(
-        inspected, inputs, one_direction, hs, sigma_prime, lengths, backward, jacobian
+        inspected,
+        inputs,
+        one_direction,
+        hs,
+        sigma_prime,
+        lengths,
+        backward,
+        jacobian,
+        linearisation,
+        lambda layer_parameters: prepare(layer_parameters)[1:3],
     )
 
 
