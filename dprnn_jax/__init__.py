@@ -12,7 +12,9 @@ from ._algorithms.naive import Naive as Naive
 from ._algorithms.omega import Omega as Omega
 from ._algorithms.parallel_scan import ParallelScan as ParallelScan
 from ._algorithms.registry import METHODS as METHODS
+from ._algorithms.rflo import RFLO as RFLO
 from ._algorithms.rtrl import RTRL as RTRL
+from ._algorithms.snap import SnAp as SnAp
 from ._cells.elman import cell as cell
 from ._cells.elman import scan_layer as scan_layer
 from ._cells.gru import GRUParams as GRUParams
@@ -130,7 +132,9 @@ __all__ = [
     "ProductCount",
     "RNNOutput",
     "RNNParams",
+    "RFLO",
     "RTRL",
+    "SnAp",
     "RTRLState",
     "ReadoutParams",
     "ResumeError",

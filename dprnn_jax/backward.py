@@ -23,7 +23,9 @@ from ._algorithms.registry import ALGORITHMS as ALGORITHMS
 from ._algorithms.registry import METHODS as METHODS
 from ._algorithms.registry import algorithm_from_dict as algorithm_from_dict
 from ._algorithms.registry import resolve_method as resolve_method
+from ._algorithms.rflo import RFLO as RFLO
 from ._algorithms.rtrl import RTRL as RTRL
+from ._algorithms.snap import SnAp as SnAp
 from ._core.error_flow import ErrorFlow as ErrorFlow
 from ._core.jacobian import DiagonalJacobian as DiagonalJacobian
 from ._core.jacobian import ElmanJacobian as ElmanJacobian
@@ -38,7 +40,9 @@ __all__ = [
     "BPTT",
     "Checkpointed",
     "METHODS",
+    "RFLO",
     "RTRL",
+    "SnAp",
     "Autodiff",
     "DiagonalJacobian",
     "ElmanJacobian",

@@ -23,12 +23,17 @@ from .checkpoint import Checkpointed
 from .naive import Naive
 from .omega import Omega
 from .parallel_scan import ParallelScan
+from .rflo import RFLO
 from .rtrl import RTRL
+from .snap import SnAp
 
 ALGORITHMS: dict[str, type[GradientAlgorithm]] = {
     cls.name: cls for cls in (Omega, BPTT, Naive, ParallelScan, RTRL, Autodiff)
 }
 METHODS: tuple[str, ...] = tuple(ALGORITHMS)
+# The approximate online algorithms, used as objects (`method=SnAp(n=1)`): not in
+# `ALGORITHMS`, whose members are all exact (the oracle tests take that list).
+APPROXIMATIONS: dict[str, type[GradientAlgorithm]] = {cls.name: cls for cls in (SnAp, RFLO)}
 
 
 def _option_names(cls: type[GradientAlgorithm]) -> tuple[str, ...]:
@@ -105,4 +110,6 @@ def algorithm_from_dict(record: dict) -> GradientAlgorithm:
     record = dict(record)
     if record.get("name") == Checkpointed.name:
         return Checkpointed(algorithm_from_dict(record["algorithm"]), record["segment"])
+    if record.get("name") in APPROXIMATIONS:
+        return APPROXIMATIONS[record.pop("name")](**record)
     return resolve_method(record.pop("name"), **record)

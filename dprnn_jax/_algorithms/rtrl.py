@@ -139,7 +139,7 @@ def rtrl_layer_gradients(
     return gradient, state_gradient
 
 
-def rtrl_cell_gradients(problem: StepProblem, carries_bar):
+def rtrl_cell_gradients(problem: StepProblem, carries_bar, mask: jax.Array | None = None):
     """RTRL for any cell: `M_t = ∂carry_t/∂θ = J_t M_{t−1} + ∂step/∂θ|_t`, forward in time.
 
     scan :: (M_{t−1}, N_{t−1} = ∂carry_{t−1}/∂carry0, gradients so far) over t.
@@ -147,6 +147,9 @@ def rtrl_cell_gradients(problem: StepProblem, carries_bar):
     Each column of the sensitivities (one per entry of θ, one per carry unit for
     carry0) is one forward-mode product (`jax.jvp`) of the cell per step: O(|θ|) cell
     evaluations per step, O(m·D·|θ|) memory (docs/theory.md#rtrl).
+
+    `mask` (|θ|, D), if given, keeps only its entries of the sensitivities after every
+    step, `M_t = mask ⊙ (J_t M_{t−1} + I_t)`: SnAp's sparse approximation (`snap.py`).
 
     Returns:
         `(∂C/∂params, ∂C/∂carry0)`.
@@ -176,6 +179,8 @@ def rtrl_cell_gradients(problem: StepProblem, carries_bar):
         carry = layout.unflatten(carry)
         eye_params = jnp.eye(flat_params.size, dtype=flat_params.dtype)
         sensitivity = jax.vmap(push, in_axes=(None, None, 0, 0))(carry, x, eye_params, sensitivity)
+        if mask is not None:
+            sensitivity = sensitivity * mask[:, None, :]
         zeros = jnp.zeros_like(flat_params)
         state_sensitivity = jax.vmap(push, in_axes=(None, None, None, 0))(
             carry, x, zeros, state_sensitivity
