@@ -181,15 +181,20 @@ def gradient_alignment(
 
     Args:
         params: an `RNNParams` of any cells, unidirectional or bidirectional.
-        xs, targets, mask, lengths, loss, activation: as `sequence_loss` takes them (its
-            default reduction, `C = (1/m) Σ_t Σ_rows loss`).
+        xs: the inputs (T, m, n), as `sequence_loss` takes them.
+        targets: the targets, as `sequence_loss` takes them (its default reduction,
+            `C = (1/m) Σ_t Σ_rows loss`).
         method: the gradient under study: an algorithm or its name
             (`BPTT(truncation=4)`, `Omega(tol=1e-3)`, …).
         reference: the gradient it is compared with (default `BPTT()`, exact).
         key: for stochastic methods; every algorithm of the library today is
             deterministic, so a key is refused rather than silently ignored.
+        mask: (T, m) weights of the per-step losses, or None.
+        lengths: valid steps per sequence (m,), or None.
         layer: the layer whose gradient is split by lag (default the top one).
         direction: for a bidirectional layer, "forward" or "backward" (required there).
+        loss: a name in `LOSSES`.
+        activation: the Elman layers' activation.
 
     Returns:
         `GradientAlignment`: `cosine`, `relative_error` (whole gradient), the same per
