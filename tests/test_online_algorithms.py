@@ -61,13 +61,17 @@ def test_snap1_is_exact_on_a_diagonal_recurrence(x64):
     assert_trees_close(snap, exact, rtol=1e-10)
 
 
-def readout_cotangent(params, hs, targets):
-    """∂C/∂h_t from the readout of a one-layer network: (softmax − onehot) W_out / m."""
+def output_error(params, hs, targets):
+    """∂C/∂ŷ_t of the softmax cross-entropy: (softmax(ŷ_t) − onehot(y_t)) / m."""
     logits = hs @ np.asarray(params.readout.W).T + np.asarray(params.readout.b)
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
-    error = probabilities - np.eye(K_OUT)[np.asarray(targets)]
-    return error @ np.asarray(params.readout.W) / M
+    return (probabilities - np.eye(K_OUT)[np.asarray(targets)]) / M
+
+
+def readout_cotangent(params, hs, targets):
+    """∂C/∂h_t from the readout of a one-layer network: ε_t W_out."""
+    return output_error(params, hs, targets) @ np.asarray(params.readout.W)
 
 
 def elman_states(layer, xs):
@@ -170,3 +174,25 @@ def test_records_rebuild_the_algorithms():
     """`to_dict` (what metrics.json and checkpoints record) and `algorithm_from_dict`."""
     for algorithm in (dj.SnAp(n=2), dj.RFLO(tau=2.0)):
         assert dj.backward.algorithm_from_dict(algorithm.to_dict()) == algorithm
+
+
+def test_rflo_with_random_feedback_sends_the_output_error_through_b(x64):
+    """`feedback="random"`: the top layer's learning signal is ε_t B, B (k, d) normal
+    over √d from `jax.random.key(seed)`; the readout's own gradient stays exact."""
+    params, xs, targets = problem("elman")
+    random, readout = gradients(
+        params, xs, targets, [dj.RFLO(feedback="random", seed=3), dj.RFLO()]
+    )
+    B = np.asarray(jax.random.normal(jax.random.key(3), (K_OUT, D), jnp.float64)) / np.sqrt(D)
+    layer = params.layers[0]
+    hs = elman_states(layer, xs)
+    signal = output_error(params, hs, targets) @ B  # ε_t B in place of ε_t W_out
+    P = signal * (1 - hs**2)  # τ = 1: the lag-0 errors of that signal
+    previous = np.concatenate([np.zeros((1, M, D)), hs[:-1]])
+    np.testing.assert_allclose(
+        random.layers[0].W, np.einsum("tva,tve->ae", P, np.asarray(xs)), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        random.layers[0].S, np.einsum("tva,tve->ae", P, previous), rtol=1e-10
+    )
+    assert_trees_close(random.readout, readout.readout, rtol=1e-12)

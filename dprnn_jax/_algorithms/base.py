@@ -73,6 +73,12 @@ class GradientAlgorithm(abc.ABC):
         delta = self.error_flow(injected, jacobian).delta
         return linearisation.cotangents(delta)
 
+    def feedback_matrix(self, k: int, d: int, dtype) -> jax.Array | None:
+        """A fixed (k, d) matrix through which the output error reaches the top layer in
+        place of the readout's weights (`_model/readout.py`), or None (the default: the
+        chain rule's own `W_out`)."""
+        return None
+
     def count_products(self, T: int) -> ErrorFlow:
         """Runs the backward on a (T, 1, 1) problem of ones; its counters are the count."""
         ones = jnp.ones((T, 1, 1), jnp.float32)

@@ -11,7 +11,11 @@ and keeps, per unit, a leaky *eligibility trace* of the presynaptic activity tim
 
 and updates a weight by the learning signal that reaches its unit at step t,
 `θ̄[a, q] = Σ_t L_t[a] e_t[a, q]`: with `feedback="readout"`, `L_t` is the error that the
-readout (or the layer above) sends to h_t, what BPTT injects (`h̄_t`). The work is
+readout (or the layer above) sends to h_t, what BPTT injects (`h̄_t`); with
+`feedback="random"`, the output error reaches the top layer through a fixed random
+matrix B instead of the readout's weights, `L_t = ε_t B` (the readout's own gradient is
+unchanged; `_model/readout.py`). B (k, d) is drawn once from `jax.random.key(seed)`,
+normal entries over √d, the readout's own initial scale. The work is
 O(m·d·(n + d)) per step, like the forward pass, and nothing travels back in time. With
 τ = 1 the trace is `σ'(Z_t) r_t` and RFLO is exactly `BPTT(truncation=0)`: the
 gradient of the errors injected at each step, without their past.
@@ -37,7 +41,7 @@ from .._core.jacobian import StepJacobian
 from .._core.params import LayerParams
 from .base import GradientAlgorithm, set_option
 
-FEEDBACKS = ("readout",)
+FEEDBACKS = ("readout", "random")
 
 
 def rflo_layer_gradients(linearisation: ElmanLinearisation, hs_bar: jax.Array, tau: float):
@@ -113,7 +117,9 @@ class RFLO(GradientAlgorithm):
     Args:
         tau: the traces' time constant τ ≥ 1 (a Python float); 1 keeps only the present.
         feedback: "readout": the learning signal is the error the readout (or the layer
-            above) sends to h_t.
+            above) sends to h_t; "random": the output error reaches the top layer
+            through a fixed random matrix instead of the readout's weights.
+        seed: the random feedback matrix's seed (with `feedback="random"`).
 
     Raises:
         ValueError: τ < 1 or not finite, or another `feedback`.
@@ -126,6 +132,7 @@ class RFLO(GradientAlgorithm):
 
     tau: float = 1.0
     feedback: str = "readout"
+    seed: int = 0
 
     name = "rflo"
     takes_token_inputs = False
@@ -141,6 +148,11 @@ class RFLO(GradientAlgorithm):
         set_option(self, "tau", float(self.tau))
         if self.feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {list(FEEDBACKS)}, got {self.feedback!r}.")
+
+    def feedback_matrix(self, k: int, d: int, dtype) -> jax.Array | None:
+        if self.feedback != "random":
+            return None
+        return jax.random.normal(jax.random.key(self.seed), (k, d), dtype) / np.sqrt(d)
 
     def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
         # What a local rule propagates: the lag-0 errors, no product.

@@ -30,6 +30,7 @@ from .network import (
     mask_from_lengths,
 )
 from .per_step_loss import LOSSES, check_targets, per_step_hits
+from .readout import apply_readout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ def checkpointed_many_to_one_loss(
         segment_loss=SegmentLoss(loss),
     )
     top = h0s[-1][0] if isinstance(h0s[-1], tuple) else h0s[-1]  # an LSTM's (h, c): h
-    initial = top @ params.readout.W.T + params.readout.b
+    initial = apply_readout(params.readout, top, algorithm)
     empty = jnp.where(lengths == 0, LOSSES[loss](initial, targets), 0)
     # Lengths outside [0, T] (only possible under jit) select no step: NaN, not 0.
     return nan_unless_in_range(fused + jnp.sum(empty) / m, lengths, T)

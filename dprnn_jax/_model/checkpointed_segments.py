@@ -34,6 +34,7 @@ from jax import lax
 from .._algorithms.checkpoint import Checkpointed, segment_length
 from .._core.params import RNNParams
 from .layer_kinds import run_recurrent_layer
+from .readout import apply_readout
 
 
 class _Segments(NamedTuple):
@@ -68,7 +69,7 @@ def _segment(
             layer, inputs, carry, lengths=None, activation=activation, method=algorithm
         )
         ends.append(end)
-    outputs = inputs @ params.readout.W.T + params.readout.b
+    outputs = apply_readout(params.readout, inputs, algorithm)
     return tuple(ends), segment_loss(outputs, segment.targets, segment.weights)
 
 

@@ -23,6 +23,7 @@ from .checkpointed_loss import (
 from .network import mask_from_lengths, rnn_forward
 from .per_step_loss import LOSSES as LOSSES
 from .per_step_loss import per_step_losses as per_step_losses
+from .readout import apply_readout
 
 # How `sequence_loss` scales the summed losses: by the batch size m, or by the number of
 # supervised (step, sequence) pairs.
@@ -204,7 +205,7 @@ def many_to_one_loss(
     ).final_states[-1]
     if isinstance(final, tuple):  # an LSTM's (h, c): the readout reads h
         final = final[0]
-    outputs = final @ params.readout.W.T + params.readout.b
+    outputs = apply_readout(params.readout, final, algorithm)
     m, k = outputs.shape
     if loss == "softmax_cross_entropy":
         check_shape("targets", targets, (m,), "(m,) = one class index per sequence")

@@ -31,6 +31,7 @@ from .._core.validation import (
 )
 from .bidirectional import BidirectionalParams, bidirectional_outputs_and_final
 from .layer_kinds import check_layer_state, check_recurrent_layer, run_recurrent_layer
+from .readout import apply_readout
 
 
 class RNNOutput(NamedTuple):
@@ -228,7 +229,7 @@ def rnn_forward(
         )
         finals.append(final)
     # The readout is time-parallel: one product for all steps.
-    outputs = hs @ params.readout.W.T + params.readout.b
+    outputs = apply_readout(params.readout, hs, algorithm)
     return RNNOutput(outputs, tuple(finals))
 
 
