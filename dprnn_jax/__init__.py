@@ -15,6 +15,7 @@ from ._algorithms.registry import METHODS as METHODS
 from ._algorithms.rflo import RFLO as RFLO
 from ._algorithms.rtrl import RTRL as RTRL
 from ._algorithms.snap import SnAp as SnAp
+from ._algorithms.uoro import UORO as UORO
 from ._cells.elman import cell as cell
 from ._cells.elman import scan_layer as scan_layer
 from ._cells.gru import GRUParams as GRUParams
@@ -65,6 +66,10 @@ from ._model.loss import sequence_loss as sequence_loss
 from ._model.network import RNNOutput as RNNOutput
 from ._model.network import rnn_apply as rnn_apply
 from ._model.network import rnn_forward as rnn_forward
+from ._model.online import OnlineState as OnlineState
+from ._model.online import online_gradient as online_gradient
+from ._model.online import online_init as online_init
+from ._model.online import online_step as online_step
 from ._model.rtrl_online import RTRLState as RTRLState
 from ._model.rtrl_online import rtrl_gradient as rtrl_gradient
 from ._model.rtrl_online import rtrl_init as rtrl_init
@@ -104,6 +109,10 @@ from ._training.tasks import sample_text as sample_text
 __version__ = "0.1.0"
 
 __all__ = [
+    "OnlineState",
+    "online_gradient",
+    "online_init",
+    "online_step",
     "plot_gradient_alignment",
     "gradient_alignment",
     "GradientAlignment",
@@ -135,6 +144,7 @@ __all__ = [
     "RFLO",
     "RTRL",
     "SnAp",
+    "UORO",
     "RTRLState",
     "ReadoutParams",
     "ResumeError",

@@ -26,16 +26,25 @@ from ._algorithms.registry import resolve_method as resolve_method
 from ._algorithms.rflo import RFLO as RFLO
 from ._algorithms.rtrl import RTRL as RTRL
 from ._algorithms.snap import SnAp as SnAp
+from ._algorithms.uoro import UORO as UORO
 from ._core.error_flow import ErrorFlow as ErrorFlow
 from ._core.jacobian import DiagonalJacobian as DiagonalJacobian
 from ._core.jacobian import ElmanJacobian as ElmanJacobian
 from ._core.jacobian import StepJacobian as StepJacobian
+from ._model.online import OnlineState as OnlineState
+from ._model.online import online_gradient as online_gradient
+from ._model.online import online_init as online_init
+from ._model.online import online_step as online_step
 from ._model.rtrl_online import RTRLState as RTRLState
 from ._model.rtrl_online import rtrl_gradient as rtrl_gradient
 from ._model.rtrl_online import rtrl_init as rtrl_init
 from ._model.rtrl_online import rtrl_step as rtrl_step
 
 __all__ = [
+    "OnlineState",
+    "online_gradient",
+    "online_init",
+    "online_step",
     "ALGORITHMS",
     "BPTT",
     "Checkpointed",
@@ -43,6 +52,7 @@ __all__ = [
     "RFLO",
     "RTRL",
     "SnAp",
+    "UORO",
     "Autodiff",
     "DiagonalJacobian",
     "ElmanJacobian",

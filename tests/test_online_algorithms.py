@@ -196,3 +196,102 @@ def test_rflo_with_random_feedback_sends_the_output_error_through_b(x64):
         random.layers[0].S, np.einsum("tva,tve->ae", P, previous), rtol=1e-10
     )
     assert_trees_close(random.readout, readout.readout, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- online API
+
+
+def test_online_rtrl_is_exact_for_a_stack_of_any_cells(x64):
+    """The stack as one cell: RTRL on it carries the cross-layer influences."""
+    params, xs, targets = problem(("gru", "elman", "lstm"), layers=3)
+    mask = jnp.ones((T, M)).at[:2, 1].set(0.0)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def both(params):
+        online = dj.online_gradient(params, xs, targets, dj.RTRL(), mask=mask)
+        cost = dj.sequence_loss(params, xs, targets, mask=mask)
+        return online, (cost, jax.grad(dj.sequence_loss)(params, xs, targets, mask=mask))
+
+    (cost, grads), (expected_cost, expected) = both(params)
+    np.testing.assert_allclose(cost, expected_cost, rtol=1e-12)
+    assert_trees_close(grads, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("cells", "method"),
+    [
+        ("elman", dj.SnAp(n=1)),
+        ("gru", dj.SnAp(n=2)),
+        (("elman", "elman"), dj.RFLO(tau=2.0)),
+        (("elman", "elman"), dj.RFLO(feedback="random", seed=1)),
+    ],
+    ids=["snap1-elman", "snap2-gru", "rflo-stack", "rflo-random-stack"],
+)
+def test_online_and_whole_sequence_forms_agree(cells, method, x64):
+    layers = 1 if isinstance(cells, str) else len(cells)
+    params, xs, targets = problem(cells, layers=layers)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def both(params):
+        online = dj.online_gradient(params, xs, targets, method)[1]
+        return online, jax.grad(dj.sequence_loss)(params, xs, targets, method=method)
+
+    assert_trees_close(*both(params), rtol=1e-10)
+
+
+def test_uoro_is_unbiased_at_the_rate_its_variance_predicts(x64):
+    """Over K = 2000 fixed keys the mean estimate's squared error is the estimates'
+    total variance over K (a ratio near 1; a bias would make it grow with K), and one
+    estimate alone is far off."""
+    params, xs, targets = problem("elman")
+    keys = jax.random.split(jax.random.key(7), 2000)
+
+    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+    def estimates(keys):
+        one = lambda key: dj.online_gradient(params, xs, targets, dj.UORO(), key=key)[1]  # noqa: E731
+        return jax.vmap(one)(keys), jax.grad(dj.sequence_loss)(params, xs, targets)
+
+    samples, exact = estimates(keys)
+    flat_samples = np.concatenate(
+        [np.asarray(leaf).reshape(len(keys), -1) for leaf in jax.tree.leaves(samples)], axis=1
+    )
+    flat_exact = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(exact)])
+    error = np.sum((flat_samples.mean(0) - flat_exact) ** 2)
+    predicted = np.sum(flat_samples.var(0, ddof=1)) / len(keys)
+    assert 0.25 < error / predicted < 3.0, error / predicted
+    single = np.linalg.norm(flat_samples[0] - flat_exact) / np.linalg.norm(flat_exact)
+    assert single > 0.1  # each estimate is noisy: the test above is not trivially met
+
+
+def test_online_step_is_jitted_once_and_vmaps_over_parameter_sets():
+    params = jax.vmap(lambda k: dj.init_rnn(k, N, (D,), K_OUT, cell="mingru"))(
+        jax.random.split(jax.random.key(0), 3)
+    )
+    xs = random_inputs(1, (T, M, N), jnp.float32)
+    targets = jnp.zeros((T, M), jnp.int32)
+    costs, grads = jax.jit(jax.vmap(lambda p: dj.online_gradient(p, xs, targets, dj.SnAp(n=1))))(
+        params
+    )
+    assert costs.shape == (3,) and grads.layers[0].W.shape == (3, 2 * D, N)
+    single = jax.tree.map(lambda leaf: leaf[0], params)
+    state = dj.online_init(single, M, dj.SnAp(n=1))
+    step = jax.jit(dj.online_step)
+    for t in range(T):
+        state, outputs = step(single, state, xs[t], targets[t])
+    assert outputs.shape == (M, K_OUT)
+    np.testing.assert_allclose(state.cost, costs[0], rtol=1e-5)
+
+
+def test_online_refusals():
+    params, xs, targets = problem("gru", jnp.float32)
+    with pytest.raises(TypeError, match="RFLO is defined for Elman layers"):
+        dj.online_init(params, M, dj.RFLO())
+    with pytest.raises(ValueError, match="UORO draws random signs"):
+        dj.online_init(params, M, dj.UORO())
+    with pytest.raises(ValueError, match="key is for UORO's random signs"):
+        dj.online_init(params, M, dj.RTRL(), key=jax.random.key(0))
+    with pytest.raises(TypeError, match="must be an online algorithm"):
+        dj.online_init(params, M, dj.BPTT())
+    both = dj.init_rnn(jax.random.key(0), N, (D,), K_OUT, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        dj.online_init(both, M, dj.RTRL())

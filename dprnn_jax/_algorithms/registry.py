@@ -26,6 +26,7 @@ from .parallel_scan import ParallelScan
 from .rflo import RFLO
 from .rtrl import RTRL
 from .snap import SnAp
+from .uoro import UORO
 
 ALGORITHMS: dict[str, type[GradientAlgorithm]] = {
     cls.name: cls for cls in (Omega, BPTT, Naive, ParallelScan, RTRL, Autodiff)
@@ -33,7 +34,7 @@ ALGORITHMS: dict[str, type[GradientAlgorithm]] = {
 METHODS: tuple[str, ...] = tuple(ALGORITHMS)
 # The approximate online algorithms, used as objects (`method=SnAp(n=1)`): not in
 # `ALGORITHMS`, whose members are all exact (the oracle tests take that list).
-APPROXIMATIONS: dict[str, type[GradientAlgorithm]] = {cls.name: cls for cls in (SnAp, RFLO)}
+APPROXIMATIONS: dict[str, type[GradientAlgorithm]] = {cls.name: cls for cls in (SnAp, UORO, RFLO)}
 
 
 def _option_names(cls: type[GradientAlgorithm]) -> tuple[str, ...]:
