@@ -127,7 +127,19 @@ def test_a_truncation_keeps_exactly_its_lags_for_every_cell(
 
 def test_bad_arguments(x64):
     params, xs, targets = problem(("elman",))
-    with pytest.raises(ValueError, match="key is for stochastic methods"):
+    with pytest.raises(ValueError, match="key is for random methods"):
         dj.gradient_alignment(params, xs, targets, "bptt", key=jax.random.key(0))
     with pytest.raises(ValueError, match="method must be one of"):
         dj.gradient_alignment(params, xs, targets, "adjoint")
+
+
+def test_a_random_method_is_measured_with_its_key(x64):
+    """With `key`, UORO's estimate is the online API's with that key."""
+    params, xs, targets = problem(("gru",))
+    key = jax.random.key(4)
+    result = dj.gradient_alignment(params, xs, targets, dj.UORO(), key=key)
+    estimate = flat(dj.online_gradient(params, xs, targets, dj.UORO(), key=key)[1])
+    exact = flat(jax.grad(dj.sequence_loss)(params, xs, targets, method=dj.BPTT()))
+    np.testing.assert_allclose(
+        result.relative_error, np.linalg.norm(estimate - exact) / np.linalg.norm(exact), rtol=1e-9
+    )

@@ -22,8 +22,11 @@ from jax import lax
 
 from .._algorithms.bptt import BPTT
 from .._algorithms.registry import resolve_method
+from .._algorithms.uoro import UORO
+from .._core.padding import mask_from_lengths
 from .._core.params import BidirectionalParams
 from .._model.loss import sequence_loss
+from .._model.online import online_gradient
 from .gradient_flow import injected_errors
 from .trajectory import check_layer_index, compiled
 
@@ -119,9 +122,37 @@ def lag_gradients(injected: jax.Array, trajectory):
 
 @compiled("method", "reference", "layer", "direction", "loss", "activation")
 def _alignment(
-    params, xs, targets, method, reference, *, mask, lengths, layer, direction, loss, activation
+    params,
+    xs,
+    targets,
+    method,
+    reference,
+    key,
+    *,
+    mask,
+    lengths,
+    layer,
+    direction,
+    loss,
+    activation,
 ) -> GradientAlignment:
     def gradient(algorithm):
+        if key is not None and algorithm is method:
+            # A random estimate drawn with `key`: the online form, whose steps take it.
+            weights = None if lengths is None else mask_from_lengths(lengths, xs.shape[0])
+            if mask is not None:
+                weights = mask if weights is None else weights * mask
+            return online_gradient(
+                params,
+                xs,
+                targets,
+                method,
+                key=key,
+                mask=weights,
+                loss=loss,
+                activation=activation,
+            )[1]
+
         def cost(params):
             return sequence_loss(
                 params,
@@ -187,8 +218,9 @@ def gradient_alignment(
         method: the gradient under study: an algorithm or its name
             (`BPTT(truncation=4)`, `Omega(tol=1e-3)`, …).
         reference: the gradient it is compared with (default `BPTT()`, exact).
-        key: for stochastic methods; every algorithm of the library today is
-            deterministic, so a key is refused rather than silently ignored.
+        key: for a random method (`UORO()`): its estimate is drawn with this key
+            (`online_gradient`); without one, `UORO(seed=…)`'s own signs. Refused for
+            the deterministic methods rather than silently ignored.
         mask: (T, m) weights of the per-step losses, or None.
         lengths: valid steps per sequence (m,), or None.
         layer: the layer whose gradient is split by lag (default the top one).
@@ -217,10 +249,9 @@ def gradient_alignment(
     """
     method = resolve_method(method)
     reference = resolve_method(reference)
-    if key is not None:
+    if key is not None and not isinstance(method, UORO):
         raise ValueError(
-            f"key is for stochastic methods, but method={method} is deterministic (every "
-            "algorithm of the library is, today); drop key."
+            f"key is for random methods (UORO), but method={method} is deterministic; drop key."
         )
     return _alignment(
         params,
@@ -228,6 +259,7 @@ def gradient_alignment(
         targets,
         method,
         reference,
+        key,
         mask=mask,
         lengths=lengths,
         layer=layer,
