@@ -60,6 +60,12 @@ class OnlineState:
         cost: the cost of the steps seen so far.
         key: UORO's PRNG key (split at every step), else None.
         algorithm: the `GradientAlgorithm` (RTRL, SnAp, UORO or RFLO).
+
+    Example:
+        >>> params = init_rnn(jax.random.key(0), 2, (3,), 2)
+        >>> state = online_init(params, 4, UORO(), key=jax.random.key(0))
+        >>> state.traces["s"].shape, state.traces["theta"].shape  # s̃ (m, D), θ̃ (m, |θ|)
+        ((4, 3), (4, 24))
     """
 
     carries: tuple
@@ -344,11 +350,14 @@ def online_gradient(
     Composes with `jit`, `vmap` (over keys, parameter sets) and `grad`-free training.
 
     Args:
-        params, algorithm, key, activation: as in `online_init`.
+        params: as in `online_init`.
         xs: inputs (T, m, n), floating.
         targets: (T, m) classes or (T, m, k) floats.
+        algorithm: `RTRL()`, `SnAp(n)`, `UORO()` or `RFLO(...)`.
+        key: UORO's PRNG key (required there, refused by the others).
         mask: optional (T, m) weights of the per-step losses.
         loss: as in `sequence_loss`.
+        activation: the Elman layers' activation.
 
     Returns:
         `(cost, gradient)`.
