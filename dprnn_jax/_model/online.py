@@ -65,7 +65,7 @@ class OnlineState:
         >>> params = init_rnn(jax.random.key(0), 2, (3,), 2)
         >>> state = online_init(params, 4, UORO(), key=jax.random.key(0))
         >>> state.traces["s"].shape, state.traces["theta"].shape  # s̃ (m, D), θ̃ (m, |θ|)
-        ((4, 3), (4, 24))
+        ((4, 3), (4, 18))
     """
 
     carries: tuple
