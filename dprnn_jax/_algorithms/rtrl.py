@@ -139,14 +139,32 @@ def rtrl_layer_gradients(
     return gradient, state_gradient
 
 
+def propagate_influence(step, theta, carry, x, influence):
+    """`J_t M_{t−1} + I_t` for M (|θ|, m, D): one forward-mode product of the step per
+    column of M (the carry's tangent only), and `I_t = ∂carry_t/∂θ|direct` by reverse
+    mode, one product per row of the batch's carries (m·D). Never an (|θ|, |θ|)
+    identity: its columns as tangents would make XLA build it (1.2 GB at d = 128).
+    The step is differentiated on the whole batch, as it runs (a cell may draw per-batch
+    random masks), never row by row."""
+    pushed = jax.vmap(lambda column: jax.jvp(lambda c: step(theta, c, x), (carry,), (column,))[1])(
+        influence
+    )
+    _, pullback = jax.vjp(lambda th: step(th, carry, x), theta)
+    m, width = carry.shape
+    basis = jnp.eye(m * width, dtype=carry.dtype).reshape(m * width, m, width)
+    immediate = jax.vmap(lambda cotangent: pullback(cotangent)[0])(basis)  # (m·D, |θ|)
+    return pushed + jnp.moveaxis(immediate.reshape(m, width, -1), -1, 0)
+
+
 def rtrl_cell_gradients(problem: StepProblem, carries_bar, mask: jax.Array | None = None):
     """RTRL for any cell: `M_t = ∂carry_t/∂θ = J_t M_{t−1} + ∂step/∂θ|_t`, forward in time.
 
     scan :: (M_{t−1}, N_{t−1} = ∂carry_{t−1}/∂carry0, gradients so far) over t.
 
     Each column of the sensitivities (one per entry of θ, one per carry unit for
-    carry0) is one forward-mode product (`jax.jvp`) of the cell per step: O(|θ|) cell
-    evaluations per step, O(m·D·|θ|) memory (docs/theory.md#rtrl).
+    carry0) is one forward-mode product of the carry's tangent per step, and the
+    immediate influence ∂carry_t/∂θ|direct D reverse-mode products per sequence
+    (`propagate_influence`): O(m·D·|θ|) memory (docs/theory.md#rtrl).
 
     `mask` (|θ|, D), if given, keeps only its entries of the sensitivities after every
     step, `M_t = mask ⊙ (J_t M_{t−1} + I_t)`: SnAp's sparse approximation (`snap.py`).
@@ -164,27 +182,19 @@ def rtrl_cell_gradients(problem: StepProblem, carries_bar, mask: jax.Array | Non
     width = layout.width
     m = bars.shape[1]
 
-    def push(carry, x, flat_tangent, carry_tangent):
-        # d carry_t for one column: tangents of θ and of carry_{t−1} pushed through.
-        _, tangent = jax.jvp(
-            lambda p, c: step(unravel(p), c, x),
-            (flat_params, carry),
-            (flat_tangent, layout.unflatten(carry_tangent)),
-        )
-        return layout.flatten(tangent)
+    def flat_step(theta, carry, x):
+        return layout.flatten(step(unravel(theta), layout.unflatten(carry), x))
 
     def one_step(state, inputs):
         sensitivity, state_sensitivity, gradient, state_gradient = state
         carry, x, bar = inputs
-        carry = layout.unflatten(carry)
-        eye_params = jnp.eye(flat_params.size, dtype=flat_params.dtype)
-        sensitivity = jax.vmap(push, in_axes=(None, None, 0, 0))(carry, x, eye_params, sensitivity)
+        sensitivity = propagate_influence(flat_step, flat_params, carry, x, sensitivity)
         if mask is not None:
             sensitivity = sensitivity * mask[:, None, :]
-        zeros = jnp.zeros_like(flat_params)
-        state_sensitivity = jax.vmap(push, in_axes=(None, None, None, 0))(
-            carry, x, zeros, state_sensitivity
-        )
+        # ∂carry_t/∂carry0 = J_t ∂carry_{t−1}/∂carry0: the carry's tangent only.
+        state_sensitivity = jax.vmap(
+            lambda column: jax.jvp(lambda c: flat_step(flat_params, c, x), (carry,), (column,))[1]
+        )(state_sensitivity)
         gradient = gradient + jnp.einsum("vb,pvb->p", bar, sensitivity)
         state_gradient = state_gradient + jnp.einsum("vb,avb->va", bar, state_sensitivity)
         return (sensitivity, state_sensitivity, gradient, state_gradient), None

@@ -66,12 +66,11 @@ def uoro_update(step, theta, carry, x, s_tilde, theta_tilde, signs):
     """
     new_carry, pushed = jax.jvp(lambda c: step(theta, c, x), (carry,), (s_tilde,))
 
-    def influence(carry_row, x_row, signs_row):  # νᵀ I_t of one sequence
-        one = jax.tree.map(lambda leaf: leaf[None], x_row)
-        _, pullback = jax.vjp(lambda th: step(th, carry_row[None], one)[0], theta)
-        return pullback(signs_row)[0]
-
-    projected = jax.vmap(influence)(carry, x, signs)
+    # νᵀ I_t per sequence: the batch's pullback of each sequence's signs placed in its
+    # own row (the step differentiated on the whole batch, as it runs).
+    _, pullback = jax.vjp(lambda th: step(th, carry, x), theta)
+    placed = jnp.eye(carry.shape[0], dtype=signs.dtype)[:, :, None] * signs[None]
+    projected = jax.vmap(lambda cotangent: pullback(cotangent)[0])(placed)  # (m, |θ|)
     norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=-1, keepdims=True))  # noqa: E731
     rho0 = jnp.sqrt((norm(theta_tilde) + EPSILON) / (norm(pushed) + EPSILON))
     rho1 = jnp.sqrt((norm(projected) + EPSILON) / (norm(signs) + EPSILON))

@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._algorithms.base import GradientAlgorithm
 from .._algorithms.rflo import RFLO
-from .._algorithms.rtrl import RTRL
+from .._algorithms.rtrl import RTRL, propagate_influence
 from .._algorithms.snap import SnAp, snap_pattern
 from .._algorithms.uoro import UORO, random_signs, uoro_update
 from .._cells.base import StepProblem
@@ -190,7 +190,7 @@ def online_init(
                 None,
                 None,
             )
-            traces["pattern"] = snap_pattern(template, algorithm.n)
+            traces["pattern"] = snap_pattern(template, algorithm.n) != 0
     elif isinstance(algorithm, UORO):
         traces = {
             "s": jnp.zeros((m, layout.width), dtype),
@@ -269,17 +269,10 @@ def online_step(
         )
         traces.update(s=s_tilde, theta=theta_tilde)
         flat_bar = jnp.einsum("v,vp->p", jnp.sum(carry_bar * s_tilde, -1), theta_tilde)
-    else:  # RTRL, SnAp: M_t = (pattern ⊙) (J_t M_{t−1} + I_t), one jvp per column
-
-        def push(theta_tangent, carry_tangent):
-            return jax.jvp(
-                lambda th, c: step(th, c, x), (flat, carry), (theta_tangent, carry_tangent)
-            )[1]
-
-        eye = jnp.eye(flat.size, dtype=flat.dtype)
-        influence = jax.vmap(push)(eye, traces["influence"])
+    else:  # RTRL, SnAp: M_t = (pattern ⊙) (J_t M_{t−1} + I_t)
+        influence = propagate_influence(step, flat, carry, x, traces["influence"])
         if "pattern" in traces:
-            influence = influence * traces["pattern"][:, None, :]
+            influence = jnp.where(traces["pattern"][:, None, :], influence, 0)
         traces["influence"] = influence
         flat_bar = jnp.einsum("vb,pvb->p", carry_bar, influence)
     layers_bar = unravel(flat_bar)
