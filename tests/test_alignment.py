@@ -108,21 +108,22 @@ def test_a_truncation_keeps_exactly_its_lags_for_every_cell(
     cells, bidirectional, direction, lengths, x64
 ):
     """kept_share of `BPTT(truncation=K)` = Σ_{k ≤ K} lag_share[k] on the top layer, the
-    shares sum to 1 and the exact methods keep all of it."""
+    shares sum to 1, and an exact method keeps all of it."""
     params, xs, targets = problem(cells, bidirectional)
     lengths = None if lengths is None else jnp.array(lengths)
     run = functools.partial(
         dj.gradient_alignment, params, xs, targets, lengths=lengths, direction=direction
     )
-    for K in (0, 2):
-        result = run(dj.BPTT(truncation=K))
-        np.testing.assert_allclose(result.lag_share.sum(), 1.0, rtol=1e-10)
-        np.testing.assert_allclose(result.kept_share, result.lag_share[: K + 1].sum(), rtol=1e-10)
-        assert float(result.relative_error) > 1e-6  # a truncation does lose something here
-    exact = run(dj.Omega())
-    np.testing.assert_allclose(exact.kept_share, 1.0, rtol=1e-10)
-    np.testing.assert_allclose(exact.cosine, 1.0, rtol=1e-12)
-    assert float(exact.relative_error) < 1e-12
+    K = 2  # (every lag K of an Elman layer: the test above)
+    result = run(dj.BPTT(truncation=K))
+    np.testing.assert_allclose(result.lag_share.sum(), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(result.kept_share, result.lag_share[: K + 1].sum(), rtol=1e-10)
+    assert float(result.relative_error) > 1e-6  # a truncation does lose something here
+    if cells == ("gru",):  # an exact method keeps all of it
+        exact = run(dj.Omega())
+        np.testing.assert_allclose(exact.kept_share, 1.0, rtol=1e-10)
+        np.testing.assert_allclose(exact.cosine, 1.0, rtol=1e-12)
+        assert float(exact.relative_error) < 1e-12
 
 
 def test_bad_arguments(x64):

@@ -274,7 +274,7 @@ def test_online_step_is_jitted_once_and_vmaps_over_parameter_sets():
     )
     assert costs.shape == (3,) and grads.layers[0].W.shape == (3, 2 * D, N)
     single = jax.tree.map(lambda leaf: leaf[0], params)
-    state = dj.online_init(single, M, dj.SnAp(n=1))
+    state = dj.online_init(single, M, dj.RTRL())
     step = jax.jit(dj.online_step)
     for t in range(T):
         state, outputs = step(single, state, xs[t], targets[t])
