@@ -18,9 +18,10 @@ recurrence `𝒫_2` is full and SnAp-2 is RTRL. The patterns are structural: rea
 cell's Jacobians at random points (an entry that is zero at random points is zero for
 the cell's structure), for any cell, through the same step function RTRL uses.
 
-This implementation computes SnAp's values with RTRL's dense recurrence masked to the
-pattern (`rtrl_cell_gradients(mask=…)`): the gradient SnAp gives, at RTRL's cost. The
-sparse storage that makes SnAp-1 O(|θ|) memory per sample is not written yet.
+For any cell, SnAp's values are computed with RTRL's dense recurrence masked to the
+pattern (`rtrl_cell_gradients(mask=…)`): the gradient SnAp gives, at RTRL's cost. An
+Elman layer's SnAp-1 has its sparse closed form (`elman_snap1_gradients`, O(m·|θ|)
+memory, the point of SnAp-1); the other cells' sparse storage is not written yet.
 The cotangents of the layer's inputs and initial carry come from the BPTT recurrence,
 as RTRL's inputs do. So for GRU and LSTM layers, whose input projection `W x_t` is
 applied outside the cell (once for all steps), SnAp approximates the influence of the
@@ -32,16 +33,20 @@ cell's and is approximated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from .._cells.base import Linearisation, StepProblem
+from .._cells.elman_linearisation import ElmanLinearisation
 from .._cells.linearisation import CarryLayout, input_row
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
+from .._core.params import LayerParams
 from .base import GradientAlgorithm
 from .bptt import bptt_error_flow
 from .rtrl import rtrl_cell_gradients
@@ -93,6 +98,71 @@ def snap_pattern(problem: StepProblem, n: int) -> jax.Array:
     return pattern.T.astype(flat_params.dtype)
 
 
+@functools.singledispatch
+def snap_gradients(linearisation: Linearisation, carries_bar, n: int):
+    """SnAp-n's `∂C/∂params` of a scan: RTRL's dense recurrence masked to the pattern, for
+    any cell; an Elman layer's SnAp-1 in its sparse closed form (dispatch on the type)."""
+    problem = linearisation.step_problem()
+    params_bar, _ = rtrl_cell_gradients(problem, carries_bar, snap_pattern(problem, n))
+    return problem.params_cotangent(params_bar)
+
+
+@snap_gradients.register
+def _(linearisation: ElmanLinearisation, hs_bar, n: int):
+    if n != 1:  # on a dense S, SnAp-2's pattern is full: the masked recurrence
+        return snap_gradients.dispatch(Linearisation)(linearisation, hs_bar, n)
+    return elman_snap1_gradients(linearisation, hs_bar)
+
+
+def elman_snap1_gradients(linearisation: ElmanLinearisation, hs_bar: jax.Array) -> LayerParams:
+    """SnAp-1 of an Elman layer in O(m·|θ|) memory: unit a keeps only ∂h_a/∂θ of its own
+    weights, `M_W[a, e] ← σ'_a (S_aa M_W[a, e] + x_e)`, likewise S with h_{t−1} and b with
+    1 (the diagonal of S is the only part of J_t that maps an entry onto its own unit).
+
+    scan :: (M_W (m, d, n), M_S (m, d, d), M_b (m, d), gradient so far) over t.
+    """
+    params, xs, h0, hs = (
+        linearisation.params,
+        linearisation.xs,
+        linearisation.h0,
+        linearisation.hs,
+    )
+    sigma_prime = linearisation.sigma_prime()
+    previous = jnp.concatenate([h0[None], hs[:-1]])
+    own = jnp.diagonal(params.S)  # S_aa
+
+    def step(state, inputs):
+        influence, gradient = state
+        x, h_previous, sp, bar = inputs
+        drive = LayerParams(W=x[:, None, :], S=h_previous[:, None, :], b=jnp.ones_like(sp))
+        # M ← σ' ⊙ (S_aa M + drive), per unit a (axis 1 of every influence).
+        influence = jax.tree.map(
+            lambda M, D: _per_unit(sp, _per_unit(own, M) + D), influence, drive
+        )
+        contribution = LayerParams(
+            W=jnp.einsum("va,vae->ae", bar, influence.W),
+            S=jnp.einsum("va,vae->ae", bar, influence.S),
+            b=jnp.einsum("va,va->a", bar, influence.b),
+        )
+        return (influence, jax.tree.map(jnp.add, gradient, contribution)), None
+
+    m, d = h0.shape
+    influence = LayerParams(
+        W=jnp.zeros((m, d, xs.shape[-1]), hs.dtype),
+        S=jnp.zeros((m, d, d), hs.dtype),
+        b=jnp.zeros((m, d), hs.dtype),
+    )
+    initial = (influence, jax.tree.map(jnp.zeros_like, params))
+    (_, gradient), _ = lax.scan(step, initial, (xs, previous, sigma_prime, hs_bar))
+    return gradient
+
+
+def _per_unit(scale: jax.Array, M: jax.Array) -> jax.Array:
+    """`scale[…, a] · M[v, a, …]` for M (m, d, …) and a scale (m, d) or (d,): the factor
+    of unit a (M's axis 1) broadcast over M's trailing axes."""
+    return scale.reshape(scale.shape + (1,) * (M.ndim - 2)) * M
+
+
 @dataclasses.dataclass(frozen=True)
 class SnAp(GradientAlgorithm):
     """SnAp-n (Menick et al. 2021): RTRL's influence matrix kept on the entries a
@@ -133,9 +203,7 @@ class SnAp(GradientAlgorithm):
         return bptt_error_flow(injected, jacobian)
 
     def cotangents(self, linearisation: Linearisation, carries_bar):
-        problem = linearisation.step_problem()
-        mask = snap_pattern(problem, self.n)
-        params_bar, _ = rtrl_cell_gradients(problem, carries_bar, mask)
+        params_bar = snap_gradients(linearisation, carries_bar, self.n)
         delta = self.error_flow(*linearisation.error_problem(carries_bar)).delta
         _, xs_bar, carry0_bar = linearisation.cotangents(delta)
-        return problem.params_cotangent(params_bar), xs_bar, carry0_bar
+        return params_bar, xs_bar, carry0_bar
