@@ -32,59 +32,26 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from .._cells.base import Linearisation
 from .._cells.elman_linearisation import ElmanLinearisation
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
-from .._core.params import LayerParams
 from .base import GradientAlgorithm, set_option
+from .unit_traces import per_unit, unit_trace_gradients
 
 FEEDBACKS = ("readout", "random")
 
 
 def rflo_layer_gradients(linearisation: ElmanLinearisation, hs_bar: jax.Array, tau: float):
-    """`LayerParams` cotangent of RFLO: `Σ_t L_t[a] e_t[a, q]`, traces carried forward.
-
-    scan :: (e^W, e^S, e^b, gradient so far) over t, traces (m, d, n), (m, d, d), (m, d).
-    """
-    params, xs, h0, hs = (
-        linearisation.params,
-        linearisation.xs,
-        linearisation.h0,
-        linearisation.hs,
-    )
-    sigma_prime = linearisation.sigma_prime()
-    previous = jnp.concatenate([h0[None], hs[:-1]])
+    """`LayerParams` cotangent of RFLO: `Σ_t L_t[a] e_t[a, q]`, with the leaky traces
+    `e_t = (1 − 1/τ) e_{t−1} + (1/τ) σ'(Z_t) r_t` carried forward (`unit_traces.py`)."""
     keep, rate = 1.0 - 1.0 / tau, 1.0 / tau
 
-    def step(state, inputs):
-        traces, gradient = state
-        x, h_previous, sp, signal = inputs
-        # e_t = (1 − 1/τ) e_{t−1} + (1/τ) σ'(Z_t) ⊗ r_t, per sample.
-        drive = LayerParams(
-            W=sp[:, :, None] * x[:, None, :],
-            S=sp[:, :, None] * h_previous[:, None, :],
-            b=sp,
-        )
-        traces = jax.tree.map(lambda e, new: keep * e + rate * new, traces, drive)
-        contribution = LayerParams(
-            W=jnp.einsum("va,vae->ae", signal, traces.W),
-            S=jnp.einsum("va,vae->ae", signal, traces.S),
-            b=jnp.einsum("va,va->a", signal, traces.b),
-        )
-        return (traces, jax.tree.map(jnp.add, gradient, contribution)), None
+    def update(trace, drive, sigma_prime):
+        return keep * trace + rate * per_unit(sigma_prime, drive)
 
-    m, d = h0.shape
-    traces = LayerParams(
-        W=jnp.zeros((m, d, xs.shape[-1]), hs.dtype),
-        S=jnp.zeros((m, d, d), hs.dtype),
-        b=jnp.zeros((m, d), hs.dtype),
-    )
-    initial = (traces, jax.tree.map(jnp.zeros_like, params))
-    (_, gradient), _ = lax.scan(step, initial, (xs, previous, sigma_prime, hs_bar))
-    return gradient
+    return unit_trace_gradients(linearisation, hs_bar, update)
 
 
 @functools.singledispatch

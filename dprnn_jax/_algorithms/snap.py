@@ -38,7 +38,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from .._cells.base import Linearisation, StepProblem
@@ -50,6 +49,7 @@ from .._core.params import LayerParams
 from .base import GradientAlgorithm
 from .bptt import bptt_error_flow
 from .rtrl import rtrl_cell_gradients
+from .unit_traces import per_unit, unit_trace_gradients
 
 # Random points at which the structural patterns are read (their union is taken).
 PATTERN_POINTS = 2
@@ -117,50 +117,14 @@ def _(linearisation: ElmanLinearisation, hs_bar, n: int):
 def elman_snap1_gradients(linearisation: ElmanLinearisation, hs_bar: jax.Array) -> LayerParams:
     """SnAp-1 of an Elman layer in O(m·|θ|) memory: unit a keeps only ∂h_a/∂θ of its own
     weights, `M_W[a, e] ← σ'_a (S_aa M_W[a, e] + x_e)`, likewise S with h_{t−1} and b with
-    1 (the diagonal of S is the only part of J_t that maps an entry onto its own unit).
+    1 (the diagonal of S is the only part of J_t that maps an entry onto its own unit);
+    the scan of `unit_traces.py`."""
+    own = jnp.diagonal(linearisation.params.S)  # S_aa
 
-    scan :: (M_W (m, d, n), M_S (m, d, d), M_b (m, d), gradient so far) over t.
-    """
-    params, xs, h0, hs = (
-        linearisation.params,
-        linearisation.xs,
-        linearisation.h0,
-        linearisation.hs,
-    )
-    sigma_prime = linearisation.sigma_prime()
-    previous = jnp.concatenate([h0[None], hs[:-1]])
-    own = jnp.diagonal(params.S)  # S_aa
+    def update(influence, drive, sigma_prime):
+        return per_unit(sigma_prime, per_unit(own, influence) + drive)
 
-    def step(state, inputs):
-        influence, gradient = state
-        x, h_previous, sp, bar = inputs
-        drive = LayerParams(W=x[:, None, :], S=h_previous[:, None, :], b=jnp.ones_like(sp))
-        # M ← σ' ⊙ (S_aa M + drive), per unit a (axis 1 of every influence).
-        influence = jax.tree.map(
-            lambda M, D: _per_unit(sp, _per_unit(own, M) + D), influence, drive
-        )
-        contribution = LayerParams(
-            W=jnp.einsum("va,vae->ae", bar, influence.W),
-            S=jnp.einsum("va,vae->ae", bar, influence.S),
-            b=jnp.einsum("va,va->a", bar, influence.b),
-        )
-        return (influence, jax.tree.map(jnp.add, gradient, contribution)), None
-
-    m, d = h0.shape
-    influence = LayerParams(
-        W=jnp.zeros((m, d, xs.shape[-1]), hs.dtype),
-        S=jnp.zeros((m, d, d), hs.dtype),
-        b=jnp.zeros((m, d), hs.dtype),
-    )
-    initial = (influence, jax.tree.map(jnp.zeros_like, params))
-    (_, gradient), _ = lax.scan(step, initial, (xs, previous, sigma_prime, hs_bar))
-    return gradient
-
-
-def _per_unit(scale: jax.Array, M: jax.Array) -> jax.Array:
-    """`scale[…, a] · M[v, a, …]` for M (m, d, …) and a scale (m, d) or (d,): the factor
-    of unit a (M's axis 1) broadcast over M's trailing axes."""
-    return scale.reshape(scale.shape + (1,) * (M.ndim - 2)) * M
+    return unit_trace_gradients(linearisation, hs_bar, update)
 
 
 @dataclasses.dataclass(frozen=True)
