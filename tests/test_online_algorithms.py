@@ -222,10 +222,11 @@ def test_online_rtrl_is_exact_for_a_stack_of_any_cells(x64):
     [
         ("elman", dj.SnAp(n=1)),
         ("gru", dj.SnAp(n=2)),
+        ("lstm", dj.SnAp(n=1)),
         (("elman", "elman"), dj.RFLO(tau=2.0)),
         (("elman", "elman"), dj.RFLO(feedback="random", seed=1)),
     ],
-    ids=["snap1-elman", "snap2-gru", "rflo-stack", "rflo-random-stack"],
+    ids=["snap1-elman", "snap2-gru", "snap1-lstm", "rflo-stack", "rflo-random-stack"],
 )
 def test_online_and_whole_sequence_forms_agree(cells, method, x64):
     layers = 1 if isinstance(cells, str) else len(cells)

@@ -43,6 +43,9 @@ class GradientAlgorithm(abc.ABC):
     uses_custom_vjp: ClassVar[bool] = True
     # Whether the layer's integer token inputs are supported (RTRL: no).
     takes_token_inputs: ClassVar[bool] = True
+    # Whether it must see the layer's whole step, its input projection inside (SnAp and
+    # UORO approximate the influence of every weight, the input weights' too).
+    sees_the_whole_step: ClassVar[bool] = False
 
     @abc.abstractmethod
     def error_flow(self, injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:

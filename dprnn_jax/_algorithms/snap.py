@@ -23,11 +23,9 @@ pattern (`rtrl_cell_gradients(mask=…)`): the gradient SnAp gives, at RTRL's co
 Elman layer's SnAp-1 has its sparse closed form (`elman_snap1_gradients`, O(m·|θ|)
 memory, the point of SnAp-1); the other cells' sparse storage is not written yet.
 The cotangents of the layer's inputs and initial carry come from the BPTT recurrence,
-as RTRL's inputs do. So for GRU and LSTM layers, whose input projection `W x_t` is
-applied outside the cell (once for all steps), SnAp approximates the influence of the
-recurrent weights and biases while the input weights W get their gradient through the
-projected inputs' exact cotangent; for Elman and minGRU layers every weight is the
-cell's and is approximated.
+as RTRL's inputs do. A GRU or LSTM layer is seen as its whole step, the input
+projection `W x_t` inside (`sees_the_whole_step`), so that the input weights' influence
+is approximated as every other weight's.
 """
 
 from __future__ import annotations
@@ -149,6 +147,7 @@ class SnAp(GradientAlgorithm):
 
     name = "snap"
     takes_token_inputs = False
+    sees_the_whole_step = True
 
     def __post_init__(self):
         if (

@@ -129,6 +129,7 @@ class UORO(GradientAlgorithm):
 
     name = "uoro"
     takes_token_inputs = False
+    sees_the_whole_step = True
 
     def __post_init__(self):
         if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool):

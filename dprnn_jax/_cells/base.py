@@ -105,8 +105,11 @@ class LayerKind:
         paired_state: True when the carry is the pair (h, c) (LSTM).
         recurrent_weights: True when it has S (gates·d, d).
         init: `init(key, input_size, hidden_size, *, dtype) -> params`.
-        prepare: `prepare(layer, xs, carry0, *, activation, own_backward) -> CellScan`;
-            `carry0` is filled in (zeros), `xs` floats (T, m, n) or tokens (T, m).
+        prepare: `prepare(layer, xs, carry0, *, activation, own_backward,
+            whole_step=False) -> CellScan`; `carry0` is filled in (zeros), `xs` floats
+            (T, m, n) or tokens (T, m). `whole_step`: a cell whose parameters are the
+            layer's own and whose step reads the raw input (its projection inside), for
+            the algorithms that approximate every weight's influence (SnAp, UORO).
         check: `check(layer, xs, state0, *, activation, algorithm)`, the checks that
             every run of the layer needs (the Elman layer's, which depend on the
             activation and the algorithm), or None.

@@ -117,8 +117,11 @@ def check_elman_arguments(params, xs, h0, *, activation: str, algorithm) -> None
         check_layer_inputs(params, xs, h0, activation=activation)
 
 
-def _prepare(layer: LayerParams, xs, h0, *, activation: str, own_backward: bool) -> CellScan:
-    del own_backward  # the Elman layer projects its inputs inside its own forward
+def _prepare(
+    layer: LayerParams, xs, h0, *, activation: str, own_backward: bool, whole_step: bool = False
+) -> CellScan:
+    # The Elman layer's cell is the whole step already (its projection inside its forward).
+    del own_backward, whole_step
     return CellScan(ElmanCell(activation), layer, xs, h0)
 
 

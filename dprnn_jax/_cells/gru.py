@@ -123,8 +123,19 @@ def _sum_gates(x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-1], 3, -1).sum(-2)
 
 
-def _prepare(layer: GRUParams, xs, carry0, *, activation: str, own_backward: bool) -> CellScan:
+def gru_layer_step(layer: GRUParams, carry, x):
+    """One step of the whole layer from its own parameters and the raw input row (the
+    projection inside the step): the cell that forward-mode approximations see."""
+    projected = project_inputs(layer.W, x[None], own_backward=False)[0]
+    return gru_step(gru_recurrence(layer), carry, projected)
+
+
+def _prepare(
+    layer: GRUParams, xs, carry0, *, activation: str, own_backward: bool, whole_step: bool = False
+) -> CellScan:
     del activation  # the gates fix their own
+    if whole_step:
+        return CellScan(StepCell(gru_layer_step), layer, xs, carry0)
     projected = project_inputs(layer.W, xs, own_backward=own_backward)
     return CellScan(StepCell(gru_step), gru_recurrence(layer), projected, carry0)
 

@@ -111,8 +111,19 @@ def _lstm_step_jvp(primals, tangents):
 lstm_step.defjvp(_lstm_step_jvp, symbolic_zeros=True)
 
 
-def _prepare(layer: LSTMParams, xs, carry0, *, activation: str, own_backward: bool) -> CellScan:
+def lstm_layer_step(layer: LSTMParams, carry, x):
+    """One step of the whole layer from its own parameters and the raw input row (the
+    projection inside the step): the cell that forward-mode approximations see."""
+    projected = project_inputs(layer.W, x[None], own_backward=False)[0]
+    return lstm_step(lstm_recurrence(layer), carry, projected)
+
+
+def _prepare(
+    layer: LSTMParams, xs, carry0, *, activation: str, own_backward: bool, whole_step: bool = False
+) -> CellScan:
     del activation  # the gates fix their own
+    if whole_step:
+        return CellScan(StepCell(lstm_layer_step), layer, xs, carry0)
     projected = project_inputs(layer.W, xs, own_backward=own_backward)
     return CellScan(StepCell(lstm_step), lstm_recurrence(layer), projected, carry0)
 

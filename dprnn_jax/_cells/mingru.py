@@ -136,8 +136,10 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _prepare(layer: MinGRUParams, xs, h0, *, activation: str, own_backward: bool) -> CellScan:
-    del activation, own_backward  # the gates fix their own; the projection is the cell's
+def _prepare(
+    layer: MinGRUParams, xs, h0, *, activation: str, own_backward: bool, whole_step: bool = False
+) -> CellScan:
+    del activation, own_backward, whole_step  # the whole step, its projection the cell's
     return CellScan(MinGRUCell(), layer, xs, h0)
 
 

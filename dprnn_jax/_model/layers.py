@@ -121,7 +121,12 @@ def run_layer(
         xs = zero_padding(xs, check_lengths(lengths, T, m))
     carry0 = fill_carry0(layer, state0, m)
     scan = kind.prepare(
-        layer, xs, carry0, activation=activation, own_backward=algorithm.uses_custom_vjp
+        layer,
+        xs,
+        carry0,
+        activation=activation,
+        own_backward=algorithm.uses_custom_vjp,
+        whole_step=algorithm.sees_the_whole_step,
     )
     return run_cell(algorithm, scan)
 
