@@ -290,15 +290,16 @@ def _rflo_step(params, state, x, step_cost, activation):
     """RFLO: each Elman layer's traces, and the error that reaches it at this step."""
     algorithm, layers = state.algorithm, tuple(params.layers)
     keep, rate = 1.0 - 1.0 / algorithm.tau, 1.0 / algorithm.tau
-    new_carries, top = stack_step(layers, state.carries, x, activation)
     derivative = get_activation(activation).derivative_from_output
 
     def cost_of(injected, readout):
-        _, top = stack_step(layers, state.carries, x, activation, injected)
-        return step_cost(top, readout)
+        # The step's carries are unperturbed by `injected` (added to what is read above).
+        new_carries, top = stack_step(layers, state.carries, x, activation, injected)
+        cost, outputs = step_cost(top, readout)
+        return cost, (outputs, new_carries)
 
-    zeros = tuple(jnp.zeros_like(h) for h in new_carries)
-    (cost, outputs), (signals, readout_bar) = jax.value_and_grad(
+    zeros = tuple(jnp.zeros_like(h) for h in state.carries)  # an Elman carry is h
+    (cost, (outputs, new_carries)), (signals, readout_bar) = jax.value_and_grad(
         cost_of, argnums=(0, 1), has_aux=True
     )(zeros, params.readout)
     traces, layers_bar, inputs = [], [], x
