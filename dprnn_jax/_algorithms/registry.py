@@ -35,6 +35,14 @@ METHODS: tuple[str, ...] = tuple(ALGORITHMS)
 # The approximate online algorithms, used as objects (`method=SnAp(n=1)`): not in
 # `ALGORITHMS`, whose members are all exact (the oracle tests take that list).
 APPROXIMATIONS: dict[str, type[GradientAlgorithm]] = {cls.name: cls for cls in (SnAp, UORO, RFLO)}
+# The approximations under the names the command line gives them (`--method snap1`),
+# each with its default options.
+APPROXIMATION_NAMES: dict[str, GradientAlgorithm] = {
+    "snap1": SnAp(n=1),
+    "snap2": SnAp(n=2),
+    "uoro": UORO(),
+    "rflo": RFLO(),
+}
 
 
 def _option_names(cls: type[GradientAlgorithm]) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
 
 
-# The options of the gradient algorithms that have a flag (`--truncation K`, …).
-ALGORITHM_OPTIONS = ("truncation", "tol", "block", "checkpoint")
+# The options of the gradient algorithms that have a flag (`--truncation K`, …); a
+# command without the approximations has no `--tau` or `--feedback`.
+ALGORITHM_OPTIONS = ("truncation", "tol", "block", "checkpoint", "tau", "feedback")
 # `omega --checkpoint FILE` names a file; `train --checkpoint K` is the algorithm's option,
 # stored under another name so the two never meet.
 OPTION_DESTS = {"checkpoint": "algorithm_checkpoint"}
@@ -31,10 +32,15 @@ def _segment_length(value: str) -> int | str:
         ) from None
 
 
-def add_method_options(parser, method_help: str, *, checkpoint: bool = False) -> None:
-    from .._algorithms.registry import METHODS
+def add_method_options(
+    parser, method_help: str, *, checkpoint: bool = False, approximations: bool = False
+) -> None:
+    """`--method` and its option flags; with `approximations`, the approximate online
+    algorithms too (`--method snap1|snap2|uoro|rflo`, RFLO's `--tau` and `--feedback`)."""
+    from .._algorithms.registry import APPROXIMATION_NAMES, METHODS
 
-    parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
+    choices = (*METHODS, *APPROXIMATION_NAMES) if approximations else METHODS
+    parser.add_argument("--method", choices=choices, default=None, help=method_help)
     parser.add_argument(
         "--truncation",
         type=int,
@@ -66,6 +72,22 @@ def add_method_options(parser, method_help: str, *, checkpoint: bool = False) ->
             help="omega, bptt: keep every K-th state (sqrt: K = ceil(sqrt(T))) and recompute "
             "segments in the backward, loss fused: O(sqrt(T)) memory, exact",
         )
+    if approximations:
+        rflo = APPROXIMATION_NAMES["rflo"]
+        parser.add_argument(
+            "--tau",
+            type=float,
+            default=None,
+            metavar="TAU",
+            help=f"rflo: time constant of the eligibility traces, >= 1 ({rflo.tau:g})",
+        )
+        parser.add_argument(
+            "--feedback",
+            choices=("readout", "random"),
+            default=None,
+            help="rflo: the learning signal comes through the readout's weights or a fixed "
+            f"random matrix ({rflo.feedback})",
+        )
 
 
 # The option flags that exclude each other, each with those it excludes.
@@ -76,10 +98,11 @@ def _check_algorithm_flags(name: str, given: dict) -> None:
     """The mistakes of `--method` and its option flags, in their own terms."""
     import math
 
-    from .._algorithms.registry import ALGORITHMS
+    from .._algorithms.registry import ALGORITHMS, APPROXIMATION_NAMES
 
+    classes = {**ALGORITHMS, **{name: type(obj) for name, obj in APPROXIMATION_NAMES.items()}}
     for option in given:
-        takers = [method for method, cls in ALGORITHMS.items() if option in _fields(cls)]
+        takers = [method for method, cls in classes.items() if option in _fields(cls)]
         if name not in takers:
             raise UsageError(
                 f"--{option} is an option of --method {' and '.join(takers)}, not of --method "
@@ -98,6 +121,8 @@ def _check_algorithm_flags(name: str, given: dict) -> None:
             raise UsageError(f"--{option} must be >= {least}, got {value}")
     if "tol" in given and not (math.isfinite(given["tol"]) and given["tol"] >= 0):
         raise UsageError(f"--tol must be a finite number >= 0, got {given['tol']}")
+    if "tau" in given and not (math.isfinite(given["tau"]) and given["tau"] >= 1):
+        raise UsageError(f"--tau must be a finite number >= 1, got {given['tau']}")
 
 
 def _fields(cls) -> tuple[str, ...]:
@@ -106,8 +131,9 @@ def _fields(cls) -> tuple[str, ...]:
 
 def algorithm_from_flags(args: argparse.Namespace):
     """The gradient algorithm that `--method` and its option flags ask for (`--method`
-    defaults to omega when only an option is given); None when no such flag is given."""
-    from .._algorithms.registry import resolve_method
+    defaults to omega when only an option is given); None when no such flag is given.
+    An approximation's name (`snap1`) stands for its object in `APPROXIMATION_NAMES`."""
+    from .._algorithms.registry import APPROXIMATION_NAMES, resolve_method
 
     options = {
         name: getattr(args, OPTION_DESTS.get(name, name), None) for name in ALGORITHM_OPTIONS
@@ -118,7 +144,9 @@ def algorithm_from_flags(args: argparse.Namespace):
     name = "omega" if args.method is None else args.method
     _check_algorithm_flags(name, given)
     try:
-        return resolve_method(name, **options)
+        if name in APPROXIMATION_NAMES:
+            return dataclasses.replace(APPROXIMATION_NAMES[name], **given)
+        return resolve_method(name, **given)
     except ValueError as error:  # a rule the flags' checks above do not know yet
         flags = "".join(f" --{key} {value}" for key, value in given.items())
         message = in_flag_terms(str(error).rstrip("."), METHOD_FLAGS)

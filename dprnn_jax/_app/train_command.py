@@ -31,6 +31,7 @@ TRAIN_FLAGS = {
     "eval_every": "--eval-every",
     "checkpoint_every": "--checkpoint-every",
     "devices": "--devices",
+    "online": "--online",
 }
 # The keywords that `train`'s messages may name, with the flags that set them.
 TRAIN_MESSAGE_FLAGS = {
@@ -66,7 +67,20 @@ def add_parser(subparsers) -> None:
         "of the current step).",
     )
     parser.add_argument("--task", choices=TASKS, help=f"what to learn ({defaults.task})")
-    add_method_options(parser, "gradient method (omega)", checkpoint=True)
+    add_method_options(
+        parser,
+        "gradient method (omega); the last four approximate it, forward in time",
+        checkpoint=True,
+        approximations=True,
+    )
+    parser.add_argument(
+        "--online",
+        type=int,
+        metavar="K",
+        help="update the parameters inside each batch, every K time steps (1: after every "
+        "step), the streams going on with the new ones; with --method rtrl, snap1, snap2, "
+        "uoro or rflo (off: one update per batch)",
+    )
     parser.add_argument("--steps", type=int, help=f"optimiser steps ({defaults.steps})")
     parser.add_argument(
         "--seed", type=int, help=f"seed of the model and data order ({defaults.seed})"
@@ -156,7 +170,7 @@ def add_parser(subparsers) -> None:
 
 def _given_train_options(args: argparse.Namespace) -> dict:
     """The `TrainConfig` fields given on the command line (checked), by field name."""
-    positive = ("steps", "batch_size", "hidden", "layers", "seq_len", "eval_every")
+    positive = ("steps", "batch_size", "hidden", "layers", "seq_len", "eval_every", "online")
     for name in (*positive, "checkpoint_every", "devices"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -185,6 +199,7 @@ def _given_train_options(args: argparse.Namespace) -> dict:
         "eval_every": args.eval_every,
         "checkpoint_every": args.checkpoint_every,
         "devices": args.devices,
+        "online": args.online,
     }
     given = {name: value for name, value in values.items() if value is not None}
     if args.clip is not None:
@@ -304,8 +319,39 @@ def _distributed_config(args: argparse.Namespace, config):
         raise UsageError(in_flag_terms(str(error).rstrip("."), TRAIN_MESSAGE_FLAGS)) from None
 
 
+def _method_name(algorithm) -> str:
+    """`--method`'s name for `algorithm` (`snap1`, `bptt`), its option flags left out."""
+    from .._algorithms.checkpoint import Checkpointed
+    from .._algorithms.snap import SnAp
+
+    if isinstance(algorithm, Checkpointed):
+        return _method_name(algorithm.algorithm)
+    return f"snap{algorithm.n}" if isinstance(algorithm, SnAp) else algorithm.name
+
+
+def _check_method_fits(config) -> None:
+    """The method's mistakes that only the whole configuration shows (the checkpoint's
+    options included, on resume)."""
+    from .._algorithms.rflo import RFLO
+    from .._model.online import ONLINE
+
+    method = _method_name(config.method)
+    if isinstance(config.method, RFLO) and config.cell != "elman":
+        raise UsageError(
+            f"--method rflo is a rule of elman cells, got --cell {config.cell}; use --cell "
+            f"elman, or --method snap1, snap2, uoro or rtrl for {config.cell} cells"
+        )
+    if config.online is not None and not isinstance(config.method, ONLINE):
+        raise UsageError(
+            f"--online {config.online} needs a method that learns forward in time: --method "
+            f"rtrl, snap1, snap2, uoro or rflo; --method {method} computes its gradient "
+            "backward over the whole sequence"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     config = _train_config(args)
+    _check_method_fits(config)
     distributed = _distributed_config(args, config)
     if distributed is None and config.batch_size % config.devices:
         raise UsageError(
@@ -371,14 +417,27 @@ RTRL_WARNING_BYTES = 2**30
 RTRL_WARNING_FLOPS = 10**12
 
 
+def _keeps_rtrl_sensitivities(config) -> bool:
+    """Whether the run carries RTRL's dense influence matrix: RTRL, and SnAp except
+    SnAp-1 on Elman layers in its `method=` form (the sparse closed form); online, SnAp
+    masks the dense matrix of the whole stack."""
+    from .._algorithms.rtrl import RTRL
+    from .._algorithms.snap import SnAp
+
+    if isinstance(config.method, SnAp):
+        return config.method.n > 1 or config.cell != "elman" or config.online is not None
+    return isinstance(config.method, RTRL)
+
+
 def _warn_of_rtrl_cost(config) -> None:
-    """With `--method rtrl`, a warning on stderr with the estimated memory and work of a
-    step when they are large (RTRL's O(m·d⁴) per time step is easy to start by accident)."""
+    """With `--method rtrl` (or a SnAp that keeps RTRL's dense sensitivities), a warning
+    on stderr with the estimated memory and work of a step when they are large (RTRL's
+    O(m·d⁴) per time step is easy to start by accident)."""
     from .._algorithms.rtrl import RTRL, rtrl_cost
     from .._cells.kinds import CELLS, KINDS
     from .._training.tasks import make_task
 
-    if not isinstance(config.method, RTRL):
+    if not _keeps_rtrl_sensitivities(config):
         return
     task = make_task(config.task, config.seq_len)
     kind = KINDS[CELLS[config.cell]]
@@ -391,11 +450,24 @@ def _warn_of_rtrl_cost(config) -> None:
     )
     if cost.sensitivity_bytes < RTRL_WARNING_BYTES and cost.flops < RTRL_WARNING_FLOPS:
         return
+    instead = "--method uoro (any cell) or rflo (elman cells) approximate it for far less"
+    if not isinstance(config.method, RTRL):
+        what = f"--method {_method_name(config.method)}"
+        if config.online is not None:
+            what += " --online"
+        elif config.cell == "elman":
+            instead = "--method snap1 (sparse on elman cells), uoro or rflo cost far less"
+        sensitivities = "sensitivities (RTRL's, kept dense and masked)"
+    elif config.online is not None:
+        what, sensitivities = "--method rtrl --online", "sensitivities"
+    else:
+        what, sensitivities = "--method rtrl", "sensitivities"
+        instead = "--method bptt or omega give the same gradient for far less"
     print(
-        f"dprnn-jax: warning: --method rtrl with --hidden {config.hidden_size}: its "
-        f"sensitivities take about {cost.sensitivity_bytes / 2**30:.1f} GiB and one step about "
-        f"{cost.flops:.1e} flops ({cost.flops / cost.bptt_flops:.0f} times BPTT's), O(m·d⁴) "
-        "per time step; --method bptt or omega give the same gradient for far less",
+        f"dprnn-jax: warning: {what} with --hidden {config.hidden_size}: its "
+        f"{sensitivities} take about {cost.sensitivity_bytes / 2**30:.1f} GiB and one step "
+        f"about {cost.flops:.1e} flops ({cost.flops / cost.bptt_flops:.0f} times BPTT's), "
+        f"O(m·d⁴) per time step; {instead}",
         file=sys.stderr,
         flush=True,
     )
@@ -423,9 +495,15 @@ def print_run_summary(metrics: dict, out: str) -> None:
         if "validation_perplexity" in metrics:
             line += f", perplexity {metrics['validation_perplexity']:.3f}"
         print(line)
+    online = metrics.get("config", {}).get("online")
+    updates = ""
+    if online is not None:
+        every = "every time step" if online == 1 else f"every {online} time steps"
+        updates = f" ({metrics['parameter_updates']} parameter updates, {every})"
     print(
-        f"{metrics['steps_this_session']} steps in {metrics['wall_seconds_this_session']:.1f} s, "
-        f"{metrics['skipped_steps']} skipped (non-finite)"
+        f"{metrics['steps_this_session']} steps{updates} in "
+        f"{metrics['wall_seconds_this_session']:.1f} s, {metrics['skipped_steps']} skipped "
+        "(non-finite)"
     )
     if "sample" in metrics:
         print("sample:\n" + metrics["sample"])

@@ -45,6 +45,12 @@ class TrainConfig:
     `TrainConfig(method="bptt").method == BPTT()`. `seq_len=None` becomes the task's
     default length.
 
+    `online=K` updates the parameters inside each batch, every K time steps, with an
+    algorithm that runs forward in time (`RTRL()`, `SnAp(n)`, `UORO()`, `RFLO(...)`;
+    `_training/online_step.py`); a training step is still one batch. Without it, every
+    method makes one update per batch from its whole-sequence gradient (UORO in its
+    online form, with a fresh key per step, not the fixed signs of its `method=` form).
+
     Example:
         >>> config = TrainConfig(task="adding", method="bptt", steps=200)
         >>> config.method == BPTT(), config.seq_len
@@ -67,6 +73,7 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     devices: int = 1
+    online: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "method", resolve_method(self.method))

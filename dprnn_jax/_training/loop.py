@@ -2,10 +2,11 @@
 the output files (resuming a run and reading it back: `resume.py`).
 
 Reproducibility: the initial parameters come from `seed` and the batch of step s from
-`fold_in(data_key, s)`, so the batch depends on (seed, step) only, never on history. A
-run resumed from a checkpoint at step c therefore feeds the same jitted step the same
-inputs as an uninterrupted run, and ends with bitwise the same parameters (on the same
-machine and device count).
+`fold_in(data_key, s)`, so the batch depends on (seed, step) only, never on history
+(UORO's random signs of step s likewise, from `fold_in(key(seed), s)`). A run resumed
+from a checkpoint at step c therefore feeds the same jitted step the same inputs as an
+uninterrupted run, and ends with bitwise the same parameters (on the same machine and
+device count).
 
 Files in the output directory:
 
@@ -41,9 +42,12 @@ import jax
 import numpy as np
 import optax
 
+from .._algorithms.rflo import RFLO
+from .._algorithms.uoro import UORO
 from .._core.params import RNNParams
 from .._core.validation import check_choice, check_positive_int
 from .._diagnostics.plotting import plot_loss_curve
+from .._model.online import ONLINE
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import (
     CHECKPOINT,
@@ -67,6 +71,7 @@ from .distributed import (
 )
 from .interrupt import Interrupted, TrainingInterrupted, stop_on_signals
 from .lock import RunLockedError, run_lock
+from .online_step import make_online_train_step
 from .resume import ResumeError, checkpoint_status, checkpoint_step, restore
 from .sharding import batch_mesh, replicate, shard_batch
 from .step import make_eval_step, make_train_step
@@ -124,10 +129,25 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"seed must be a non-negative int, got {config.seed!r}.")
     if not config.learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}.")
+    if config.online is not None:
+        check_positive_int("online", config.online)
+        if not isinstance(config.method, ONLINE):
+            names = ", ".join(f"{cls.__name__}()" for cls in ONLINE)
+            raise ValueError(
+                f"online={config.online} updates the parameters inside a batch, which needs "
+                f"an algorithm that runs forward in time ({names}), got "
+                f"method={config.method}; pick one of them or drop online."
+            )
+    if isinstance(config.method, RFLO) and config.cell != "elman":
+        raise ValueError(
+            f"method={config.method} is a rule of Elman layers, got cell={config.cell!r}; "
+            "use cell='elman', or SnAp, UORO or RTRL for other cells."
+        )
 
 
 class _Programs(NamedTuple):
-    """A configuration's task, optimiser and compiled functions."""
+    """A configuration's task, optimiser and compiled functions; `train_step(params,
+    opt_state, batch, step)` takes the step's number (for UORO's keys)."""
 
     task: Task
     optimizer: optax.GradientTransformation
@@ -138,15 +158,36 @@ class _Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def _programs(
-    task_name, seq_len, optimizer_name, learning_rate, activation, method, max_grad_norm
+    task_name,
+    seq_len,
+    optimizer_name,
+    learning_rate,
+    activation,
+    method,
+    max_grad_norm,
+    online=None,
+    signs_seed=None,
 ) -> _Programs:
     # Cached so that a run resumed in the same process (tests, notebooks) reuses the
-    # compiled step instead of tracing and compiling it again.
+    # compiled step instead of tracing and compiling it again. `online` is the config's;
+    # `signs_seed` its seed for UORO's keys, else None (the step does not depend on it).
     task = make_task(task_name, seq_len)
     optimizer = OPTIMIZERS[optimizer_name](learning_rate)
-    train_step = make_train_step(
-        optimizer, loss=task.loss, activation=activation, method=method, max_grad_norm=max_grad_norm
-    )
+    options = dict(loss=task.loss, activation=activation, max_grad_norm=max_grad_norm)
+    if online is not None or isinstance(method, UORO):
+        # UORO's whole-sequence gradient too: its `method=` form would draw the same
+        # signs at every step.
+        seed = 0 if signs_seed is None else signs_seed
+        train_step = make_online_train_step(
+            optimizer, method=method, every=online, seed=seed, **options
+        )
+    else:
+        batch_step = make_train_step(optimizer, method=method, **options)
+
+        def train_step(params, opt_state, batch, step):
+            del step  # the batch alone determines the step
+            return batch_step(params, opt_state, batch)
+
     eval_step = make_eval_step(loss=task.loss, activation=activation, method=method)
     return _Programs(task, optimizer, train_step, eval_step, jax.jit(task.sample, static_argnums=1))
 
@@ -227,6 +268,12 @@ def _final_metrics(config, task, step, history, seconds, steps_run) -> dict:
         "train_loss_last": history["loss"][-1] if history["loss"] else None,
         "train_loss_mean_last_10pct": float(np.mean(window)) if window else None,
         "skipped_steps": int(sum(history["skipped"])),
+        # One per step that was not skipped, or with `online`, those the steps made.
+        "parameter_updates": int(
+            sum(history["updates"])
+            if "updates" in history
+            else len(history["skipped"]) - sum(history["skipped"])
+        ),
         "diverged": diverged is not None,
         "divergence": diverged,
         "validation": last,
@@ -314,6 +361,8 @@ def train(
         config.activation,
         config.method,
         config.max_grad_norm,
+        config.online,
+        config.seed if isinstance(config.method, UORO) else None,
     )
     processes = jax.process_count()
     if processes > 1:
@@ -460,7 +509,7 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
                         batch = shard_batch(batch, mesh)
                     # Kept apart until the step is known to have run: a failure shows up
                     # only when its result is read, and `lost` saves the state before it.
-                    new_params, new_opt_state, metrics = train_step(params, opt_state, batch)
+                    new_params, new_opt_state, metrics = train_step(params, opt_state, batch, step)
                     metrics = jax.device_get(local_copy(metrics))
                     params, opt_state = new_params, new_opt_state
                 except (RuntimeError, ValueError) as error:
@@ -471,6 +520,8 @@ def _train_from(config, out, programs, mesh, start, progress, log, stop_at, writ
                 for name in ("loss", "accuracy", "grad_norm"):
                     history[name].append(float(getattr(metrics, name)))
                 history["skipped"].append(int(metrics.skipped))
+                if config.online is not None:
+                    history.setdefault("updates", []).append(int(metrics.updates))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4f}", acc=f"{metrics.accuracy:.3f}")
                 if step % config.eval_every == 0 or step == config.steps:
@@ -537,6 +588,8 @@ def _write_summary(out, config, task, history, metrics, params=None) -> None:
     """The loss curve, a text sample (charlm, given the final `params`) and, last,
     metrics.json listing the files written."""
     title = f"{task.name} (T={task.seq_len}), method={config.method}, {config.optimizer}"
+    if config.online is not None:
+        title += f", online every {config.online}"
     plot_loss_curve(history, os.path.join(out, LOSS_CURVE), title, task.chance_level)
     files = [CHECKPOINT, METRICS, LOSS_CURVE]
     if params is not None and task.name == "charlm":
