@@ -15,6 +15,15 @@ compiles a core subset with XLA's default pipeline per program, since that pipel
 been seen to miscompile what the cheap one compiles right
 (docs/algorithms.md#the-compiler-users-get).
 
+**One compilation cache per run.** Many tests, the command-line children and the
+notebooks' kernels compile the same programs (the same loss of the same shapes, a
+training step, JAX's eager operations) in separate processes. A run points JAX's
+persistent compilation cache at a fresh temporary folder, for every program however
+cheap, so each is compiled once per run; the folder is removed when the run ends, so no
+run reuses what another compiled (a fresh clone and a rerun do the same work). An
+executable comes back from the cache only for the same program compiled with the same
+XLA options and flags, so the cache changes no number.
+
 **Examples.** `python -m pytest` also runs every `Example:` section of the `dprnn_jax`
 package as a doctest (`--doctest-modules`, pyproject.toml). The examples are written as
 a user of the library would after `import dprnn_jax as dj`: they see `dj`, `jax`, `jnp`,
@@ -28,8 +37,10 @@ them, so no test ever reuses a program compiled so.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from _pytest.doctest import DoctestItem
@@ -65,6 +76,29 @@ def _cheap_xla_flags() -> str | None:
     return environment["XLA_FLAGS"]
 
 
+# JAX's options of its persistent compilation cache, as environment variables.
+CACHE_VARIABLES = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def _start_compilation_cache(config) -> None:
+    """JAX's persistent compilation cache in a fresh folder, for this process, its
+    workers and every process they start; unless the environment already names one."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="dprnn_jax-test-compilation-cache-")
+    config._dprnn_jax_compilation_cache = folder
+    os.environ.update(CACHE_VARIABLES, JAX_COMPILATION_CACHE_DIR=folder)
+    if "jax" in sys.modules:  # read its environment already: tell it too
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def pytest_configure(config):
     # An xdist worker inherits the environment of the process that started it.
     if hasattr(config, "workerinput"):
@@ -72,6 +106,13 @@ def pytest_configure(config):
     flags = _cheap_xla_flags()
     if flags is not None:
         os.environ["XLA_FLAGS"] = flags
+    _start_compilation_cache(config)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_dprnn_jax_compilation_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
