@@ -10,13 +10,13 @@ algorithm of one size alternated in one process), the bytes of the algorithm's s
 closed-form memory of each state in floats (|θ| = d(n + d + 1), D = d):
 
 * RTRL: the influence matrix, m·D·|θ| (and O(m·D²·|θ|) flops per step);
-* SnAp-1: m·|θ| with sparse storage (one unit per parameter); as implemented here, the
-  dense masked matrix, m·D·|θ|, like RTRL;
+* SnAp-1: m·|θ| (one unit per parameter: the online form of one Elman layer stores
+  only those entries, as RFLO's traces);
 * SnAp-2: m·D·|θ| on a dense recurrence (its pattern is full);
 * UORO: m·(D + |θ|);
 * RFLO: m·|θ| (one trace per weight).
 
-RTRL and SnAp are skipped above `--max-dense` (default 128: at d = 256 their influence
+RTRL and SnAp-2 are skipped above `--max-dense` (default 128: at d = 256 their influence
 matrix alone is 134 MB per stream and a step costs ≈ 10¹⁰ flops).
 
 Writes results/online_costs.md and .json.
@@ -44,7 +44,7 @@ ALGORITHMS = {
     "UORO": dj.UORO(),
     "RFLO": dj.RFLO(),
 }
-DENSE = ("RTRL", "SnAp-1", "SnAp-2")
+DENSE = ("RTRL", "SnAp-2")
 
 
 def closed_form_floats(name: str, d: int, m: int = 1) -> dict[str, int]:
@@ -52,7 +52,7 @@ def closed_form_floats(name: str, d: int, m: int = 1) -> dict[str, int]:
     dense = m * d * theta
     return {
         "RTRL": {"ideal": dense, "implemented": dense},
-        "SnAp-1": {"ideal": m * theta, "implemented": dense},
+        "SnAp-1": {"ideal": m * theta, "implemented": m * theta},
         "SnAp-2": {"ideal": dense, "implemented": dense},
         "UORO": {"ideal": m * (d + theta), "implemented": m * (d + theta)},
         "RFLO": {"ideal": m * theta, "implemented": m * theta},

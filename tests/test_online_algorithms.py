@@ -105,8 +105,15 @@ def test_snap1_on_a_dense_elman_layer_equals_snap1_written_out(x64):
         grad["S"] += np.einsum("va,vae->ae", hs_bar[t], M_S)
         grad["b"] += np.einsum("va,va->a", hs_bar[t], M_b)
         previous = hs[t]
+    # The online form keeps the same sparse influence, m·|θ| numbers, step by step.
+    state = dj.online_init(params, M, dj.SnAp(n=1))
+    assert jax.tree.map(jnp.shape, state.traces["own"]) == jax.tree.map(
+        lambda p: (M, *p.shape), layer
+    )
+    online = jax.jit(dj.online_gradient, static_argnums=3)(params, xs, targets, dj.SnAp(n=1))[1]
     for name in ("W", "S", "b"):
         np.testing.assert_allclose(getattr(library.layers[0], name), grad[name], rtol=1e-10)
+        np.testing.assert_allclose(getattr(online.layers[0], name), grad[name], rtol=1e-10)
 
 
 def test_rflo_with_tau_1_is_bptt_truncated_at_lag_0(x64):

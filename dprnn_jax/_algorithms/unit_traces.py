@@ -26,6 +26,16 @@ def per_unit(scale: jax.Array, M: jax.Array) -> jax.Array:
     return scale.reshape(scale.shape + (1,) * (M.ndim - 2)) * M
 
 
+def unit_gradient(signal: jax.Array, traces: LayerParams) -> LayerParams:
+    """`θ̄[a, q] = Σ_v L[v, a] trace[v, a, q]`: one step's gradient from the error L (m, d)
+    that reaches each unit and the traces of its own weights (leading axes m, d)."""
+    return LayerParams(
+        W=jnp.einsum("va,vae->ae", signal, traces.W),
+        S=jnp.einsum("va,vae->ae", signal, traces.S),
+        b=jnp.einsum("va,va->a", signal, traces.b),
+    )
+
+
 def unit_trace_gradients(
     linearisation: ElmanLinearisation, signals: jax.Array, update: Callable
 ) -> LayerParams:
@@ -53,12 +63,7 @@ def unit_trace_gradients(
         x, h_previous, sigma_prime, signal = inputs
         drive = LayerParams(W=x[:, None, :], S=h_previous[:, None, :], b=jnp.ones_like(sigma_prime))
         traces = jax.tree.map(lambda e, r: update(e, r, sigma_prime), traces, drive)
-        contribution = LayerParams(
-            W=jnp.einsum("va,vae->ae", signal, traces.W),
-            S=jnp.einsum("va,vae->ae", signal, traces.S),
-            b=jnp.einsum("va,va->a", signal, traces.b),
-        )
-        return (traces, jax.tree.map(jnp.add, gradient, contribution)), None
+        return (traces, jax.tree.map(jnp.add, gradient, unit_gradient(signal, traces))), None
 
     m, d = h0.shape
     traces = LayerParams(

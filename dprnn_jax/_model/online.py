@@ -32,6 +32,7 @@ from .._algorithms.base import GradientAlgorithm
 from .._algorithms.rflo import RFLO
 from .._algorithms.rtrl import RTRL, propagate_influence
 from .._algorithms.snap import SnAp, snap_pattern
+from .._algorithms.unit_traces import per_unit, unit_gradient
 from .._algorithms.uoro import UORO, random_signs, uoro_update
 from .._cells.base import StepProblem
 from .._cells.kinds import fill_carry0, kind_of
@@ -54,8 +55,10 @@ class OnlineState:
 
     Attributes:
         carries: each layer's carry after the last step: (m, d), or (h, c) for an LSTM.
-        traces: the algorithm's own state (RTRL/SnAp: the influence matrix; UORO: s̃
-            and θ̃; RFLO: each layer's eligibility traces) and, for SnAp, its pattern.
+        traces: the algorithm's own state (RTRL/SnAp: the influence matrix and, for
+            SnAp, its pattern; SnAp-1 of one Elman layer: only each unit's influence of
+            its own weights, "own", shaped like the layer with a leading m; UORO: s̃ and
+            θ̃; RFLO: each layer's eligibility traces).
         gradient: the accumulated gradient, an `RNNParams` like the parameters.
         cost: the cost of the steps seen so far.
         key: UORO's PRNG key (split at every step), else None.
@@ -178,7 +181,9 @@ def online_init(
     carries = tuple(fill_carry0(layer, None, m) for layer in params.layers)
     flat, _, layout, step = _flat_step(params, carries, activation)
     dtype = flat.dtype
-    if isinstance(algorithm, RTRL | SnAp):
+    if _sparse_snap1(params, algorithm):  # each unit's influence of its own weights
+        traces = {"own": jax.tree.map(lambda p: jnp.zeros((m, *p.shape), dtype), params.layers[0])}
+    elif isinstance(algorithm, RTRL | SnAp):
         traces = {"influence": jnp.zeros((flat.size, m, layout.width), dtype)}
         if isinstance(algorithm, SnAp):
             n_inputs = params.layers[0].W.shape[1]
@@ -269,13 +274,16 @@ def online_step(
         )
         traces.update(s=s_tilde, theta=theta_tilde)
         flat_bar = jnp.einsum("v,vp->p", jnp.sum(carry_bar * s_tilde, -1), theta_tilde)
+        layers_bar = unravel(flat_bar)
+    elif "own" in traces:  # SnAp-1 of one Elman layer, sparse
+        traces["own"] = _own_influence(layers[0], traces["own"], carry, new_carry, x, activation)
+        layers_bar = (unit_gradient(carry_bar, traces["own"]),)
     else:  # RTRL, SnAp: M_t = (pattern ⊙) (J_t M_{t−1} + I_t)
         influence = propagate_influence(step, flat, carry, x, traces["influence"])
         if "pattern" in traces:
             influence = jnp.where(traces["pattern"][:, None, :], influence, 0)
         traces["influence"] = influence
-        flat_bar = jnp.einsum("vb,pvb->p", carry_bar, influence)
-    layers_bar = unravel(flat_bar)
+        layers_bar = unravel(jnp.einsum("vb,pvb->p", carry_bar, influence))
     gradient = state.gradient._replace(
         layers=jax.tree.map(jnp.add, tuple(state.gradient.layers), layers_bar),
         readout=jax.tree.map(jnp.add, state.gradient.readout, readout_bar),
@@ -284,6 +292,30 @@ def online_step(
         layout.unflatten(new_carry), traces, gradient, state.cost + cost, key, algorithm
     )
     return new_state, outputs
+
+
+def _sparse_snap1(params: RNNParams, algorithm: GradientAlgorithm) -> bool:
+    """SnAp-1 of a network of one Elman layer: its pattern keeps, for unit a, only the
+    influence of a's own weights (row a of W, S and b) on h_a, so the state stores
+    m·|θ| numbers (like RFLO's traces) instead of RTRL's m·d·|θ|. (In a stack, one
+    step already carries a layer's weights into every unit above it: the dense form.)"""
+    return (
+        isinstance(algorithm, SnAp)
+        and algorithm.n == 1
+        and len(params.layers) == 1
+        and isinstance(params.layers[0], LayerParams)
+    )
+
+
+def _own_influence(layer: LayerParams, own, h_previous, h, x, activation: str) -> LayerParams:
+    """`M_W[a, e] ← σ'_a (S_aa M_W[a, e] + x_e)`, likewise S with h_{t−1} and b with 1:
+    the sparse closed form of `elman_snap1_gradients`, one step."""
+    sigma_prime = get_activation(activation).derivative_from_output(h)
+    diagonal = jnp.diagonal(layer.S)
+    drive = LayerParams(W=x[:, None, :], S=h_previous[:, None, :], b=jnp.ones_like(h))
+    return jax.tree.map(
+        lambda M, r: per_unit(sigma_prime, per_unit(diagonal, M) + r), own, drive
+    )
 
 
 def _rflo_step(params, state, x, step_cost, activation):
@@ -310,13 +342,7 @@ def _rflo_step(params, state, x, step_cost, activation):
         )
         trace = jax.tree.map(lambda e, new: keep * e + rate * new, trace, drive)
         traces.append(trace)
-        layers_bar.append(
-            LayerParams(
-                W=jnp.einsum("va,vae->ae", signal, trace.W),
-                S=jnp.einsum("va,vae->ae", signal, trace.S),
-                b=jnp.einsum("va,va->a", signal, trace.b),
-            )
-        )
+        layers_bar.append(unit_gradient(signal, trace))
         inputs = h
     gradient = state.gradient._replace(
         layers=jax.tree.map(jnp.add, tuple(state.gradient.layers), tuple(layers_bar)),
