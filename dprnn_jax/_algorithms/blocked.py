@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
 
@@ -106,7 +107,8 @@ def blocked_error_flow(
             useful + flow.products_useful + 1,
             performed + flow.products_performed + 1,
         )
-        return carry, flow.delta
+        # A bfloat16 Δ is stacked in float32 (`precision.stored`): in place on a CPU.
+        return carry, precision.stored(flow.delta)
 
     blocks = head // block
     per_step = jax.tree.map(
@@ -115,5 +117,6 @@ def blocked_error_flow(
     inputs = (injected[:head].reshape(blocks, block, m, d), per_step)
     init = (last.delta[0], last.products_useful, last.products_performed)
     (_, useful, performed), deltas = lax.scan(chain, init, inputs, reverse=True)
+    deltas = precision.loaded(deltas, injected.dtype)
     delta = jnp.concatenate([deltas.reshape(head, m, d), last.delta])
     return ErrorFlow(delta, useful, performed)

@@ -23,6 +23,7 @@ from jax import lax
 
 from .._cells.base import Linearisation
 from .._cells.elman_linearisation import ElmanLinearisation
+from .._core import precision
 from .._core.activations import get_activation
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
@@ -61,19 +62,20 @@ def bptt_error_flow(injected: jax.Array, jacobian: StepJacobian) -> ErrorFlow:
     Returns:
         `ErrorFlow` with Δ of shape (T, m, d).
     """
-    T = injected.shape[0]
+    T, dtype = injected.shape[0], injected.dtype
     per_step = jacobian.per_step
 
     def step(j, carry):
         delta_next, deltas = carry
         i = T - 2 - j
         steps_data = jax.tree.map(lambda x: _row(x, i), per_step)
-        delta = _row(deltas, i) + jacobian.pull(delta_next, steps_data)
-        return delta, _set_row(deltas, delta, i)
+        delta = precision.loaded(_row(deltas, i), dtype) + jacobian.pull(delta_next, steps_data)
+        return delta, _set_row(deltas, precision.stored(delta), i)
 
-    _, delta = lax.fori_loop(0, T - 1, step, (injected[-1], injected))
+    # A bfloat16 Δ is written in float32 (`precision.stored`): in place on a CPU.
+    _, delta = lax.fori_loop(0, T - 1, step, (injected[-1], precision.stored(injected)))
     products = jnp.asarray(T - 1, jnp.int32)
-    return ErrorFlow(delta, products, products)
+    return ErrorFlow(precision.loaded(delta, dtype), products, products)
 
 
 def elman_bptt_delta(hs: jax.Array, hs_bar: jax.Array, S: jax.Array, activation: str) -> jax.Array:
@@ -97,18 +99,20 @@ def elman_bptt_delta(hs: jax.Array, hs_bar: jax.Array, S: jax.Array, activation:
         Δ, shape (T, m, d).
     """
     derivative = get_activation(activation).derivative_from_output
-    T = hs.shape[0]
+    T, dtype = hs.shape[0], hs_bar.dtype
 
     def step(j, carry):
         delta_next, deltas = carry
         i = T - 2 - j
-        delta = (_row(deltas, i) + delta_next @ S) * derivative(_row(hs, i))
-        return delta, _set_row(deltas, delta, i)
+        incoming = precision.loaded(_row(deltas, i), dtype)
+        delta = (incoming + precision.matmul(delta_next, S)) * derivative(_row(hs, i))
+        return delta, _set_row(deltas, precision.stored(delta), i)
 
     last = hs_bar[-1] * derivative(hs[-1])
-    deltas = _set_row(hs_bar, last, T - 1)
+    # A bfloat16 Δ is written in float32 (`precision.stored`): in place on a CPU.
+    deltas = precision.stored(_set_row(hs_bar, last, T - 1))
     _, delta = lax.fori_loop(0, T - 1, step, (last, deltas))
-    return delta
+    return precision.loaded(delta, dtype)
 
 
 @functools.singledispatch

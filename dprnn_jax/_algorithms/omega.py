@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
 from .adaptive import adaptive_omega_error_flow
@@ -109,9 +110,11 @@ def omega_error_flow(
     # on its own) and accumulate into the discarded padding of Δ, so they never reach Δ.
     pad = max(stop - 1 - first for first, stop, _ in phases)
     padded = jacobian.padded(pad)
-    zeros = jnp.zeros((pad, m, d), injected.dtype)
-    # Diagonal 0 is P itself: G(i, i) = P_i.
-    carry = (injected, jnp.concatenate([zeros, injected]), count, count)
+    dtype = injected.dtype
+    zeros = jnp.zeros((pad, m, d), dtype)
+    # Diagonal 0 is P itself: G(i, i) = P_i. A bfloat16 Δ is accumulated in float32
+    # (`precision.stored`), which the loops also update in place on a CPU.
+    carry = (injected, precision.stored(jnp.concatenate([zeros, injected])), count, count)
     held = 0  # the first step j held by the carried diagonal
     for first, stop, rows in phases:
         diagonal, delta_padded, useful, performed = carry
@@ -131,7 +134,7 @@ def omega_error_flow(
 
         carry = lax.fori_loop(first, stop, fill, (diagonal, delta_padded, useful, performed))
     _, delta_padded, useful, performed = carry
-    return ErrorFlow(delta_padded[pad:], useful, performed)
+    return ErrorFlow(precision.loaded(delta_padded[pad:], dtype), useful, performed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,9 @@ def snap_pattern(problem: StepProblem, n: int) -> jax.Array:
     """`𝒫_n` as a (|θ|, D) 0/1 mask: which carry units each parameter entry reaches
     within n steps, from the cell's Jacobians at random points."""
     flat_params, unravel = ravel_pytree(problem.params)
+    # Read in float32 at least: at a random point a bfloat16 gate saturates (1 − σ(a)
+    # rounds to 0 for a > 6) and would hide an entry of the structure.
+    dtype = jnp.promote_types(flat_params.dtype, jnp.float32)
     layout = CarryLayout.of(problem.carry0)
     x = jax.tree.map(lambda leaf: leaf[:1], input_row(problem.xs, 0))  # one row
     carry = jax.tree.map(lambda leaf: leaf[:1], problem.carry0)
@@ -70,14 +73,14 @@ def snap_pattern(problem: StepProblem, n: int) -> jax.Array:
             subkeys = jax.random.split(key, len(leaves))
             return treedef.unflatten(
                 [
-                    jax.random.normal(s, leaf.shape, leaf.dtype)
+                    jax.random.normal(s, leaf.shape, jnp.promote_types(leaf.dtype, dtype))
                     if jnp.issubdtype(leaf.dtype, jnp.inexact)
                     else leaf
                     for leaf, s in zip(leaves, subkeys)
                 ]
             )
 
-        point_params = jax.random.normal(keys[3 * k], flat_params.shape, flat_params.dtype)
+        point_params = jax.random.normal(keys[3 * k], flat_params.shape, dtype)
         point_carry = random_like(carry, keys[3 * k + 1])
         point_x = random_like(x, keys[3 * k + 2])
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
 
@@ -50,11 +51,12 @@ def truncated_bptt_error_flow(
         # the oldest lag (K) falls out of the window: that is the truncation.
         moved = jacobian.pull(window_next[:lags], per_step)
         window = jnp.concatenate([p[None], moved])
-        return window, window.sum(axis=0)
+        # A bfloat16 Δ is stacked in float32 (`precision.stored`): in place on a CPU.
+        return window, precision.stored(window.sum(axis=0))
 
     last = jnp.zeros((lags + 1, *injected.shape[1:]), injected.dtype).at[0].set(injected[-1])
     earlier_steps = jacobian.sliced(0, T - 1).per_step
     _, earlier = lax.scan(step, last, (injected[:-1], earlier_steps), reverse=True)
-    delta = jnp.concatenate([earlier, injected[-1:]])
+    delta = jnp.concatenate([precision.loaded(earlier, injected.dtype), injected[-1:]])
     performed = jnp.asarray((T - 1) * lags, jnp.int32)
     return ErrorFlow(delta, useful, performed)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.activations import get_activation
 from .._core.params import LayerParams
 
@@ -37,7 +38,7 @@ def cell(params: LayerParams, h: jax.Array, x: jax.Array, *, activation: str = "
         (2, 8)
     """
     sigma = get_activation(activation).fn
-    return sigma(x @ params.W.T + h @ params.S.T + params.b)
+    return sigma(precision.matmul(x, params.W.T) + precision.matmul(h, params.S.T) + params.b)
 
 
 def scan_layer(
@@ -82,21 +83,24 @@ def recurrence(
     """
     sigma = get_activation(activation).fn
     S_T = S.T
-    b = jnp.zeros((), projected.dtype) if bias is None else bias
+    dtype = projected.dtype
+    b = jnp.zeros((), dtype) if bias is None else bias
 
     def step(t, carry):
         h, states = carry
         u = lax.dynamic_index_in_dim(states, t, keepdims=False, allow_negative_indices=False)
-        h = sigma(u + b + h @ S_T)
-        return h, lax.dynamic_update_index_in_dim(states, h, t, 0, allow_negative_indices=False)
+        h = sigma(precision.loaded(u, dtype) + b + precision.matmul(h, S_T))
+        row = precision.stored(h)
+        return h, lax.dynamic_update_index_in_dim(states, row, t, 0, allow_negative_indices=False)
 
-    _, hs = lax.fori_loop(0, projected.shape[0], step, (h0, projected))
-    return hs
+    # bfloat16 states are written in float32 (`precision.stored`): in place on a CPU.
+    _, hs = lax.fori_loop(0, projected.shape[0], step, (h0, precision.stored(projected)))
+    return precision.loaded(hs, dtype)
 
 
 def hoisted_layer(
     params: LayerParams, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"
 ) -> jax.Array:
     """Same result as `scan_layer`, with the input projection hoisted out of the loop."""
-    projected = jnp.einsum("tmn,dn->tmd", xs, params.W)
+    projected = precision.einsum("tmn,dn->tmd", xs, params.W)
     return recurrence(params.S, projected, h0, activation=activation, bias=params.b)

@@ -17,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from .._core import precision
 from .._core.activations import get_activation
 from .._core.error_flow import contract_over_steps
 from .._core.jacobian import ElmanJacobian
@@ -87,8 +88,8 @@ class ElmanLinearisation(Linearisation):
             grad_W, grad_S = contract_over_steps(delta, (xs, hs_previous))
         grad_params = LayerParams(W=grad_W, S=grad_S, b=delta.sum(axis=(0, 1)))
         # Token indices are not differentiable: their cotangent is a symbolic zero.
-        grad_xs = None if tokens else delta @ params.W
-        grad_h0 = delta[0] @ params.S
+        grad_xs = None if tokens else precision.matmul(delta, params.W)
+        grad_h0 = precision.matmul(delta[0], params.S)
         return grad_params, grad_xs, grad_h0
 
     def step_problem(self) -> StepProblem:

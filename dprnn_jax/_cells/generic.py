@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.contractions import with_rows_products
 from .base import Cell, Linearisation, StepProblem
 from .linearisation import (
@@ -77,10 +78,12 @@ def plain_scan(step, params, xs, carry0):
         carry, x = state
         carry = step(params, carry, x)
         x_next = input_row(xs, jnp.minimum(t + 1, T - 1))
-        return (carry, x_next), carry
+        # bfloat16 carries are stacked in float32 (`precision.stored`): in place on a CPU.
+        return (carry, x_next), jax.tree.map(precision.stored, carry)
 
     _, carries = lax.scan(body, (carry0, input_row(xs, 0)), jnp.arange(T))
-    return carries
+    dtypes = jax.tree.map(lambda leaf: leaf.dtype, carry0)
+    return jax.tree.map(precision.loaded, carries, dtypes)
 
 
 class StepConstants:

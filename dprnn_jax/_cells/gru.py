@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.linear_terms import linear_terms
 from .._core.params import GRUParams as GRUParams
 from .._core.params import init_gru_layer as init_gru_layer
@@ -45,7 +46,7 @@ def gru_recurrence(params: GRUParams) -> GRURecurrence:
 def _gru_forward(params: GRURecurrence, h: jax.Array, projected: jax.Array):
     """The step's new state and the gate values its derivative reads."""
     d = h.shape[-1]
-    recurrent = h @ params.S_T + params.b_hh
+    recurrent = precision.matmul(h, params.S_T) + params.b_hh
     inputs = projected + params.b_ih
     r = jax.nn.sigmoid(inputs[..., :d] + recurrent[..., :d])
     z = jax.nn.sigmoid(inputs[..., d : 2 * d] + recurrent[..., d : 2 * d])
@@ -87,8 +88,8 @@ def _gru_step_jvp(primals, tangents):
     c_r = c_n * recurrent_n * (r * (1 - r))
     S = params.S_T.T
     recurrent_dot = linear_terms(
-        (h_dot, lambda t: lax.dot_general(t, S, (((1,), (1,)), ((), ())))),
-        (params_dot.S_T, lambda t: h @ t),
+        (h_dot, lambda t: precision.dot_general(t, S, (((1,), (1,)), ((), ())))),
+        (params_dot.S_T, lambda t: precision.matmul(h, t)),
         (params_dot.b_hh, lambda t: jnp.broadcast_to(t, projected.shape)),
     )
     inputs_dot = linear_terms(

@@ -25,11 +25,13 @@ from .._core.params import (
 )
 from .._core.validation import (
     check_floating,
+    check_input_dtype,
     check_not_empty,
     check_rank,
     check_same_dtype,
     check_sequence,
     check_shape,
+    check_state_dtype,
     describe,
 )
 from . import elman_linearisation, gru, lstm, mingru
@@ -87,8 +89,12 @@ def check_recurrent_layer(name: str, layer: object) -> tuple[int, int]:
     return d, n
 
 
-def check_layer_state(name: str, state: object, layer, m: int, weight_name: str) -> None:
-    """A layer's initial state: None, an (m, d) array, or the pair (h, c) for an LSTM."""
+def check_layer_state(
+    name: str, state: object, layer, m: int, weight_name: str, inputs_dtype=None
+) -> None:
+    """A layer's initial state: None, an (m, d) array, or the pair (h, c) for an LSTM, in
+    the layer's dtype or in the one it computes in with inputs of `inputs_dtype` (None:
+    the layer's)."""
     if state is None:
         return
     d = hidden_size(layer)
@@ -102,12 +108,14 @@ def check_layer_state(name: str, state: object, layer, m: int, weight_name: str)
         parts = [(f"{name}[0]", state[0]), (f"{name}[1]", state[1])]
     for part_name, part in parts:
         check_shape(part_name, part, (m, d), "(m, d_l) = (batch, hidden)")
-        check_same_dtype(part_name, part, layer.W.dtype, weight_name)
+        inputs = layer.W.dtype if inputs_dtype is None else inputs_dtype
+        check_state_dtype(part_name, part, layer.W.dtype, inputs, weight_name)
 
 
 def check_inputs(xs: object, W: jax.Array, weights: str) -> tuple[int, int]:
     """The inputs a layer (or a network's first layer) reads, checked against its input
-    weight `W` (named `weights` in the messages): floats (T, m, n) in W's dtype with
+    weight `W` (named `weights` in the messages): floats (T, m, n) in W's dtype (or a
+    16-bit float for float32/float64 weights: mixed precision, `_core/precision.py`) with
     n = W.shape[1], or integer tokens (T, m); T, m ≥ 1. Returns (T, m)."""
     if is_token_input(xs):
         T, m = check_rank("xs", xs, 2, "(T, m) = (time, batch) integer token indices")
@@ -119,7 +127,7 @@ def check_inputs(xs: object, W: jax.Array, weights: str) -> tuple[int, int]:
             f"xs has {n} features (shape {xs.shape}) but {weights} has shape {W.shape}, "
             f"which expects {W.shape[1]} input features."
         )
-    check_same_dtype("xs", xs, W.dtype, weights)
+    check_input_dtype("xs", xs, W.dtype, weights)
     return T, m
 
 
@@ -147,7 +155,7 @@ def check_gated_layer_inputs(
         )
     check_recurrent_layer("params", params)
     T, m = check_inputs(xs, params.W, "params.W")
-    check_layer_state(state_name, state0, params, m, "params.W")
+    check_layer_state(state_name, state0, params, m, "params.W", jnp.result_type(xs))
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)
     return T, m, lengths

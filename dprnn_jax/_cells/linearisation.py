@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._core import precision
 from .._core.jacobian import StepJacobian
 
 Step = Callable[[Any, Any, jax.Array], Any]
@@ -233,18 +234,24 @@ def linearised_scan(step: Step, params, xs, carry0) -> tuple[Any, CellJacobian]:
     shared = [leaf for leaf, m in zip(first, mask) if not m]
     rows = [jnp.broadcast_to(leaf, (T, *leaf.shape)) for leaf, m in zip(first, mask) if m]
     carries = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (T, *leaf.shape)), carry)
+    # bfloat16 buffers are written in float32 (`precision.stored`): in place on a CPU.
+    row_dtypes = [leaf.dtype for leaf in rows]
+    carry_dtypes = jax.tree.map(lambda leaf: leaf.dtype, carry)
 
     def body(t, state):
         carry, x, carries, rows = state
         carry, leaves = _linearised_step(step, with_input, params, carry, x)
         leaves = [leaf for leaf, m in zip(leaves, mask) if m]
-        rows = [_write_row(r, leaf, t - 1) for r, leaf in zip(rows, leaves)]
-        carries = jax.tree.map(lambda cs, c: _write_row(cs, c, t), carries, carry)
+        rows = [_write_row(r, precision.stored(leaf), t - 1) for r, leaf in zip(rows, leaves)]
+        carries = jax.tree.map(lambda cs, c: _write_row(cs, precision.stored(c), t), carries, carry)
         x_next = input_row(xs, jnp.minimum(t + 1, T - 1))
         return carry, x_next, carries, rows
 
     x1 = input_row(xs, min(1, T - 1))
-    _, _, carries, rows = lax.fori_loop(1, T, body, (carry, x1, carries, rows))
+    state = (carry, x1, jax.tree.map(precision.stored, carries), list(map(precision.stored, rows)))
+    _, _, carries, rows = lax.fori_loop(1, T, body, state)
+    rows = [precision.loaded(r, dtype) for r, dtype in zip(rows, row_dtypes)]
+    carries = jax.tree.map(precision.loaded, carries, carry_dtypes)
     ranks = [leaf.ndim - 1 for leaf in rows]
     jacobian = CellJacobian(treedef, mask, shared, rows, CarryLayout.of(carry0), ranks, with_input)
     return carries, jacobian

@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from .._core import precision
 from .._core.linear_terms import linear_terms
 from .._core.params import LSTMParams as LSTMParams
 from .._core.params import init_lstm_layer as init_lstm_layer
@@ -43,7 +43,7 @@ def _lstm_forward(params: LSTMRecurrence, carry, projected: jax.Array):
     """The step's new carry and the values its derivative reads."""
     h, c = carry
     d = h.shape[-1]
-    gates = projected + h @ params.S_T + params.b
+    gates = projected + precision.matmul(h, params.S_T) + params.b
     i = jax.nn.sigmoid(gates[..., :d])
     f = jax.nn.sigmoid(gates[..., d : 2 * d])
     g = jnp.tanh(gates[..., 2 * d : 3 * d])
@@ -86,8 +86,8 @@ def _lstm_step_jvp(primals, tangents):
     S = params.S_T.T
     gates_dot = linear_terms(
         (projected_dot, lambda t: t),
-        (h_dot, lambda t: lax.dot_general(t, S, (((1,), (1,)), ((), ())))),
-        (params_dot.S_T, lambda t: h @ t),
+        (h_dot, lambda t: precision.dot_general(t, S, (((1,), (1,)), ((), ())))),
+        (params_dot.S_T, lambda t: precision.matmul(h, t)),
         (params_dot.b, lambda t: jnp.broadcast_to(t, projected.shape)),
     )
     # Split (not sliced) so that the transpose joins the gates' cotangents with one

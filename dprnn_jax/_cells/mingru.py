@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core import precision
 from .._core.jacobian import DiagonalJacobian
 from .base import Cell, CellScan, LayerKind, Linearisation, StepProblem
 from .projection import project_inputs
@@ -74,9 +75,10 @@ def recurrence(a: jax.Array, u: jax.Array, h0: jax.Array) -> jax.Array:
     def step(h, coefficients):
         a_t, u_t = coefficients
         h = a_t * h + u_t
-        return h, h
+        # bfloat16 states are stacked in float32 (`precision.stored`): in place on a CPU.
+        return h, precision.stored(h)
 
-    return lax.scan(step, h0, (a, u))[1]
+    return precision.loaded(lax.scan(step, h0, (a, u))[1], h0.dtype)
 
 
 def mingru_step(params: MinGRUParams, h: jax.Array, x: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._core import precision
 from .._core.contractions import rows_product
 
 
@@ -30,12 +31,12 @@ def project_inputs(W: jax.Array, xs: jax.Array, *, own_backward: bool) -> jax.Ar
         return jnp.where(valid[..., None], columns, jnp.nan)
     if own_backward:
         return _projection(W, xs)
-    return jnp.einsum("tmn,gn->tmg", xs, W)
+    return precision.einsum("tmn,gn->tmg", xs, W)
 
 
 @jax.custom_vjp
 def _projection(W: jax.Array, xs: jax.Array) -> jax.Array:
-    return jnp.einsum("tmn,gn->tmg", xs, W)
+    return precision.einsum("tmn,gn->tmg", xs, W)
 
 
 def _projection_fwd(W, xs):
@@ -44,7 +45,7 @@ def _projection_fwd(W, xs):
 
 def _projection_bwd(residuals, projected_bar):
     W, xs = residuals
-    return rows_product(projected_bar, xs), projected_bar @ W
+    return rows_product(projected_bar, xs), precision.matmul(projected_bar, W)
 
 
 _projection.defvjp(_projection_fwd, _projection_bwd)

@@ -20,6 +20,8 @@ import numpy as np
 from jax import lax
 from jax.extend.core import Literal
 
+from . import precision
+
 
 def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
     """`Σ_rows a_rᵀ b_r` over every leading axis: (…, p), (…, q) -> (p, q).
@@ -36,19 +38,21 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
     a, b = a.reshape(-1, p), b.reshape(-1, q)
 
     def direct(a, b):
-        return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+        return precision.dot_general(a, b, (((0,), (0,)), ((), ())))
 
     def transposed_once(a, b):
         if q <= p:
-            return lax.optimization_barrier(lax.optimization_barrier(b.T) @ a).T
-        return lax.optimization_barrier(a.T) @ b
+            return lax.optimization_barrier(precision.matmul(lax.optimization_barrier(b.T), a)).T
+        return precision.matmul(lax.optimization_barrier(a.T), b)
 
     return lax.platform_dependent(a, b, cpu=transposed_once, default=direct)
 
 
 def with_rows_products(fn: Callable, *args):
     """`fn(*args)`, with each `dot_general` that sums over the leading axes of both of
-    its operands (seen through a `transpose` that produced either) run as `rows_product`.
+    its operands (seen through a `transpose` that produced either) run as `rows_product`,
+    and each sum of a 16-bit float array accumulated in float32 (`precision.reduce_sum`:
+    JAX's transpose of a broadcast, a bias's cotangent, sums in bfloat16 otherwise).
 
     `fn`'s jaxpr is evaluated equation by equation; equations inside nested jaxprs (a
     `jit` in `fn`) run unchanged.
@@ -74,6 +78,8 @@ def _evaluate(jaxpr, consts, args) -> list:
         out = None
         if eqn.primitive is lax.dot_general_p:
             out = _as_rows_product(eqn, values, transposed)
+        elif eqn.primitive is lax.reduce_sum_p and precision.is_low_precision(values[0].dtype):
+            out = precision.reduce_sum(values[0], eqn.params["axes"])
         if out is None:
             out = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
         outs = out if eqn.primitive.multiple_results else [out]

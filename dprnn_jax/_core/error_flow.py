@@ -19,6 +19,8 @@ from typing import NamedTuple
 import jax
 from jax import lax
 
+from . import precision
+
 
 class ErrorFlow(NamedTuple):
     """Result of a backward algorithm over one layer.
@@ -66,10 +68,10 @@ def contract_over_steps(delta: jax.Array, inputs: tuple[jax.Array, ...]) -> tupl
     flat = tuple(x.reshape(-1, x.shape[-1]) for x in inputs)
 
     def direct(rows, flat):
-        return tuple(lax.dot_general(rows, x, (((0,), (0,)), ((), ()))) for x in flat)
+        return tuple(precision.dot_general(rows, x, (((0,), (0,)), ((), ()))) for x in flat)
 
     def transposed_once(rows, flat):
         columns = lax.optimization_barrier(rows.T)
-        return tuple(columns @ x for x in flat)
+        return tuple(precision.matmul(columns, x) for x in flat)
 
     return lax.platform_dependent(rows, flat, cpu=transposed_once, default=direct)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import precision
+
 PerStep = Any  # a pytree whose leaves all lead with the time axis
 
 
@@ -76,11 +78,11 @@ class StepJacobian(abc.ABC):
 
     def compose_elements(self, later, earlier):
         """A_later A_earlier (row-vector convention: `later` acts first)."""
-        return later @ earlier
+        return precision.matmul(later, earlier)
 
     def apply_elements(self, rows: jax.Array, elements) -> jax.Array:
         """`rows A` for rows (…, m, d) and elements of the same leading axes."""
-        return jnp.einsum("...a,...ab->...b", rows, elements)
+        return precision.einsum("...a,...ab->...b", rows, elements)
 
     def composition_products(self, d: int) -> int:
         """Products one composition costs, in units of one (m, d) × (d, d) product (or
@@ -134,7 +136,7 @@ class ElmanJacobian(StepJacobian, NamedTuple("_Elman", [("S", Any), ("sigma_prim
 
     def pull(self, cotangent: jax.Array, per_step: jax.Array) -> jax.Array:
         # One step of the DP for every row at once: G(j, i) = (G(j, i+1) S) ⊙ σ'(Z_i).
-        return (cotangent @ self.S) * per_step
+        return precision.matmul(cotangent, self.S) * per_step
 
     def matrices(self, per_step: jax.Array, like: jax.Array) -> jax.Array:
         del like

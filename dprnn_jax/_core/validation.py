@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .activations import ACTIVATIONS
+from .precision import compute_dtype, is_mixed
 
 
 def shape_of(x: object) -> tuple[int, ...]:
@@ -64,6 +65,37 @@ def check_same_dtype(name: str, x: object, expected: object, reference: str) -> 
         raise TypeError(
             f"{name} has dtype {dtype} but {reference} has dtype {expected}; "
             "mixing dtypes would silently change precision, cast one of them."
+        )
+
+
+def check_input_dtype(name: str, x: object, params_dtype: object, reference: str) -> None:
+    """Floating inputs in the parameters' dtype, or the mixed-precision mode: bfloat16 or
+    float16 inputs with float32 or float64 parameters (`precision.py`)."""
+    if is_mixed(params_dtype, jnp.result_type(x)):
+        return
+    dtype, expected = jnp.result_type(x), jnp.dtype(params_dtype)
+    if dtype != expected:
+        raise TypeError(
+            f"{name} has dtype {dtype} but {reference} has dtype {expected}; "
+            "mixing dtypes would silently change precision, cast one of them. The one mix "
+            "taken is mixed precision: bfloat16 or float16 inputs with float32 or float64 "
+            "parameters (docs/performance.md#mixed-precision)."
+        )
+
+
+def check_state_dtype(
+    name: str, state: object, params_dtype: object, inputs_dtype: object, reference: str
+) -> None:
+    """An initial state in the parameters' dtype or in the dtype the layer computes in
+    (the inputs' in the mixed-precision mode, where it is cast to it)."""
+    dtype, compute = jnp.result_type(state), compute_dtype(params_dtype, inputs_dtype)
+    if compute == jnp.dtype(params_dtype):
+        check_same_dtype(name, state, params_dtype, reference)
+    elif dtype not in (compute, jnp.dtype(params_dtype)):
+        raise TypeError(
+            f"{name} has dtype {dtype} but {reference} has dtype {jnp.dtype(params_dtype)} "
+            f"and the inputs {compute}: in mixed precision an initial state is in either "
+            "dtype, and cast to the inputs' (docs/performance.md#mixed-precision)."
         )
 
 
@@ -135,10 +167,10 @@ def check_layer_inputs(
             f"{xs_name} has {n_xs} features (shape {xs.shape}) but {params_name}.W has shape "
             f"{params.W.shape}, which expects {n} input features."
         )
-    check_same_dtype(xs_name, xs, params.W.dtype, f"{params_name}.W")
+    check_input_dtype(xs_name, xs, params.W.dtype, f"{params_name}.W")
     if h0 is None:
-        h0 = jnp.zeros((m, d), params.W.dtype)
+        h0 = jnp.zeros((m, d), compute_dtype(params.W.dtype, xs.dtype))
     else:
         check_shape(h0_name, h0, (m, d), "(m, d) = (batch, hidden)")
-        check_same_dtype(h0_name, h0, params.W.dtype, f"{params_name}.W")
+        check_state_dtype(h0_name, h0, params.W.dtype, xs.dtype, f"{params_name}.W")
     return T, m, d, h0

@@ -42,6 +42,7 @@ from .._core.activations import ACTIVATIONS
 from .._core.jacobian import ElmanJacobian, StepJacobian
 from .._core.padding import check_lengths, mask_from_lengths, zero_padding
 from .._core.params import LayerParams
+from .._core.precision import is_mixed
 from .._core.validation import check_choice, check_rank, check_sequence
 from .._model.bidirectional import BidirectionalParams, reverse_padded
 from .._model.layer_kinds import check_layer_state, check_recurrent_layer, kind_of
@@ -235,6 +236,13 @@ def layer_trajectory(
     )
     name = "params" if index is None else f"params.layers[{index}]"
     one_direction, backward = direction_params(inspected, direction, name)
+    if is_mixed(one_direction.W.dtype, jnp.result_type(inputs)):
+        raise TypeError(
+            f"the diagnostics run in one dtype, got xs of dtype {jnp.result_type(xs)} with "
+            f"{name} of dtype {one_direction.W.dtype} (mixed precision, "
+            "docs/performance.md#mixed-precision); to inspect the model, cast xs to "
+            f"{one_direction.W.dtype} or params to {jnp.result_type(inputs)}."
+        )
     run_inputs = reverse_padded(inputs, lengths) if backward else inputs
     weights = f"{name}.{direction}.W" if isinstance(inspected, BidirectionalParams) else f"{name}.W"
     if isinstance(one_direction, LayerParams):

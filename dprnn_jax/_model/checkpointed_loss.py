@@ -19,6 +19,7 @@ from .._algorithms.checkpoint import checkpoint_plan
 from .._cells.kinds import check_inputs
 from .._core.padding import nan_unless_in_range, zero_padding
 from .._core.params import RNNParams
+from .._core.precision import compute_dtype, to_compute_dtype
 from .._core.validation import check_shape
 from .bidirectional import BidirectionalParams
 from .checkpointed_segments import segmented_loss
@@ -51,15 +52,16 @@ def uses_checkpoint(algorithm: GradientAlgorithm) -> bool:
     return checkpoint_plan(algorithm) is not None
 
 
-def _initial_carry(layer, h0, m: int):
-    """A layer's initial state as its segments carry it: zeros if None; for an LSTM the
-    pair (h, c)."""
+def _initial_carry(layer, h0, m: int, dtype):
+    """A layer's initial state as its segments carry it, in the dtype the layers compute
+    in (`dtype`): zeros if None; for an LSTM the pair (h, c)."""
     if kind_of(layer).paired_state:
         h, c = (None, None) if h0 is None else h0
         return tuple(
-            jnp.zeros((m, hidden_size(layer)), layer.W.dtype) if x is None else x for x in (h, c)
+            jnp.zeros((m, hidden_size(layer)), dtype) if x is None else to_compute_dtype(x, dtype)
+            for x in (h, c)
         )
-    return jnp.zeros((m, hidden_size(layer)), layer.W.dtype) if h0 is None else h0
+    return jnp.zeros((m, hidden_size(layer)), dtype) if h0 is None else to_compute_dtype(h0, dtype)
 
 
 def _segmented_loss(algorithm, params, xs, targets, weights, valid, h0s, **options):
@@ -81,8 +83,11 @@ def _prepare(params, xs, lengths, h0s, algorithm):
                 "the algorithm without checkpoint for bidirectional models."
             )
     T, m = check_inputs(xs, layers[0].W, "params.layers[0].W")
-    h0s = check_initial_states(h0s, layers, m)
-    h0s = tuple(_initial_carry(layer, h0, m) for h0, layer in zip(h0s, layers))
+    h0s = check_initial_states(h0s, layers, m, jnp.result_type(xs))
+    # The segments' carries keep one dtype: the layers' own, or in the mixed-precision
+    # mode the inputs' (`_core/precision.py`).
+    dtype = compute_dtype(layers[0].W.dtype, jnp.result_type(xs))
+    h0s = tuple(_initial_carry(layer, h0, m, dtype) for h0, layer in zip(h0s, layers))
     valid = None
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)

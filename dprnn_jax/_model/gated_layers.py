@@ -26,9 +26,10 @@ def gru_layer(
 
     Args:
         params: `GRUParams`, PyTorch's layout.
-        xs: inputs (T, m, n), time-major, floating, same dtype as params; or integer
-            tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup of W's
-            columns, one-hot vectors never built).
+        xs: inputs (T, m, n), time-major, floating, same dtype as params (or bfloat16
+            with float32 params: mixed precision, docs/performance.md#mixed-precision);
+            or integer tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup
+            of W's columns, one-hot vectors never built).
         h0: initial state (m, d); zeros if None.
         lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
             batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
@@ -52,7 +53,8 @@ def gru_layer(
             sizes of `params`, `xs`, `h0` or `lengths` (each named in the message);
             T = 0 or m = 0 (an empty batch); concrete `lengths` outside [0, T].
         TypeError: `params` not a `GRUParams`; non-floating, non-integer `xs`;
-            non-integer `lengths`; mixed dtypes (`xs` or `h0` vs `params.W`).
+            non-integer `lengths`; mixed dtypes (`xs` or `h0` vs `params.W`) other
+            than mixed precision.
 
     Example:
         >>> layer = init_gru_layer(jax.random.key(0), 3, 8)
@@ -92,9 +94,10 @@ def lstm_layer(
 
     Args:
         params: `LSTMParams`, PyTorch's layout.
-        xs: inputs (T, m, n), time-major, floating, same dtype as params; or integer
-            tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup of W's
-            columns, one-hot vectors never built).
+        xs: inputs (T, m, n), time-major, floating, same dtype as params (or bfloat16
+            with float32 params: mixed precision, docs/performance.md#mixed-precision);
+            or integer tokens (T, m) into a vocabulary of n = W.shape[1] words (a lookup
+            of W's columns, one-hot vectors never built).
         carry0: the initial pair `(h0, c0)`, each (m, d); zeros if None.
         lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
             batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
@@ -119,7 +122,8 @@ def lstm_layer(
             take; wrong ranks or sizes of `params`, `xs`, `carry0` or `lengths` (each
             named in the message); T = 0 or m = 0; concrete `lengths` outside [0, T].
         TypeError: `params` not an `LSTMParams`; non-floating, non-integer `xs`;
-            non-integer `lengths`; mixed dtypes (`xs` or `carry0` vs `params.W`).
+            non-integer `lengths`; mixed dtypes (`xs` or `carry0` vs `params.W`)
+            other than mixed precision.
 
     Example:
         >>> layer = init_lstm_layer(jax.random.key(0), 3, 8)

@@ -29,6 +29,8 @@ def final_state(hs: jax.Array, h0, lengths: jax.Array | None) -> jax.Array:
     T = hs.shape[0]
     last = jnp.take_along_axis(hs, jnp.clip(lengths - 1, 0, T - 1)[None, :, None], axis=0)[0]
     start = jnp.zeros_like(last) if h0 is None else h0
+    if start.dtype != last.dtype:  # a float32 h0 of a mixed-precision layer: its dtype
+        start = start.astype(last.dtype)
     final = jnp.where((lengths == 0)[:, None], start, last)
     # Lengths outside [0, T] (only possible under jit) give NaN, not a wrong state.
     return jnp.where(((lengths < 0) | (lengths > T))[:, None], jnp.nan, final)

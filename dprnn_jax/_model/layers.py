@@ -16,6 +16,7 @@ from .._cells.elman_linearisation import check_elman_arguments
 from .._cells.kinds import check_gated_layer_inputs, fill_carry0, kind_of
 from .._core.padding import check_lengths, zero_padding
 from .._core.params import LayerParams
+from .._core.precision import compute_dtype, to_compute_dtype
 from .recurrent_scan import recurrent_scan
 
 
@@ -54,9 +55,12 @@ def rnn_layer(
 
     Args:
         params: `LayerParams(W (d, n), S (d, d), b (d,))`.
-        xs: inputs, shape (T, m, n), time-major, floating, same dtype as params; or
-            integer token indices (T, m) into a vocabulary of n = W.shape[1] words, read
-            as one-hot vectors without building them (`W x_t` is a column lookup).
+        xs: inputs, shape (T, m, n), time-major, floating, same dtype as params (or
+            bfloat16/float16 with float32/float64 params: mixed precision, the layer
+            computing in the inputs' dtype and the gradient of params in theirs,
+            docs/performance.md#mixed-precision); or integer token indices (T, m) into a
+            vocabulary of n = W.shape[1] words, read as one-hot vectors without building
+            them (`W x_t` is a column lookup).
         h0: initial state (m, d); zeros if None.
         lengths: valid steps per sequence (m,), integers in [0, T], for a right-padded
             batch; None: all T. The inputs at the padded steps t ≥ lengths[v] are
@@ -83,7 +87,8 @@ def rnn_layer(
         ValueError: unknown `method`/`activation`, an option the method does not take
             (or an option keyword next to an algorithm object), an invalid option,
             wrong ranks or sizes, T = 0 or an empty batch (m = 0).
-        TypeError: non-floating, non-integer `xs` or mixed dtypes.
+        TypeError: non-floating, non-integer `xs` or mixed dtypes other than mixed
+            precision.
 
     Example:
         >>> layer = init_layer(jax.random.key(0), input_size=3, hidden_size=8)
@@ -116,6 +121,7 @@ def run_layer(
     kind = kind_of(layer)
     if kind.check is not None:
         kind.check(layer, xs, state0, activation=activation, algorithm=algorithm)
+    layer, state0 = mixed_precision_layer(layer, xs, state0)
     T, m = xs.shape[:2]
     if lengths is not None:
         xs = zero_padding(xs, check_lengths(lengths, T, m))
@@ -129,6 +135,17 @@ def run_layer(
         whole_step=algorithm.sees_the_whole_step,
     )
     return run_cell(algorithm, scan)
+
+
+def mixed_precision_layer(layer, xs, state0):
+    """`(layer, state0)` in the dtype the layer computes in: cast to the inputs' dtype in
+    the mixed-precision mode (float32 parameters, bfloat16 inputs: `_core/precision.py`),
+    as given otherwise. The parameters' gradients come back through the cast in their
+    own dtype."""
+    dtype = compute_dtype(layer.W.dtype, xs.dtype)
+    if dtype == layer.W.dtype:
+        return layer, state0
+    return to_compute_dtype(layer, dtype), to_compute_dtype(state0, dtype)
 
 
 def run_cell(algorithm: GradientAlgorithm, scan):

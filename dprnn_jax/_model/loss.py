@@ -63,7 +63,9 @@ def sequence_loss(
 
     Args:
         params: `RNNParams`.
-        xs: inputs (T, m, n), or integer token indices (T, m).
+        xs: inputs (T, m, n), or integer token indices (T, m); bfloat16 inputs with
+            float32 params are mixed precision (see `rnn_forward`): the cost and the
+            gradient of params are float32.
         targets: integer classes (T, m) for "softmax_cross_entropy"; floats (T, m, k)
             in [0, 1] for "sigmoid_binary_cross_entropy"; floats (T, m, k) for "mse".
         mask: optional (T, m), keyword-only; entries equal to 0 (or False) mark padded

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from .._algorithms.base import GradientAlgorithm
 from .._algorithms.registry import resolve_method
@@ -117,9 +118,11 @@ def check_rnn_params(params: object) -> tuple[int, ...]:
 
 
 def check_initial_states(
-    h0s: Sequence[jax.Array | None] | None, layers: Sequence, m: int
+    h0s: Sequence[jax.Array | None] | None, layers: Sequence, m: int, inputs_dtype=None
 ) -> tuple[jax.Array | None, ...]:
-    """Checks one (m, d_l) initial state (or None) per layer; a pair for bidirectional."""
+    """Checks one (m, d_l) initial state (or None) per layer; a pair for bidirectional.
+    Each is in the layers' dtype or, for inputs of `inputs_dtype` (None: the layers'),
+    in the dtype they compute in (mixed precision, `_core/precision.py`)."""
     if h0s is None:
         return (None,) * len(layers)
     h0s = tuple(h0s)
@@ -137,13 +140,23 @@ def check_initial_states(
                     f"bidirectional layer, got {describe(h0)}."
                 )
             check_layer_state(
-                f"h0s[{l}][0]", h0[0], layer.forward, m, f"params.layers[{l}].forward.W"
+                f"h0s[{l}][0]",
+                h0[0],
+                layer.forward,
+                m,
+                f"params.layers[{l}].forward.W",
+                inputs_dtype,
             )
             check_layer_state(
-                f"h0s[{l}][1]", h0[1], layer.backward, m, f"params.layers[{l}].backward.W"
+                f"h0s[{l}][1]",
+                h0[1],
+                layer.backward,
+                m,
+                f"params.layers[{l}].backward.W",
+                inputs_dtype,
             )
         else:
-            check_layer_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W")
+            check_layer_state(f"h0s[{l}]", h0, layer, m, f"params.layers[{l}].W", inputs_dtype)
     return h0s
 
 
@@ -185,9 +198,11 @@ def rnn_forward(
     Args:
         params: `RNNParams(layers, readout)`; each layer a `LayerParams` or a
             `BidirectionalParams`.
-        xs: inputs (T, m, n), time-major, right-padded; or integer token indices
-            (T, m) into a vocabulary of n = layers[0].W.shape[1] words (one-hot never
-            built).
+        xs: inputs (T, m, n), time-major, right-padded, in the parameters' dtype or, in
+            mixed precision (float32 params, bfloat16 inputs), a 16-bit float: the layers
+            then compute in it and the outputs are float32
+            (docs/performance.md#mixed-precision); or integer token indices (T, m) into a
+            vocabulary of n = layers[0].W.shape[1] words (one-hot never built).
         h0s: one initial state per layer ((m, d_l), a pair for a bidirectional layer,
             or None for zeros), or None.
         lengths: valid steps per sequence (m,) integers in [0, T]; None: all T.
@@ -217,7 +232,7 @@ def rnn_forward(
     check_rnn_params(params)
     layers = tuple(params.layers)
     T, m = check_inputs(xs, first_weight(layers[0]), "params.layers[0].W")
-    h0s = check_initial_states(h0s, layers, m)
+    h0s = check_initial_states(h0s, layers, m, jnp.result_type(xs))
     if lengths is not None:
         lengths = check_lengths(lengths, T, m)
     # Resolved once, so a bad option fails here, and every layer gets the same object.

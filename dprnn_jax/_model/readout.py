@@ -18,7 +18,11 @@ from .._core.params import ReadoutParams
 
 def apply_readout(readout: ReadoutParams, hs: jax.Array, algorithm: GradientAlgorithm):
     """`hs Wᵀ + b` over leading axes (…, d) -> (…, k), differentiated with the
-    algorithm's feedback matrix where it has one."""
+    algorithm's feedback matrix where it has one. In the readout's dtype: the bfloat16
+    states of a mixed-precision stack are cast to its float32 (`_core/precision.py`),
+    so the outputs and the loss are float32."""
+    if hs.dtype != readout.W.dtype:
+        hs = hs.astype(readout.W.dtype)
     k, d = readout.W.shape
     feedback = algorithm.feedback_matrix(k, d, readout.W.dtype)
     if feedback is None:

@@ -12,6 +12,7 @@ from .._algorithms.base import GradientAlgorithm
 from .._algorithms.registry import resolve_method
 from .._cells.base import CellScan
 from .._cells.generic import StepCell
+from .._core.precision import is_low_precision, is_mixed
 from .layers import run_cell
 
 
@@ -77,6 +78,21 @@ def check_cell(step: Callable, params, xs, carry0) -> None:
         )
 
 
+def in_carry_dtype(params, carry0):
+    """θ with its float32/float64 leaves cast to the carry's dtype when that is a 16-bit
+    float: the mixed-precision mode of `scan_cell` (`_core/precision.py`); θ as given
+    otherwise. The cotangents come back through the cast in θ's own dtypes."""
+    dtypes = {getattr(leaf, "dtype", None) for leaf in jax.tree.leaves(carry0)}
+    if len(dtypes) != 1 or None in dtypes or not is_low_precision(dtype := dtypes.pop()):
+        return params
+
+    def cast(leaf):
+        mixed = hasattr(leaf, "dtype") and is_mixed(leaf.dtype, dtype)
+        return leaf.astype(dtype) if mixed else leaf
+
+    return jax.tree.map(cast, params)
+
+
 def scan_cell(
     step: Callable[[Any, Any, Any], Any],
     params: Any,
@@ -106,7 +122,10 @@ def scan_cell(
             with one T and one m, as `lax.scan` takes them; the step gets the same
             pytree of rows. Integer leaves (tokens) have no gradient.
         carry0: the initial carry, a pytree of (m, …) floating arrays of one dtype:
-            `h` (m, d), or `(h, c)` for an LSTM.
+            `h` (m, d), or `(h, c)` for an LSTM. A bfloat16 or float16 carry with
+            float32 (or float64) `params` is mixed precision: the step gets θ's floating
+            leaves cast to the carry's dtype, and θ's gradient comes back in θ's dtype
+            (docs/performance.md#mixed-precision).
         method: a `GradientAlgorithm` or its name (see `rnn_layer`).
         truncation: with the names "omega" and "bptt": keep lags ≤ K.
         tol: with the name "omega": the adaptive fill.
@@ -131,5 +150,6 @@ def scan_cell(
         (6, 2, 4)
     """
     algorithm = resolve_method(method, truncation=truncation, tol=tol, block=block)
+    params = in_carry_dtype(params, carry0)
     check_cell(step, params, xs, carry0)
     return run_cell(algorithm, CellScan(StepCell(step), params, xs, carry0))
