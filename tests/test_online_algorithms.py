@@ -303,3 +303,6 @@ def test_online_refusals():
     both = dj.init_rnn(jax.random.key(0), N, (D,), K_OUT, bidirectional=True)
     with pytest.raises(ValueError, match="bidirectional"):
         dj.online_init(both, M, dj.RTRL())
+    state = dj.online_init(params, M, dj.RTRL())
+    with pytest.raises(TypeError, match="x has dtype bfloat16 but the parameters"):
+        dj.online_step(params, state, xs[0].astype(jnp.bfloat16), targets[0])

@@ -39,7 +39,7 @@ from .._cells.kinds import fill_carry0, kind_of
 from .._cells.linearisation import CarryLayout
 from .._core.activations import get_activation
 from .._core.params import LayerParams, RNNParams
-from .._core.validation import check_positive_int
+from .._core.validation import check_positive_int, check_same_dtype
 from .bidirectional import BidirectionalParams
 from .network import check_rnn_params
 from .per_step_loss import LOSSES
@@ -234,6 +234,10 @@ def online_step(
     Returns:
         `(new_state, outputs (m, k))`.
 
+    Raises:
+        TypeError: `x` in another dtype than the parameters (the mixed-precision mode of
+            the whole-sequence losses is not one of online learning).
+
     Example:
         >>> params = init_rnn(jax.random.key(0), 2, (3,), 2)
         >>> state = online_init(params, 1, RFLO(tau=2.0))
@@ -243,6 +247,9 @@ def online_step(
     """
     algorithm = state.algorithm
     layers = tuple(params.layers)
+    # Online learning runs in the parameters' dtype; the mixed-precision mode
+    # (docs/performance.md#mixed-precision) is not written for it, so refused, not widened.
+    check_same_dtype("x", x, jax.tree.leaves(layers)[0].dtype, "the parameters")
     m = x.shape[0]
     weights = jnp.ones((m,), x.dtype) if mask is None else (jnp.asarray(mask) != 0).astype(x.dtype)
 
