@@ -1,6 +1,7 @@
 """Side-by-side timings of one full gradient through a GRU or LSTM layer, in ONE process.
 
     python scripts/benchmark_cells.py [--out results] [--rounds 15] [--quick] [--no-profile]
+                                      [--floor]
 
 The model: one GRU or LSTM layer of d units on n = d inputs (PyTorch's layout and
 equations), a linear readout to k = 10 classes, softmax cross-entropy summed over the
@@ -22,8 +23,20 @@ And the generic path against the specialised one on the Elman cell: the library'
 one-step `dj.cell` (`h ↦ tanh(x_t Wᵀ + h Sᵀ + b)`) through `dj.scan_cell`, against
 `dj.rnn_layer`, both with `BPTT()`.
 
+And the floor of each gated point (scripts/gated_floor.py, as `scripts/benchmark.py
+--floor` has for the Elman layer): the same gradient's work done by plain-JAX pieces with
+static operands, timed beside the contenders in the same rounds: the time-parallel
+products (the input projection, the readout, the input-weight and recurrent-weight
+gradients, each one product over all T·m rows), one forward loop (the recurrent product
+and the gates, storing the gate coefficients) and one backward loop (the gates'
+cotangents and the recurrent product of them), the fastest of a few variants of each
+(`lax.scan` unroll 1 and 4, a `fori_loop` in place). Floor / fastest = the pieces' sum /
+the fastest exact method's time; the same pieces chained in one program are a contender
+too ("plain JAX floor as one program").
+
 Before timing, every contender's gradient is compared with the library's `Autodiff()`
-gradient (the max over the parameter arrays of max |g − g_ref| / max |g_ref|).
+gradient (the max over the parameter arrays of max |g − g_ref| / max |g_ref|): the floor
+as one program included, the cheapest proof that the pieces do the same work.
 
 Timing protocol (as scripts/benchmark.py): every contender is compiled and run twice
 (warm-up, compile excluded), then the contenders run in ALTERNATING order (a new seeded
@@ -37,12 +50,15 @@ Targets (project issue 10): the fastest exact method (`BPTT` or `Omega`) ≥ 1.3
 `rnn_layer`.
 
 Profile of every missed row (`--no-profile` skips it): the CPU time per call of each XLA
-operation of the library's fastest exact method and of its jitted rivals, from a
-`jax.profiler` trace, split into operations run once per call and operations run in
-every step of a loop, each into matrix products and the rest; and PyTorch's own
-profiler's top operations.
+operation of the library's fastest exact method, of its jitted rivals and of the floor
+as one program, from a `jax.profiler` trace, split into operations run once per call and
+operations run in every step of a loop, each into matrix products and the rest, the top
+operations with the JAX operation each was compiled from; and PyTorch's own profiler's
+top operations.
 
-Writes results/benchmark_cells.md and results/benchmark_cells.json.
+Writes results/benchmark_cells.md and results/benchmark_cells.json; `--floor` times only
+the gated cells' floor against the library's methods, profiles every point, and writes
+results/benchmark_cells_floor.md and .json.
 """
 
 from __future__ import annotations
@@ -65,6 +81,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from benchmark import alternate  # the same timing protocol as scripts/benchmark.py
+from gated_floor import ONE_PROGRAM, floor_seconds
+from gated_floor import pieces as floor_pieces
 
 import dprnn_jax as dj
 from dprnn_jax._app.complexity import machine_description
@@ -270,9 +288,12 @@ def _record(cell, T, m, d, seconds, minima, errors) -> dict:
     }
 
 
-def gated_point(cell: str, T: int, m: int, d: int, rounds: int) -> tuple[dict, dict]:
+def gated_point(
+    cell: str, T: int, m: int, d: int, rounds: int, *, rivals: bool = True, floor: bool = True
+) -> tuple[dict, dict]:
     """Checks then times every contender of one (cell, T, m, d) point; returns the
-    point's record and the contenders (for the profile)."""
+    point's record and the contenders (for the profile). `rivals`: Flax and PyTorch;
+    `floor`: the floor's pieces and the floor as one program (scripts/gated_floor.py)."""
     params, xs, ys = make_problem(cell, T, m, d)
     reference = library_gradient(dj.Autodiff())(params, xs, ys)
     thunks, errors = {}, {}
@@ -283,12 +304,19 @@ def gated_point(cell: str, T: int, m: int, d: int, rounds: int) -> tuple[dict, d
     flax_name = f"flax nn.RNN({'GRUCell' if cell == 'gru' else 'OptimizedLSTMCell'})"
     torch_name = f"torch nn.{cell.upper()} (CPU, {TORCH_THREADS} threads)"
     for name, build in ((flax_name, flax_contender), (torch_name, torch_contender)):
-        contender = build(cell, params, xs, ys)
+        contender = build(cell, params, xs, ys) if rivals else None
         if contender is None:
             continue
         thunk, to_library = contender
         errors[name] = relative_error(to_library(thunk()), reference)
         thunks[name] = thunk
+    floor_differences: dict = {}
+    if floor:
+        piece_thunks, whole, floor_differences = floor_pieces(cell, params, xs, ys)
+        for name, thunk in whole.items():
+            errors[name] = relative_error(thunk(), reference)
+        thunks.update(whole)
+        thunks.update(piece_thunks)
     minima: dict[str, float] = {}
     seconds = alternate(thunks, rounds, minima)
     best = min(EXACT, key=seconds.get)
@@ -302,6 +330,20 @@ def gated_point(cell: str, T: int, m: int, d: int, rounds: int) -> tuple[dict, d
             point[f"target_vs_{label}"] = target
             point[f"met_vs_{label}"] = bool(point[f"speedup_vs_{label}"] >= target)
     point["rivals"] = {"flax": flax_name, "torch": torch_name}
+    if floor:
+        total, parts = floor_seconds(seconds)
+        total_min, _ = floor_seconds(minima)  # each piece's fastest round
+        one_program = min((n for n in seconds if n.startswith(ONE_PROGRAM)), key=seconds.get)
+        point.update(
+            floor_seconds=total,
+            floor_parts=parts,
+            floor_over_fastest=total / seconds[best],
+            floor_min_seconds=total_min,
+            floor_over_fastest_min=total_min / min(minima[n] for n in EXACT),
+            floor_one_program=one_program,
+            floor_one_program_over_fastest=seconds[one_program] / seconds[best],
+            floor_piece_differences=floor_differences,
+        )
     return point, thunks
 
 
@@ -330,18 +372,22 @@ _INSTRUCTION = re.compile(r"^[a-z][a-z0-9_\-]*(\.\d+)?$")
 _CONTROL = ("while", "conditional", "call")
 
 
-def matrix_products(jitted, args) -> set[str]:
+def compiled_instructions(jitted, args) -> tuple[set[str], dict[str, str]]:
     """The names of the compiled program's instructions that are matrix products (a
-    `dot`, or a fusion made from a `dot_general`)."""
-    products = set()
+    `dot`, or a fusion made from a `dot_general`), and each instruction's JAX source
+    (its `op_name`: the JAX operation, under the transformations that made it)."""
+    products, sources = set(), {}
     for line in jitted.lower(*args).compile().as_text().splitlines():
         match = re.match(r"\s*(?:ROOT )?%(\S+) = ", line)
         op_name = re.search(r'op_name="([^"]*)"', line)
-        if match and (
-            re.search(r"\}? dot\(", line) or (op_name and op_name.group(1).endswith("dot_general"))
-        ):
+        if not match:
+            continue
+        if op_name:
+            # "jit(loss)/jvp(…)/transpose(…)/dot_general": the wrapping jit dropped.
+            sources[match.group(1)] = op_name.group(1).split("/", 1)[-1]
+        if re.search(r"\}? dot\(", line) or (op_name and op_name.group(1).endswith("dot_general")):
             products.add(match.group(1))
-    return products
+    return products, sources
 
 
 def xla_profile(thunk: functools.partial, steps: int, calls: int = 10) -> dict:
@@ -350,7 +396,7 @@ def xla_profile(thunk: functools.partial, steps: int, calls: int = 10) -> dict:
     Operations that run at least `steps / 2` times per call are counted as per-step
     (loop bodies); times are summed over threads.
     """
-    products = matrix_products(thunk.func, thunk.args)
+    products, sources = compiled_instructions(thunk.func, thunk.args)
     jax.block_until_ready(thunk())
     totals: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
@@ -368,17 +414,35 @@ def xla_profile(thunk: functools.partial, steps: int, calls: int = 10) -> dict:
                         counts[name] += 1
     groups = {key: 0.0 for key in ("once_products", "once_other", "step_products", "step_other")}
     step_ops = 0
-    top = []
+    top, top_once = [], []
     for name, total in totals.most_common():
         runs = counts[name] / calls
         per_step = runs >= steps / 2
         step_ops += per_step
         key = ("step_" if per_step else "once_") + ("products" if name in products else "other")
         groups[key] += total / calls / 1e6
-        top.append(
-            {"op": name, "ms": total / calls / 1e6, "runs": runs, "product": name in products}
-        )
-    return {"ms": groups, "ops_per_step": step_ops, "top": top[:8], "calls": calls}
+        op = {
+            "op": name,
+            "ms": total / calls / 1e6,
+            "runs": runs,
+            "product": name in products,
+            "source": _short_source(sources.get(name, "")),
+        }
+        top.append(op)
+        if not per_step:
+            top_once.append(op)
+    return {
+        "ms": groups,
+        "ops_per_step": step_ops,
+        "top": top[:8],
+        "top_once": top_once[:10],
+        "calls": calls,
+    }
+
+
+def _short_source(op_name: str, keep: int = 110) -> str:
+    """An instruction's JAX source, its innermost part kept when it is long."""
+    return op_name if len(op_name) <= keep else "…" + op_name[-keep:]
 
 
 def torch_profile(thunk: Callable, calls: int = 5) -> dict:
@@ -403,7 +467,7 @@ def profile_point(point: dict, thunks: dict) -> dict:
     if point["cell"] == "elman":
         names = list(point["seconds"])
     else:
-        names = [point["fastest"], point["rivals"]["flax"]]
+        names = [point["fastest"], point["rivals"]["flax"], point.get("floor_one_program")]
     profiles = {name: xla_profile(thunks[name], point["T"]) for name in names if name in thunks}
     torch_name = point.get("rivals", {}).get("torch")
     if torch_name in thunks and not point.get("met_vs_torch", True):
@@ -435,6 +499,11 @@ def describe(point: dict) -> str:
                 f"×{point[f'speedup_vs_{label}']:.2f} vs {label} "
                 f"(target ≥ {point[f'target_vs_{label}']}: {verdict})"
             )
+    if "floor_seconds" in point:
+        parts.append(
+            f"floor / fastest {point['floor_over_fastest']:.0%} "
+            f"(fastest rounds: {point['floor_over_fastest_min']:.0%})"
+        )
     return ", ".join(parts)
 
 
@@ -447,9 +516,33 @@ def print_point(point: dict) -> None:
         flush=True,
     )
     for name, s in sorted(point["seconds"].items(), key=lambda item: item[1]):
-        error = point["max_relative_error"][name]
-        print(f"  {name:38s} {s * 1e3:9.3f} ms   max rel err {error:.1e}")
+        error = point["max_relative_error"].get(name)
+        check = "" if error is None else f"   max rel err {error:.1e}"
+        print(f"  {name:55s} {s * 1e3:9.3f} ms{check}")
+    if "floor_seconds" in point:
+        for line in floor_lines(point):
+            print("  " + line)
     print("  " + describe(point), flush=True)
+
+
+def floor_lines(point: dict) -> list[str]:
+    """The floor of a gated point: its pieces, its sum and its ratio to the fastest."""
+    parts = " + ".join(
+        f"{name.removeprefix('floor: ')} {s * 1e3:.2f}" for name, s in point["floor_parts"].items()
+    )
+    differences = point["floor_piece_differences"]
+    return [
+        f"Floor = {parts} = **{point['floor_seconds'] * 1e3:.2f} ms**; fastest exact "
+        f"({point['fastest']}) {point['seconds'][point['fastest']] * 1e3:.2f} ms: "
+        f"**floor / fastest {point['floor_over_fastest']:.0%}** (each one's fastest "
+        f"round: {point['floor_min_seconds'] * 1e3:.2f} ms, "
+        f"{point['floor_over_fastest_min']:.0%}). The floor as one program "
+        f"({point['floor_one_program'].removeprefix(ONE_PROGRAM)}): "
+        f"{point['seconds'][point['floor_one_program']] * 1e3:.2f} ms, "
+        f"{point['floor_one_program_over_fastest']:.2f}× the fastest. Every piece's "
+        f"output within {max(differences.values()):.1e} of the scan pieces' (the one "
+        "program's gradient is checked against `Autodiff()` in the table).",
+    ]
 
 
 def profile_lines(point: dict) -> list[str]:
@@ -473,17 +566,30 @@ def profile_lines(point: dict) -> list[str]:
                 f"{profile['ops_per_step']} |"
             )
     for name, profile in profiles.items():
-        kind = "XLA operations" if "ms" in profile else "PyTorch operators (self CPU time)"
-        lines += [
-            "",
-            f"Top {kind} of {name}:",
-            "",
-            "| operation | ms per call | runs per call |",
-            "|---|---:|---:|",
-        ]
-        for op in profile["top"]:
-            mark = " (product)" if op.get("product") else ""
-            lines.append(f"| `{op['op']}`{mark} | {op['ms']:.2f} | {op['runs']:.0f} |")
+        if "ms" not in profile:
+            lines += ["", f"Top PyTorch operators (self CPU time) of {name}:", ""]
+            lines += _operation_table(profile["top"], sources=False)
+            continue
+        lines += ["", f"Top XLA operations of {name}:", ""]
+        lines += _operation_table(profile["top"])
+        if profile.get("top_once"):
+            lines += ["", f"Top operations run once per call of {name}:", ""]
+            lines += _operation_table(profile["top_once"])
+    return lines
+
+
+def _operation_table(operations: list[dict], sources: bool = True) -> list[str]:
+    if not sources:
+        lines = ["| operation | ms per call | runs per call |", "|---|---:|---:|"]
+        return lines + [f"| `{o['op']}` | {o['ms']:.2f} | {o['runs']:.0f} |" for o in operations]
+    lines = ["| operation | ms per call | runs per call | JAX source |", "|---|---:|---:|---|"]
+    for op in operations:
+        mark = " (product)" if op.get("product") else ""
+        source = op.get("source", "").replace("|", "\\|")
+        lines.append(
+            f"| `{op['op']}`{mark} | {op['ms']:.2f} | {op['runs']:.0f} | "
+            + (f"`{source}` |" if source else "— |")
+        )
     return lines
 
 
@@ -505,12 +611,17 @@ def markdown(report: dict) -> str:
         "(`jax.grad` through the plain scan). Speed-up = contender's time / the fastest "
         "exact library method's (`BPTT` or `Omega`); targets ≥ "
         f"{FLAX_TARGET} vs Flax and ≥ {TORCH_TARGET} vs PyTorch; the Elman cell through "
-        f"`scan_cell` within {ELMAN_TARGET}× of `rnn_layer`.",
+        f"`scan_cell` within {ELMAN_TARGET}× of `rnn_layer`. The floor "
+        "(scripts/gated_floor.py): the same gradient's work done by plain pieces, timed "
+        "apart in the same rounds, the fastest variant of each: the time-parallel "
+        "products (projection, readout, weight gradients, one program), one forward loop "
+        "and one backward loop; floor / fastest = their sum / the fastest exact method.",
         "",
         "## Summary",
         "",
-        "| cell | T | m | d | fastest exact | ms | × Flax | × PyTorch | load average |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+        "| cell | T | m | d | fastest exact | ms | × Flax | × PyTorch | floor ms | "
+        "floor / fastest | load average |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
 
     def cell_text(point, label):
@@ -521,17 +632,23 @@ def markdown(report: dict) -> str:
 
     for point in report["gated"]:
         load = " ".join(f"{x:.2f}" for x in point["load_average"] or ())
+        floor = (
+            f"{point['floor_seconds'] * 1e3:.2f} | {point['floor_over_fastest']:.0%}"
+            if "floor_seconds" in point
+            else "— | —"
+        )
         lines.append(
             f"| {point['cell'].upper()} | {point['T']} | {point['m']} | {point['d']} | "
             f"{point['fastest']} | {point['seconds'][point['fastest']] * 1e3:.2f} | "
-            f"{cell_text(point, 'flax')} | {cell_text(point, 'torch')} | {load} |"
+            f"{cell_text(point, 'flax')} | {cell_text(point, 'torch')} | {floor} | {load} |"
         )
-    lines += [
-        "",
-        "| Elman cell | T | m | d | scan_cell ms | rnn_layer ms | scan_cell / rnn_layer | "
-        "load average |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    if report["elman"]:
+        lines += [
+            "",
+            "| Elman cell | T | m | d | scan_cell ms | rnn_layer ms | scan_cell / rnn_layer | "
+            "load average |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
     for point in report["elman"]:
         load = " ".join(f"{x:.2f}" for x in point["load_average"] or ())
         seconds = point["seconds"]
@@ -553,10 +670,13 @@ def markdown(report: dict) -> str:
             "|---|---:|---:|---:|",
         ]
         for name, s in sorted(point["seconds"].items(), key=lambda item: item[1]):
+            error = point["max_relative_error"].get(name)
             lines.append(
                 f"| {name} | {s * 1e3:.3f} | {point['min_seconds'][name] * 1e3:.3f} | "
-                f"{point['max_relative_error'][name]:.1e} |"
+                + ("— |" if error is None else f"{error:.1e} |")
             )
+        if "floor_seconds" in point:
+            lines += ["", *floor_lines(point)]
         if "profile" in point:
             lines += ["", "Profile (a target was missed):", "", *profile_lines(point)]
     lines += ["", f"Total benchmark time: {report['wall_seconds']:.0f} s.", ""]
@@ -570,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="first grid point only, 5 rounds")
     parser.add_argument(
         "--no-profile", action="store_true", help="skip the profiles of the missed rows"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only the gated cells' floor against the library's methods (no Flax, PyTorch "
+        "or Elman rows, every point profiled); writes benchmark_cells_floor.*",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -591,26 +717,27 @@ def main(argv: list[str] | None = None) -> int:
         "elman": [],
     }
     points = [
-        ("gated", functools.partial(gated_point, cell), *size) for cell in CELLS for size in grid
+        ("gated", functools.partial(gated_point, cell, rivals=not args.floor), *size)
+        for cell in CELLS
+        for size in grid
     ]
-    points += [("elman", elman_point, *size) for size in grid]
+    if not args.floor:
+        points += [("elman", elman_point, *size) for size in grid]
     for kind, run, T, m, d in points:
         point, thunks = run(T, m, d, rounds)
         print_point(point)
-        if missed(point) and not args.no_profile:
+        if (missed(point) or args.floor) and not args.no_profile:
             point["profile"] = profile_point(point, thunks)
             print_profile(point)
         report[kind].append(point)
     report["wall_seconds"] = time.perf_counter() - started
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "benchmark_cells.json"), "w") as f:
+    stem = os.path.join(args.out, "benchmark_cells_floor" if args.floor else "benchmark_cells")
+    with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, "benchmark_cells.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write(markdown(report))
-    print(
-        f"\nwrote {args.out}/benchmark_cells.md, {args.out}/benchmark_cells.json "
-        f"({report['wall_seconds']:.0f} s)"
-    )
+    print(f"\nwrote {stem}.md, {stem}.json ({report['wall_seconds']:.0f} s)")
     return 0
 
 
