@@ -78,6 +78,22 @@ class OnlineState:
     key: jax.Array | None
     algorithm: GradientAlgorithm
 
+    def restart_gradient(self) -> OnlineState:
+        """This state with a zero gradient and cost and everything else kept (carries,
+        traces, key): what online training continues from after each parameter update,
+        so that the next update holds only the steps since this one.
+
+        Example:
+            >>> params = init_rnn(jax.random.key(0), 2, (3,), 2)
+            >>> state = online_init(params, 1, RTRL())
+            >>> state, _ = online_step(params, state, jnp.ones((1, 2)), jnp.array([1]))
+            >>> fresh = state.restart_gradient()
+            >>> float(fresh.cost), bool(jnp.all(fresh.carries[0] == state.carries[0]))
+            (0.0, True)
+        """
+        gradient = jax.tree.map(jnp.zeros_like, self.gradient)
+        return dataclasses.replace(self, gradient=gradient, cost=jnp.zeros_like(self.cost))
+
 
 jax.tree_util.register_dataclass(
     OnlineState,

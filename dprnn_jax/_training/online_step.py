@@ -25,7 +25,6 @@ draw when a resumed run repeats step s.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -161,11 +160,7 @@ def make_online_train_step(
             params, opt_state, took, skip = update(
                 params, opt_state, grads, window_loss, jnp.any(masks != 0)
             )
-            state = dataclasses.replace(
-                state,
-                gradient=jax.tree.map(jnp.zeros_like, state.gradient),
-                cost=jnp.zeros_like(state.cost),
-            )
+            state = state.restart_gradient()
             carry = (
                 params,
                 opt_state,
