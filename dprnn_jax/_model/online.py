@@ -336,9 +336,7 @@ def _own_influence(layer: LayerParams, own, h_previous, h, x, activation: str) -
     sigma_prime = get_activation(activation).derivative_from_output(h)
     diagonal = jnp.diagonal(layer.S)
     drive = LayerParams(W=x[:, None, :], S=h_previous[:, None, :], b=jnp.ones_like(h))
-    return jax.tree.map(
-        lambda M, r: per_unit(sigma_prime, per_unit(diagonal, M) + r), own, drive
-    )
+    return jax.tree.map(lambda M, r: per_unit(sigma_prime, per_unit(diagonal, M) + r), own, drive)
 
 
 def _rflo_step(params, state, x, step_cost, activation):
