@@ -35,6 +35,7 @@ from jax.flatten_util import ravel_pytree
 from .._cells.base import Linearisation, StepProblem
 from .._cells.elman_linearisation import ElmanLinearisation
 from .._cells.linearisation import CarryLayout
+from .._core import precision
 from .._core.error_flow import ErrorFlow
 from .._core.jacobian import StepJacobian
 from .._core.params import LayerParams
@@ -83,6 +84,11 @@ def zero_sensitivity(params: LayerParams, m: int, d: int) -> LayerParams:
     return jax.tree.map(lambda p: jnp.zeros((m, d, *p.shape), p.dtype), params)
 
 
+def accumulate(total: jax.Array, term: jax.Array) -> jax.Array:
+    """`total + term` in the total's dtype (float32 beside 16-bit terms)."""
+    return total + term.astype(total.dtype)
+
+
 def contract(h_bar: jax.Array, sensitivities):
     """`Σ_{v, a} h̄[v, a] M[v, a, …]`: the gradient that h̄ sends through M."""
     return jax.tree.map(lambda M: jnp.einsum("va,va...->...", h_bar, M), sensitivities)
@@ -123,20 +129,25 @@ def rtrl_layer_gradients(
         state_sensitivity = propagate(
             sp, params.S, state_sensitivity, jnp.zeros_like(state_sensitivity)
         )
-        gradient = jax.tree.map(jnp.add, gradient, contract(h_bar, sensitivity))
-        state_gradient = state_gradient + jnp.einsum("va,vab->vb", h_bar, state_sensitivity)
+        gradient = jax.tree.map(accumulate, gradient, contract(h_bar, sensitivity))
+        state_gradient = accumulate(
+            state_gradient, jnp.einsum("va,vab->vb", h_bar, state_sensitivity)
+        )
         return (sensitivity, state_sensitivity, gradient, state_gradient), None
 
+    # The sums over the steps are kept in float32 for 16-bit floats (mixed precision).
+    total = precision.accumulator_dtype(h0.dtype)
     carry = (
         zero_sensitivity(params, m, d),
         initial_state,
-        jax.tree.map(jnp.zeros_like, params),
-        jnp.zeros_like(h0),
+        jax.tree.map(lambda p: jnp.zeros(p.shape, total), params),
+        jnp.zeros(h0.shape, total),
     )
     (_, _, gradient, state_gradient), _ = lax.scan(
         step, carry, (xs, hs_previous, sigma_prime, hs_bar)
     )
-    return gradient, state_gradient
+    gradient = jax.tree.map(lambda g, p: g.astype(p.dtype), gradient, params)
+    return gradient, state_gradient.astype(h0.dtype)
 
 
 def propagate_influence(step, theta, carry, x, influence):
@@ -195,21 +206,26 @@ def rtrl_cell_gradients(problem: StepProblem, carries_bar, mask: jax.Array | Non
         state_sensitivity = jax.vmap(
             lambda column: jax.jvp(lambda c: flat_step(flat_params, c, x), (carry,), (column,))[1]
         )(state_sensitivity)
-        gradient = gradient + jnp.einsum("vb,pvb->p", bar, sensitivity)
-        state_gradient = state_gradient + jnp.einsum("vb,avb->va", bar, state_sensitivity)
+        gradient = accumulate(gradient, jnp.einsum("vb,pvb->p", bar, sensitivity))
+        state_gradient = accumulate(
+            state_gradient, jnp.einsum("vb,avb->va", bar, state_sensitivity)
+        )
         return (sensitivity, state_sensitivity, gradient, state_gradient), None
 
     dtype = bars.dtype
+    # The sums over the steps are kept in float32 for 16-bit floats (mixed precision).
+    total = precision.accumulator_dtype(dtype)
     initial = (
         jnp.zeros((flat_params.size, m, width), dtype),
         # ∂carry_{−1}/∂carry0 = I, per sample: column a is e_a in every row.
         jnp.broadcast_to(jnp.eye(width, dtype=dtype)[:, None, :], (width, m, width)),
-        jnp.zeros_like(flat_params),
-        jnp.zeros((m, width), dtype),
+        jnp.zeros(flat_params.shape, total),
+        jnp.zeros((m, width), total),
     )
     inputs = (layout.flatten(before, batch_dims=2), xs, bars)
     (_, _, gradient, state_gradient), _ = lax.scan(one_step, initial, inputs)
-    return unravel(gradient), layout.unflatten(state_gradient)
+    gradient = gradient.astype(flat_params.dtype)
+    return unravel(gradient), layout.unflatten(state_gradient.astype(dtype))
 
 
 @functools.singledispatch

@@ -69,6 +69,12 @@ def to_compute_dtype(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
+def accumulator_dtype(dtype) -> np.dtype:
+    """The dtype a long sum of `dtype` values is kept in: float32 for a 16-bit float
+    (each addition in bfloat16 would round to 8 bits), `dtype` itself otherwise."""
+    return ACCUMULATION if is_low_precision(dtype) else jnp.dtype(dtype)
+
+
 def _accumulation(*operands) -> np.dtype | None:
     """float32 when every operand is a 16-bit float (the products of a mixed-precision
     layer), else None: the operation as written."""
