@@ -26,14 +26,15 @@ jax.config.update("jax_enable_x64", True)
 
 from helpers import max_relative_error, reference_loss  # noqa: E402
 from test_adaptive import relu_layers  # noqa: E402
-from test_bidirectional import alone_loss, make_data, make_params  # noqa: E402
+from test_bidirectional import alone_loss  # noqa: E402
+from test_bidirectional import make_problem as bidirectional_problem  # noqa: E402
 from test_gradients import make_problem  # noqa: E402
-from test_truncation import make_problem as truncation_problem  # noqa: E402
-from test_truncation import truncated_reference_loss  # noqa: E402
+from test_truncation import truncated_reference_loss, truncation_problem  # noqa: E402
 
 import dprnn_jax as dj  # noqa: E402
 from dprnn_jax._algorithms.adaptive import adaptive_omega_error_flow  # noqa: E402
 from dprnn_jax._algorithms.omega import omega_error_flow  # noqa: E402
+from dprnn_jax._core.jacobian import ElmanJacobian  # noqa: E402
 
 CE = "softmax_cross_entropy"
 
@@ -68,8 +69,7 @@ def grad_errors(dtype, T=17, m=5, n_layers=3):
 
 
 def truncation_errors(dtype):
-    params, xs, targets, masks, h0s = truncation_problem(dtype)
-    mask = masks[1]
+    params, xs, targets, mask, h0s = truncation_problem(dtype)  # a ragged mask
     rows = {}
     for K in (0, 2, 4, 6, 50):
         oracle = jax.grad(truncated_reference_loss, (0, 1, 4))(
@@ -87,8 +87,7 @@ def truncation_errors(dtype):
 
 
 def architecture_errors(dtype):
-    params = make_params(("bi", "uni"), dtype)
-    xs, targets = make_data(dtype)
+    params, xs, targets = bidirectional_problem(("bi", "uni"), dtype)
     lengths = (6, 3, 1)
     oracle = jax.grad(alone_loss, (0, 1))(params, xs, targets, lengths)
     rows = {}
@@ -132,8 +131,9 @@ def tol_rows():
         hs = dj.rnn_layer(layer, x, activation=activation)
         sp = (hs > 0).astype(hs.dtype) if activation == "relu" else 1 - hs**2
         for tol in (1e-3, 1e-6):
-            flow = adaptive_omega_error_flow(bar * sp, sp, layer.S, tol=tol)
-            exact = omega_error_flow(bar * sp, sp, layer.S).delta
+            jacobian = ElmanJacobian(layer.S, sp)
+            flow = adaptive_omega_error_flow(bar * sp, jacobian, tol=tol)
+            exact = omega_error_flow(bar * sp, jacobian).delta
             error = float(jnp.linalg.norm(flow.delta - exact))
             size = float(jnp.linalg.norm(flow.delta))
             bound = rho / (1 - rho) * tol * size if rho is not None else float("nan")
