@@ -183,42 +183,37 @@ def test_approximations_in_mixed_precision_stay_close_to_their_float32_values():
         assert max_relative_error(mixed, reference) <= RTOL, (cell, method)
 
 
-def test_float64_parameters_with_bfloat16_inputs(x64):
-    """float64 parameters are the other wide dtype the mode takes: their gradient is
-    float64, within `RTOL` of the float64 gradient."""
-    params = network("lstm", 4, np.float64)
-    xs = _draw(np.random.default_rng(5), (T, M, N)).astype(jnp.bfloat16)
-    ys = jax.device_put(np.random.default_rng(6).integers(0, K, (T, M)))
+@pytest.mark.parametrize(
+    "params_dtype, inputs_dtype, cell, method, seed",
+    [
+        # float64 is the other wide parameter dtype the mode takes.
+        (jnp.float64, jnp.bfloat16, "lstm", "omega", 4),
+        # float16 is the other 16-bit compute dtype: 11 significant bits (u = 2⁻¹¹), so
+        # the same bound holds with room.
+        (jnp.float32, jnp.float16, "gru", "bptt", 8),
+    ],
+    ids=["float64-params-bfloat16-inputs", "float32-params-float16-inputs"],
+)
+def test_the_other_wide_and_low_dtypes_take_the_same_path(
+    params_dtype, inputs_dtype, cell, method, seed
+):
+    """The gradient comes back in the parameters' dtype, within `RTOL` of the gradient of
+    the inputs upcast to it."""
+    with jax.enable_x64(params_dtype == jnp.float64):
+        params = network(cell, seed, np.dtype(params_dtype))
+        xs = _draw(np.random.default_rng(seed + 1), (T, M, N)).astype(inputs_dtype)
+        ys = jax.device_put(np.random.default_rng(seed + 2).integers(0, K, (T, M)))
 
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
-    def run(params, xs):
-        def gradient(xs):
-            return jax.grad(lambda p: dj.sequence_loss(p, xs, ys, method="omega"))(params)
+        @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
+        def run(params, xs):
+            def gradient(xs):
+                return jax.grad(lambda p: dj.sequence_loss(p, xs, ys, method=method))(params)
 
-        return gradient(xs.astype(jnp.float64)), gradient(xs)
+            return gradient(xs.astype(params_dtype)), gradient(xs)
 
-    oracle, mixed = run(params, xs)
-    assert {leaf.dtype for leaf in jax.tree.leaves(mixed)} == {jnp.dtype(jnp.float64)}
-    assert_trees_close(mixed, oracle, rtol=RTOL)
-
-
-def test_float16_inputs_take_the_same_path():
-    """float16 is the other 16-bit compute dtype: 11 significant bits (u = 2⁻¹¹), so the
-    same bound holds with room; the gradient is float32."""
-    params = network("gru", 8)
-    xs = _draw(np.random.default_rng(9), (T, M, N)).astype(jnp.float16)
-    ys = jax.device_put(np.random.default_rng(10).integers(0, K, (T, M)))
-
-    @functools.partial(jax.jit, compiler_options=CHEAP_COMPILE)
-    def run(params, xs):
-        def gradient(xs):
-            return jax.grad(lambda p: dj.sequence_loss(p, xs, ys, method="bptt"))(params)
-
-        return gradient(xs.astype(jnp.float32)), gradient(xs)
-
-    oracle, mixed = run(params, xs)
-    assert {leaf.dtype for leaf in jax.tree.leaves(mixed)} == {jnp.dtype(jnp.float32)}
-    assert_trees_close(mixed, oracle, rtol=RTOL)
+        oracle, mixed = run(params, xs)
+        assert {leaf.dtype for leaf in jax.tree.leaves(mixed)} == {jnp.dtype(params_dtype)}
+        assert_trees_close(mixed, oracle, rtol=RTOL)
 
 
 def test_other_mixes_of_dtypes_are_refused(x64):
